@@ -1,0 +1,43 @@
+# edgekit: `make deploy` runs the main job, `make test` the test suite. Both create the virtual
+# environment first when it is missing or older than pyproject.toml.
+PYTHON ?= python3
+VENV   ?= .venv
+TARGET ?= cpu
+RECIPE ?= digits
+OUT    ?=
+ARGS   ?=
+
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.edgekit-installed
+OUT_ARG := $(if $(OUT),--out $(OUT),)
+
+.PHONY: deploy test lint venv clean help
+
+help:
+	@echo "make deploy [TARGET=cpu] [RECIPE=digits] [OUT=dir]   run the main job"
+	@echo "make test                                          run the test suite"
+	@echo "make lint                                          ruff + the Python 3.8 check of device-side code"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[host,device,dev]'
+	@touch $@
+
+deploy: $(STAMP)
+	@if [ ! -f deploy/targets/$(TARGET).yaml ]; then \
+	  echo "edgekit: error: unknown TARGET '$(TARGET)'; available: $$(ls deploy/targets | sed -n 's/\.yaml$$//p' | tr '\n' ' ')" >&2; \
+	  exit 2; fi
+	$(BIN)/edgekit run --recipe $(RECIPE) $(OUT_ARG) $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check edgekit tests
+	$(BIN)/vermin -t=3.8- --no-tips --violations edgekit/artifacts.py edgekit/errors.py
+
+clean:
+	rm -rf artifacts .pytest_cache

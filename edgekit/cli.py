@@ -1,0 +1,108 @@
+"""The `edgekit` command: parse flags, call one library function, print, exit.
+
+User errors (EdgekitError) print one line on stderr and exit with status 2, no traceback.
+Heavy modules are imported inside the subcommand that needs them, so `edgekit --help` is instant
+and device-side subcommands never pull in torch.
+"""
+
+import argparse
+import json
+import sys
+from typing import Callable, List, Optional
+
+from . import __version__
+from .errors import EdgekitError
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import default_out_dir, run
+    from .recipe import load_recipe
+
+    overrides = list(args.set or [])
+    if args.threads is not None:
+        overrides.append("threads={}".format(args.threads))
+    recipe = load_recipe(args.recipe, overrides)
+    out = default_out_dir(recipe, args.out)
+    _log("edgekit {}: recipe {} -> {}".format(__version__, recipe.name, out))
+    run(recipe, out, force=args.force, log=_log)
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .models import count_macs_params, load_resnet50_checkpoint, widths_summary
+
+    model, info = load_resnet50_checkpoint(args.path, log=_log)
+    macs, params = count_macs_params(model, args.image_size)
+    report = {"path": args.path, "num_classes": info["num_classes"], "image_size": args.image_size,
+              "macs": macs, "params": params, "stage_widths": widths_summary(info["width_spec"])}
+    if args.width_spec:
+        report["width_spec"] = info["width_spec"]
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _cmd_show_recipe(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    print(yaml.safe_dump(recipe.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgekit", description="Prune, distill, quantize and benchmark "
+                                     "ResNet-50 classifiers for Jetson/TensorRT.")
+    parser.add_argument("--version", action="version", version="edgekit " + __version__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    recipe_args = argparse.ArgumentParser(add_help=False)
+    recipe_args.add_argument("--recipe", default="digits",
+                             help="preset name under benchmarks/recipes/ or a YAML path (default: digits)")
+    recipe_args.add_argument("--set", action="append", metavar="KEY=VALUE",
+                             help="override a recipe field, e.g. --set distill.alpha=0.5 (repeatable)")
+
+    p = sub.add_parser("run", parents=[recipe_args], help="run the host stages: teacher, prune/distill spiral, "
+                       "evaluation")
+    p.add_argument("--out", help="artifacts folder (default: artifacts/<recipe name>)")
+    p.add_argument("--force", action="store_true", help="recompute every stage instead of reusing finished ones")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("inspect", help="MACs, parameters and widths of a ResNet-50 checkpoint or edgekit model")
+    p.add_argument("path")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--width-spec", action="store_true", help="print the full width spec")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("show-recipe", parents=[recipe_args], help="print a recipe with every default filled in")
+    p.set_defaults(func=_cmd_show_recipe)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)  # type: Optional[Callable[[argparse.Namespace], int]]
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return func(args)
+    except EdgekitError as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else "error"
+        print("edgekit: error: " + message, file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print("edgekit: interrupted; finished stages and epochs are kept, run the same command to resume",
+              file=sys.stderr, flush=True)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""The recipe: one validated schema for a whole run.
+
+Every field has a default, unknown keys are rejected with the list of valid ones, and presets are
+YAML files under `benchmarks/recipes/` loaded by name (`digits`) or by path. Command-line
+overrides use dotted keys (`--set distill.alpha=0.5`) and are validated exactly like the file.
+"""
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from .errors import EdgekitError
+
+PRESET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "benchmarks", "recipes")
+
+
+def _choice(default: Any, *choices: Any) -> Any:
+    return field(default=default, metadata={"choices": choices})
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _choice("digits", "digits", "imagefolder")
+    root: Optional[str] = None          # imagefolder: folder holding train/ and val/
+    image_size: int = 32                # side of the square input the model sees
+    val_fraction: float = 0.2           # digits: share of the 1,797 images held out for val
+    batch_size: int = 64
+    workers: int = 0                    # DataLoader worker processes (imagefolder)
+    max_train_samples: Optional[int] = None   # cap for quick runs and tests
+    max_val_samples: Optional[int] = None
+    calibration_samples: int = 256      # used by quantization (issue 2/5)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = _choice("sgd", "sgd", "adamw")
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = True
+    schedule: str = _choice("onecycle", "onecycle", "cosine", "constant")
+    warmup_fraction: float = 0.2        # onecycle: share of steps spent warming up
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class ModelConfig:
+    arch: str = _choice("resnet50", "resnet50")
+    checkpoint: Optional[str] = None    # a torchvision-format ResNet-50 checkpoint (the teacher)
+    num_classes: Optional[int] = None   # None: the dataset's class count
+
+
+@dataclass
+class TeacherConfig:
+    train: bool = True                  # digits: train from scratch; imagefolder: use checkpoint
+    epochs: int = 10
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+
+
+@dataclass
+class PruneConfig:
+    method: str = _choice("l1", "l1", "l2", "bn_scale", "unstructured")
+    target_macs_ratio: float = 0.5      # student MACs / teacher MACs to reach
+    rounds: int = 3                     # spiral: prune→distill rounds to reach the target
+    allocation: str = _choice("global", "global", "uniform")
+    round_to: int = 8                   # channel counts become multiples of this
+    max_layer_ratio: float = 0.9        # never remove more than this share of one layer
+    sparsity: float = 0.5               # unstructured only: share of conv weights zeroed
+
+
+@dataclass
+class DistillConfig:
+    alpha: float = 0.7                  # weight of the KD term; (1-alpha) weighs the CE term
+    temperature: float = 4.0
+    epochs_per_round: int = 3           # recovery after each spiral round
+    final_epochs: int = 4               # extra epochs after the last round
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=0.02))
+
+
+@dataclass
+class Recipe:
+    name: str = "digits"
+    seed: int = 0
+    threads: Optional[int] = None       # torch intra-op threads; None: all cores
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "Recipe":
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise EdgekitError("recipe: " + msg)
+
+        need(self.data.image_size >= 16, "data.image_size must be at least 16 (ResNet-50 downsamples 32x)")
+        need(0.0 < self.data.val_fraction < 1.0, "data.val_fraction must be between 0 and 1")
+        need(self.data.batch_size >= 2, "data.batch_size must be at least 2 (BatchNorm needs it)")
+        need(0.0 < self.prune.target_macs_ratio <= 1.0, "prune.target_macs_ratio must be in (0, 1]")
+        need(self.prune.rounds >= 1, "prune.rounds must be at least 1")
+        need(self.prune.round_to >= 1, "prune.round_to must be at least 1")
+        need(0.0 < self.prune.max_layer_ratio < 1.0, "prune.max_layer_ratio must be in (0, 1)")
+        need(0.0 <= self.prune.sparsity < 1.0, "prune.sparsity must be in [0, 1)")
+        need(0.0 <= self.distill.alpha <= 1.0, "distill.alpha must be in [0, 1]")
+        need(self.distill.temperature > 0, "distill.temperature must be positive")
+        for name, opt in (("teacher", self.teacher.optimizer), ("distill", self.distill.optimizer)):
+            need(opt.lr > 0, name + ".optimizer.lr must be positive")
+        if self.data.dataset == "imagefolder":
+            need(self.data.root is not None,
+                 "data.root is required for dataset imagefolder (a folder with train/ and val/)")
+            need(self.model.checkpoint is not None or self.teacher.train,
+                 "model.checkpoint is required when teacher.train is false")
+        return self
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp) if hasattr(typing, "get_origin") else getattr(tp, "__origin__", None)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(value, args[0], where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise EdgekitError("recipe: {} must be a mapping, got {!r}".format(where, value))
+        return _build(tp, value, where + ".")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise EdgekitError("recipe: {} must be {}, got {!r}".format(where, _type_name(tp), value))
+
+
+def _build(cls: Any, data: Dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise EdgekitError("recipe: unknown key {!r}; valid keys{}: {}".format(
+            prefix + unknown[0], " under " + prefix.rstrip(".") if prefix else "",
+            ", ".join(sorted(fields))))
+    kwargs = {}
+    for name, value in data.items():
+        where = prefix + name
+        converted = _convert(value, hints[name], where)
+        choices = fields[name].metadata.get("choices")
+        if choices and converted not in choices:
+            raise EdgekitError("recipe: {} must be one of {}, got {!r}".format(
+                where, ", ".join(map(str, choices)), converted))
+        kwargs[name] = converted
+    if dataclasses.is_dataclass(cls):
+        default = cls()
+        for name in fields:
+            if name not in kwargs:
+                kwargs[name] = getattr(default, name)
+    return cls(**kwargs)
+
+
+def recipe_from_dict(data: Dict[str, Any]) -> Recipe:
+    if not isinstance(data, dict):
+        raise EdgekitError("recipe: the top level must be a mapping of keys to values")
+    return _build(Recipe, data).validate()
+
+
+def resolve_recipe_path(name_or_path: str) -> str:
+    """A preset name (`digits`) or a path to a YAML file."""
+    if os.path.sep in name_or_path or name_or_path.endswith((".yaml", ".yml")):
+        path = name_or_path
+    else:
+        path = os.path.join(PRESET_DIR, name_or_path + ".yaml")
+    if not os.path.isfile(path):
+        presets = sorted(p[:-5] for p in os.listdir(PRESET_DIR) if p.endswith(".yaml")) \
+            if os.path.isdir(PRESET_DIR) else []
+        raise EdgekitError("recipe {!r} not found; give a YAML path or one of the presets: {}".format(
+            name_or_path, ", ".join(presets) or "(none)"))
+    return path
+
+
+def parse_override(text: str) -> List[Any]:
+    """`a.b=value` -> (['a', 'b'], parsed YAML value)."""
+    if "=" not in text:
+        raise EdgekitError("--set expects key=value (for example distill.alpha=0.5), got {!r}".format(text))
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    return [key.strip().split("."), value]
+
+
+def load_recipe(name_or_path: str, overrides: Optional[List[str]] = None) -> Recipe:
+    path = resolve_recipe_path(name_or_path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = " at line {}".format(mark.line + 1) if mark is not None else ""
+        raise EdgekitError("recipe {} is not valid YAML{}: {}".format(
+            path, where, getattr(exc, "problem", exc))) from None
+    except OSError as exc:
+        raise EdgekitError("cannot read recipe {}: {}".format(path, exc.strerror)) from None
+    if not isinstance(data, dict):
+        raise EdgekitError("recipe {}: the top level must be a mapping of keys to values".format(path))
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        node = data
+        for key in keys[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = {}
+                node[key] = child
+            node = child
+        node[keys[-1]] = value
+    return recipe_from_dict(data)
