@@ -8,7 +8,7 @@ and device-side subcommands never pull in torch.
 import argparse
 import json
 import sys
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 from . import __version__
 from .errors import EdgekitError

@@ -18,6 +18,7 @@ together; `width_spec_of` checks that coupling and refuses a model that breaks i
 
 import os
 import pickle
+import re
 import zipfile
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -171,13 +172,16 @@ def _torch_load(path: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
+        # weights_only refuses two different things: a pickle that names a Python callable (which
+        # a plain load would import and call) and bytes that are not a pickle at all.
+        found = re.search(r"global ([\w.]+)", str(exc), re.IGNORECASE)
+        if found:
             raise EdgekitError(
-                "checkpoint {} contains pickled Python objects that could run code when loaded; "
+                "checkpoint {} contains pickled Python objects that could run code when loaded ({}); "
                 "refusing it (weights_only). Re-save it as a plain state_dict: "
-                "torch.save(model.state_dict(), path)".format(path)) from None
-        raise EdgekitError("checkpoint {} is truncated or not a PyTorch file ({}); "
-                           "re-download or re-save it".format(path, _first_line(exc))) from None
+                "torch.save(model.state_dict(), path)".format(path, found.group(1))) from None
+        raise EdgekitError("checkpoint {} is truncated or not a PyTorch file; "
+                           "re-download or re-save it".format(path)) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError,
             IndexError, TypeError, AttributeError) as exc:
         raise EdgekitError("checkpoint {} is truncated or not a PyTorch file ({}); "

@@ -8,9 +8,10 @@ figures later stages (quantization, ONNX, benchmarks) add to.
 import os
 import platform
 import random
+import shutil
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from .compress.distill import train
 from .compress.spiral import spiral
 from .data import DataBundle, evaluate_top1, load_data
 from .errors import EdgekitError
-from .models import (count_macs_params, load_resnet50_checkpoint, load_student, resnet50, save_student)
+from .models import count_macs_params, load_resnet50_checkpoint, load_student, resnet50, save_student
 from .recipe import Recipe
 
 SUMMARY_SCHEMA = "edgekit.summary/1"
@@ -132,9 +133,9 @@ def run(recipe: Recipe, out_dir: str, force: bool = False,
                                                   "method": recipe.prune.method})
         return {"rounds": rounds}
 
-    if force:
-        for name in os.listdir(os.path.join(out_dir, "rounds")) if os.path.isdir(os.path.join(out_dir, "rounds")) else []:
-            _remove(os.path.join(out_dir, "rounds", name))
+    rounds_dir = os.path.join(out_dir, "rounds")
+    if force and os.path.isdir(rounds_dir):
+        shutil.rmtree(rounds_dir)  # --force recomputes the spiral from its first round
     compress_metrics = run_stage(manifest, "compress", compress_key, ["student.pt"], make_student, force, log)
     stages.append({"name": "compress", "seconds": compress_metrics["seconds"], "reused": compress_metrics["reused"]})
     student, student_info = load_student(student_path)

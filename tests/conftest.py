@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny pipeline runs, cached for the whole session (they cost seconds each)."""
+
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Small enough for CI's 2 cores, big enough to exercise every stage for real.
+TINY = [
+    "data.image_size=16", "data.max_train_samples=256", "data.max_val_samples=128",
+    "teacher.epochs=1", "prune.rounds=2", "distill.epochs_per_round=1", "distill.final_epochs=0",
+    "threads=2",
+]
+
+
+def edgekit_cmd(*args: str):
+    """The installed console script of this environment."""
+    return [os.path.join(os.path.dirname(sys.executable), "edgekit"), *args]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """Run the main job on the digits default at tiny sizes; returns (out_dir, summary, log lines)."""
+    from edgekit.pipeline import run
+    from edgekit.recipe import load_recipe
+
+    out = str(tmp_path_factory.mktemp("tiny") / "digits")
+    lines = []
+    summary = run(load_recipe("digits", TINY), out, log=lines.append)
+    return out, summary, lines

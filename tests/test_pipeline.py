@@ -1,0 +1,96 @@
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY
+
+from edgekit.models import load_student, resnet50, width_spec_of
+from edgekit.pipeline import run
+from edgekit.recipe import load_recipe
+
+pytestmark = pytest.mark.slow
+
+
+def test_summary_holds_the_figures_the_issue_names(tiny_run):
+    out, summary, _ = tiny_run
+    with open(os.path.join(out, "summary.json")) as f:
+        on_disk = json.load(f)
+    assert on_disk["student"]["top1"] == summary["student"]["top1"]
+    for role in ("teacher", "student"):
+        for key in ("top1", "macs", "params"):
+            assert isinstance(on_disk[role][key], (int, float))
+    t, s = on_disk["teacher"], on_disk["student"]
+    assert s["macs"] <= 0.5 * t["macs"] and s["params"] < t["params"]
+    assert [st["name"] for st in on_disk["stages"]] == ["teacher", "compress", "evaluate"]
+    assert all(st["seconds"] >= 0 for st in on_disk["stages"])
+    assert [r["round"] for r in on_disk["rounds"]] == [1, 2]
+    assert on_disk["rounds"][0]["macs_ratio"] > on_disk["rounds"][1]["macs_ratio"]
+    student, info = load_student(os.path.join(out, "student.pt"))
+    assert on_disk["student"]["width_spec"] == info["width_spec"] == width_spec_of(student)
+    # the pruned model is smaller on disk too
+    assert os.path.getsize(os.path.join(out, "student.pt")) < 0.75 * os.path.getsize(os.path.join(out, "teacher.pt"))
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp") or p.endswith(".train.pt")]
+
+
+def test_a_rerun_reuses_finished_stages(tiny_run):
+    out, summary, _ = tiny_run
+    lines = []
+    again = run(load_recipe("digits", TINY), out, log=lines.append)
+    assert [st["reused"] for st in again["stages"]] == [True, True, True]
+    assert again["student"]["top1"] == summary["student"]["top1"]
+    assert any("[compress] up to date, reused" in line for line in lines)
+
+
+def test_an_interrupted_spiral_resumes_at_the_round_it_lost(tiny_run, tmp_path):
+    out, summary, _ = tiny_run
+    copy = str(tmp_path / "digits")
+    shutil.copytree(out, copy)
+    for name in ("round2.pt", "round2.json"):
+        os.unlink(os.path.join(copy, "rounds", name))
+    os.unlink(os.path.join(copy, "student.pt"))
+    lines = []
+    again = run(load_recipe("digits", TINY), copy, log=lines.append)
+    assert any(line.startswith("round 1/2: reused") for line in lines)
+    assert any(line.startswith("round 2/2: prune") for line in lines)
+    assert [st["reused"] for st in again["stages"]][:2] == [True, False]
+    assert again["student"]["width_spec"] == summary["student"]["width_spec"]  # pruning is deterministic
+
+
+def _write_image_folder(root, classes=3, train_per_class=16, val_per_class=4):
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for split, count in (("train", train_per_class), ("val", val_per_class)):
+        for c in range(classes):
+            folder = os.path.join(root, split, "digit{}".format(c))
+            os.makedirs(folder)
+            images = digits.images[digits.target == c]
+            offset = 0 if split == "train" else train_per_class
+            for i in range(count):
+                pixels = (images[offset + i] * 255 / 16).astype(np.uint8)
+                Image.fromarray(pixels).resize((40, 40)).convert("RGB").save(os.path.join(folder, "{}.png".format(i)))
+
+
+def test_imagefolder_with_a_torchvision_checkpoint_end_to_end(tmp_path):
+    root = str(tmp_path / "data")
+    _write_image_folder(root)
+    ckpt = str(tmp_path / "resnet50.pth")
+    torch.manual_seed(0)
+    state = resnet50(num_classes=1000).state_dict()
+    torch.save({"state_dict": {"module." + k: v for k, v in state.items()}}, ckpt)  # as DDP saves it
+    recipe = load_recipe("imagenet", [
+        "data.root=" + root, "model.checkpoint=" + ckpt, "data.image_size=32", "data.batch_size=8",
+        "data.workers=0", "teacher.train=true", "teacher.epochs=1", "prune.rounds=1",
+        "distill.epochs_per_round=1", "distill.final_epochs=0", "threads=2"])
+    lines = []
+    summary = run(recipe, str(tmp_path / "out"), log=lines.append)
+    assert summary["num_classes"] == 3
+    assert any("1000-class head" in line for line in lines)
+    assert summary["student"]["macs"] <= 0.5 * summary["teacher"]["macs"]
+    teacher, _ = load_student(str(tmp_path / "out" / "teacher.pt"))
+    # the teacher body starts from the checkpoint, not from random weights
+    assert teacher.fc.out_features == 3
