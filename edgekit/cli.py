@@ -7,6 +7,7 @@ and device-side subcommands never pull in torch.
 
 import argparse
 import json
+import os
 import sys
 from typing import List, Optional
 
@@ -55,6 +56,36 @@ def _cmd_show_recipe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.harness import benchmark
+    from .bench.results import save_csv
+
+    try:
+        batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    except ValueError:
+        raise EdgekitError("--batches expects comma-separated integers, e.g. 1,2,4,8") from None
+    out = args.out or os.path.join("benchmarks", "results", "local",
+                                   os.path.basename(args.model).rsplit(".", 1)[0] + ".json")
+    scenarios = args.scenario or ("single_stream", "offline")
+    result = benchmark(args.model, out, runner=args.runner, threads=args.threads, scenarios=scenarios,
+                       batches=batches, warmup=args.warmup, min_queries=args.queries, min_seconds=args.seconds,
+                       power=not args.no_power, idle_seconds=args.idle_seconds, log=_log)
+    if args.csv:
+        save_csv(args.csv, [result])
+    ss = result["scenarios"].get("single_stream")
+    if ss:
+        lat = ss["latency"]
+        _log("single-stream: p50 {p50_ms:.3f} ms, p90 {p90_ms:.3f} ms, p99 {p99_ms:.3f} ms, max {max_ms:.3f} ms "
+             "over {count} queries".format(**lat))
+    off = result["scenarios"].get("offline")
+    if off:
+        for row in off["rows"]:
+            _log("offline batch {:>3}: {:>9.1f} img/s (p50 {:.3f} ms per batch)".format(
+                row["batch"], row["throughput"], row["latency"]["p50_ms"]))
+        _log("best batch {} at {:.1f} img/s".format(off["best_batch"], off["best_throughput"]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgekit", description="Prune, distill, quantize and benchmark "
                                      "ResNet-50 classifiers for Jetson/TensorRT.")
@@ -79,6 +110,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--width-spec", action="store_true", help="print the full width spec")
     p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("bench", help="measure latency, throughput and power of an ONNX model (device side)")
+    p.add_argument("model", help="an ONNX file")
+    p.add_argument("--out", help="result JSON (default: benchmarks/results/local/<model>.json)")
+    p.add_argument("--csv", help="also write the rows as CSV here")
+    p.add_argument("--runner", default="auto", help="auto (TensorRT when there, else onnxruntime) or onnxruntime")
+    p.add_argument("--threads", type=int, help="runtime CPU threads (default: the runtime's choice)")
+    p.add_argument("--scenario", action="append", choices=["single_stream", "offline"],
+                   help="repeatable; default both")
+    p.add_argument("--batches", default="1,2,4,8", help="offline batch sweep (default 1,2,4,8)")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--queries", type=int, default=100, help="minimum measured queries (single-stream)")
+    p.add_argument("--seconds", type=float, default=3.0, help="minimum measured seconds per scenario/batch")
+    p.add_argument("--idle-seconds", type=float, default=2.0, help="idle power baseline before measuring")
+    p.add_argument("--no-power", action="store_true", help="do not sample power")
+    p.set_defaults(func=_cmd_bench, scenario=None)
 
     p = sub.add_parser("show-recipe", parents=[recipe_args], help="print a recipe with every default filled in")
     p.set_defaults(func=_cmd_show_recipe)

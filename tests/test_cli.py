@@ -88,3 +88,29 @@ def test_inspect_and_show_recipe_print_facts(tiny_run):
     assert report["macs"] == summary["student"]["macs"] and report["num_classes"] == 10
     proc = run_cli("show-recipe", "--recipe", "digits", "--set", "distill.alpha=0.2")
     assert proc.returncode == 0 and "alpha: 0.2" in proc.stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_finished_epochs_and_the_rerun_resumes(tmp_path):
+    import signal
+
+    from conftest import TINY
+
+    out = str(tmp_path / "digits")
+    args = ["run", "--out", out] + [a for t in TINY if not t.startswith("teacher.epochs") for a in ("--set", t)]
+    args += ["--set", "teacher.epochs=3"]
+    proc = subprocess.Popen(edgekit_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    for line in proc.stdout:
+        if line.startswith("teacher epoch 1/3"):
+            proc.send_signal(signal.SIGINT)
+            break
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr
+    assert "interrupted; finished stages and epochs are kept" in stderr and "Traceback" not in stderr
+    assert os.path.exists(os.path.join(out, "teacher.train.pt"))
+    assert not os.path.exists(os.path.join(out, "summary.json"))
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert "teacher: resuming after epoch 1/3" in again.stdout
+    assert "teacher epoch 1/3" not in again.stdout

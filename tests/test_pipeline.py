@@ -94,3 +94,17 @@ def test_imagefolder_with_a_torchvision_checkpoint_end_to_end(tmp_path):
     teacher, _ = load_student(str(tmp_path / "out" / "teacher.pt"))
     # the teacher body starts from the checkpoint, not from random weights
     assert teacher.fc.out_features == 3
+
+
+def test_calibration_batches_are_a_fixed_subset_of_real_training_images():
+    from edgekit.data import load_data
+    from edgekit.recipe import DataConfig
+
+    data = load_data(DataConfig(image_size=16), seed=0)
+    first = torch.cat(list(data.calibration_batches(100, batch_size=32)))
+    again = torch.cat(list(data.calibration_batches(100, batch_size=32)))
+    assert first.shape == (100, 3, 16, 16) and torch.equal(first, again)
+    train_images = torch.stack([data.train[i][0] for i in range(len(data.train))])
+    # every calibration image is one of the training images
+    assert all((train_images == img).flatten(1).all(1).any() for img in first[:10])
+    assert torch.cat(list(data.calibration_batches(10_000))).shape[0] == len(data.train)

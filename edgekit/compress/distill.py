@@ -145,12 +145,13 @@ def train(model: nn.Module, data: DataBundle, epochs: int, opt_cfg: OptimizerCon
         seconds = time.perf_counter() - started
         history.append({"epoch": epoch + 1, "loss": round(total_loss / max(batches, 1), 5),
                         "val_top1": round(top1, 3), "seconds": round(seconds, 2)})
-        log("{} epoch {}/{}: loss {:.4f}, val top-1 {:.2f}%, {:.1f} s".format(
-            desc, epoch + 1, epochs, total_loss / max(batches, 1), top1, seconds))
+        # Saved before the epoch is announced: what the log calls finished is on disk.
         with atomic_path(checkpoint) as tmp:
             torch.save({"key": key, "epoch": epoch, "model": model.state_dict(),
                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "history": history}, tmp)
+        log("{} epoch {}/{}: loss {:.4f}, val top-1 {:.2f}%, {:.1f} s".format(
+            desc, epoch + 1, epochs, total_loss / max(batches, 1), top1, seconds))
     return history
 
 

@@ -1,0 +1,1 @@
+"""Benchmark harness (device side: Python 3.8, no torch): scenarios, power sampling, results."""

@@ -1,0 +1,149 @@
+"""`benchmark`: one model, its runner, the scenarios, power, the environment, one result file."""
+
+import os
+import sys
+import time
+import uuid
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..artifacts import sha256_file
+from ..errors import EdgekitError
+from ..runtime.base import Runner
+from . import environment
+from .power import PowerSampler, PowerSource, PowerTrace, detect_power_source, summarize_power  # noqa: F401
+from .results import save_result
+from .scenarios import Window, offline, single_stream
+
+
+class PowerWindow(Window):
+    """Samples power over each measured window; idle baseline taken once before the first."""
+
+    def __init__(self, source: Optional[PowerSource], reasons: List[str], hz: float = 20.0,
+                 idle_seconds: float = 2.0) -> None:
+        self.source = source
+        self.reasons = reasons
+        self.hz = hz
+        self.idle_seconds = idle_seconds
+        self.idle = None  # type: Optional[PowerTrace]
+        self.sampler = None  # type: Optional[PowerSampler]
+
+    def start(self) -> None:
+        if self.source is None:
+            return
+        if self.idle is None and self.idle_seconds > 0:
+            with PowerSampler(self.source, self.hz) as idle:
+                time.sleep(self.idle_seconds)
+            self.idle = idle.trace
+        self.sampler = PowerSampler(self.source, self.hz).start()
+
+    def stop(self, inferences: int, seconds: float) -> Dict[str, object]:
+        if self.source is None or self.sampler is None:
+            return {"status": "unavailable", "reason": "; ".join(self.reasons) or "no power source"}
+        trace = self.sampler.stop()
+        return summarize_power(trace, inferences, seconds, self.idle)
+
+    def close(self) -> None:
+        if self.source is not None:
+            self.source.close()
+
+
+def make_runner(model_path: str, runner: str = "auto", threads: Optional[int] = None) -> Runner:
+    """The runner for `model_path`: TensorRT for engines, onnxruntime for ONNX files."""
+    if runner not in ("auto", "onnxruntime"):
+        raise EdgekitError("unknown runner {!r}; choose auto or onnxruntime".format(runner))
+    if model_path.endswith((".engine", ".plan")):
+        raise EdgekitError("{} is a TensorRT engine: the TensorRT runner arrives with issue 3/5; "
+                           "benchmark the ONNX file with onnxruntime meanwhile".format(model_path))
+    from ..runtime.onnxrt import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(model_path, threads=threads)
+
+
+def random_feed(runner: Runner, batch: int, seed: int = 0) -> Dict[str, np.ndarray]:
+    """Inputs of the model's shapes and dtypes, filled with a fixed pseudo-random pattern."""
+    rng = np.random.RandomState(seed)
+    feed = {}
+    for spec in runner.input_specs():
+        shape = spec.concrete_shape(batch)
+        if np.issubdtype(spec.dtype, np.floating):
+            feed[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        else:
+            feed[spec.name] = rng.randint(0, 2, size=shape).astype(spec.dtype)
+    return feed
+
+
+def _progress_printer(stream=sys.stderr) -> Callable[[str, int, float], None]:  # noqa: ANN001
+    def show(label: str, queries: int, seconds: float) -> None:
+        end = "\n" if not stream.isatty() else "\r"
+        stream.write("  {:<18} {:>7} queries {:>6.1f} s{}".format(label, queries, seconds, end))
+        stream.flush()
+    return show
+
+
+def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "auto",
+              threads: Optional[int] = None, scenarios: Sequence[str] = ("single_stream", "offline"),
+              batches: Sequence[int] = (1, 2, 4, 8), warmup: int = 10, min_queries: int = 100,
+              min_seconds: float = 3.0, max_seconds: Optional[float] = None, power: bool = True,
+              power_root: str = "/", idle_seconds: float = 2.0, precision: Optional[str] = None,
+              progress: bool = True, log: Callable[[str], None] = print) -> Dict[str, object]:
+    """Measure `model_path` and (if `out_path`) write the result JSON atomically; return it."""
+    unknown = [s for s in scenarios if s not in ("single_stream", "offline")]
+    if unknown:
+        raise EdgekitError("unknown scenario {}; choose single_stream, offline".format(", ".join(unknown)))
+    if any(b < 1 for b in batches):
+        raise EdgekitError("batch sizes must be positive, got {}".format(list(batches)))
+    model_runner = make_runner(model_path, runner, threads)
+    if power:
+        source, reasons = detect_power_source(power_root)
+    else:
+        source, reasons = None, ["disabled (--no-power)"]
+    window = PowerWindow(source, reasons, idle_seconds=idle_seconds)
+    show = _progress_printer() if progress else None
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    try:
+        with model_runner:
+            info = model_runner.runtime_info()
+            log("benchmark {} with {} {} ({}); power: {}".format(
+                model_path, info.get("runtime", info["runner"]), info.get("runtime_version", ""),
+                info.get("providers", ""), source.name if source else "unavailable ({})".format(
+                    reasons[-1] if reasons else "none")))
+            specs = model_runner.input_specs()
+            results = {}  # type: Dict[str, object]
+            if "single_stream" in scenarios:
+                results["single_stream"] = single_stream(
+                    model_runner, random_feed(model_runner, 1), warmup=warmup, min_queries=min_queries,
+                    min_seconds=min_seconds, max_seconds=max_seconds, progress=show, window=window)
+            if "offline" in scenarios:
+                results["offline"] = offline(
+                    model_runner, lambda b: random_feed(model_runner, b), batches, warmup=max(1, warmup // 3),
+                    min_queries=max(5, min_queries // 5), min_seconds=min_seconds, max_seconds=max_seconds,
+                    progress=show, window=window)
+    finally:
+        window.close()
+    result = {
+        "run_id": time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6],
+        "created": started,
+        "model": {"path": model_path, "sha256": sha256_file(model_path),
+                  "precision": precision or _precision(model_path), "inputs": [repr(s) for s in specs]},
+        "runtime": info,
+        "environment": environment.collect(threads=threads, runtime=info, precision=precision),
+        "scenarios": results,
+        "power_source": source.name if source else None,
+        "power_unavailable_reasons": reasons if source is None else [],
+        "settings": {"warmup": warmup, "min_queries": min_queries, "min_seconds": min_seconds,
+                     "max_seconds": max_seconds, "batches": list(batches)},
+    }
+    if out_path:
+        save_result(out_path, result)
+        log("wrote {}".format(out_path))
+    return result
+
+
+def _precision(path: str) -> str:
+    name = os.path.basename(path)
+    for precision in ("int8", "fp16", "fp32"):
+        if ".{}.".format(precision) in name:
+            return precision
+    return "unknown"

@@ -1,0 +1,33 @@
+"""Import heavy optional modules only when they are used, with an error that says what to install.
+
+Python 3.8 clean and torch-free: the device side uses it for tensorrt, pycuda and onnxruntime.
+"""
+
+import importlib
+from types import ModuleType
+
+from .errors import EdgekitError
+
+INSTALL_HINTS = {
+    "onnxruntime": "pip install 'edgekit[device]' (or onnxruntime)",
+    "onnx": "pip install 'edgekit[host]' (or onnx)",
+    "tensorrt": "run on the device or in the Jetson image (docker/jetson); on JetPack it comes with "
+                "the system Python (python3-libnvinfer)",
+    "pycuda": "pip install pycuda on the device (needs the CUDA toolkit from JetPack)",
+    "pynvml": "pip install nvidia-ml-py",
+    "torch": "pip install 'edgekit[host]': the host stages need PyTorch",
+}
+
+
+def lazy_import(name: str) -> ModuleType:
+    """Import `name` or raise EdgekitError naming what to install."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        top = name.split(".")[0]
+        hint = INSTALL_HINTS.get(top, "pip install " + top)
+        if isinstance(exc, ModuleNotFoundError) and exc.name == top:
+            raise EdgekitError("{} is not installed: {}".format(top, hint)) from None
+        # installed but broken (a missing shared library, a wrong CUDA): say what failed
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgekitError("{} failed to import ({}): {}".format(top, first, hint)) from None

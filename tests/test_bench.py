@@ -1,0 +1,133 @@
+import json
+import os
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+from conftest import REPO, edgekit_cmd
+from onnx_fixtures import linear_classifier
+from test_power import jetpack5_tree, write
+
+from edgekit.bench.environment import gpu_clocks, l4t_release, parse_nvpmodel
+from edgekit.bench.harness import benchmark
+from edgekit.bench.results import load_result, save_result, to_csv
+from edgekit.bench.scenarios import offline, single_stream
+from edgekit.bench.stats import latency_stats
+from edgekit.errors import EdgekitError
+from edgekit.runtime import OnnxRuntimeRunner
+
+
+@pytest.fixture()
+def tiny(tmp_path):
+    path = tmp_path / "tiny.fp32.onnx"
+    linear_classifier(path)
+    return str(path)
+
+
+def test_latency_stats_known_values():
+    stats = latency_stats([i / 1000.0 for i in range(1, 101)])  # 1..100 ms
+    assert stats["p50_ms"] == pytest.approx(50.5) and stats["p90_ms"] == pytest.approx(90.1)
+    assert stats["p99_ms"] == pytest.approx(99.01) and stats["max_ms"] == 100.0 and stats["min_ms"] == 1.0
+    assert stats["mean_ms"] == pytest.approx(50.5) and stats["std_ms"] == pytest.approx(29.0115, rel=1e-4)
+    assert stats["count"] == 100
+
+
+def test_single_stream_and_offline_measure_enough(tiny):
+    with OnnxRuntimeRunner(tiny, threads=1) as runner:
+        feed = {"input": np.zeros((1, 3, 8, 8), np.float32)}
+        ss = single_stream(runner, feed, warmup=2, min_queries=30, min_seconds=0.2)
+        off = offline(runner, lambda b: {"input": np.zeros((b, 3, 8, 8), np.float32)}, [1, 4, 16],
+                      warmup=1, min_queries=5, min_seconds=0.1)
+    lat = ss["latency"]
+    assert ss["queries"] >= 30 and ss["seconds"] >= 0.2 and ss["batch"] == 1
+    assert lat["min_ms"] <= lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+    assert [r["batch"] for r in off["rows"]] == [1, 4, 16]
+    assert all(r["throughput"] > 0 and r["queries"] >= 5 for r in off["rows"])
+    assert off["best_throughput"] == max(r["throughput"] for r in off["rows"])
+
+
+def test_benchmark_writes_a_versioned_result_with_power_and_environment(tiny, tmp_path):
+    jetpack5_tree(str(tmp_path / "sys-root"))
+    out = str(tmp_path / "results" / "run.json")
+    result = benchmark(tiny, out, threads=1, batches=[1, 2], warmup=1, min_queries=10, min_seconds=0.3,
+                       power_root=str(tmp_path / "sys-root"), idle_seconds=0.2, progress=False, log=lambda m: None)
+    on_disk = load_result(out)
+    assert on_disk["run_id"] == result["run_id"] and on_disk["schema_version"] == 1
+    assert on_disk["model"]["precision"] == "fp32" and len(on_disk["model"]["sha256"]) == 64
+    assert on_disk["runtime"]["runtime"] == "onnxruntime"
+    env = on_disk["environment"]
+    for key in ("cpu", "python", "machine", "threads", "l4t", "nvpmodel", "jetson_clocks"):
+        assert key in env
+    power = on_disk["scenarios"]["single_stream"]["power"]
+    assert power["status"] == "ok" and power["source"] == "ina3221-hwmon" and power["sample_hz"] >= 10
+    assert set(power["rails_w"]) == {"GPU", "CPU", "SOC", "CV", "VDDRQ", "SYS5V"}
+    assert power["mj_per_inference"] > 0 and power["inferences_per_joule"] > 0 and "idle_w" in power
+    assert on_disk["scenarios"]["offline"]["rows"][1]["power"]["status"] == "ok"
+    csv = to_csv([on_disk]).splitlines()
+    assert csv[0].startswith("run_id,model,precision,runner,scenario,batch")
+    assert len(csv) == 1 + 1 + 2  # header, single-stream, two offline batches
+
+
+def test_power_unavailable_says_why(tiny, tmp_path):
+    result = benchmark(tiny, None, scenarios=["single_stream"], warmup=1, min_queries=5, min_seconds=0.05,
+                       power_root=str(tmp_path), progress=False, log=lambda m: None)
+    power = result["scenarios"]["single_stream"]["power"]
+    assert power["status"] == "unavailable" and "no INA3221 hwmon channels" in power["reason"]
+    assert result["power_unavailable_reasons"]
+
+
+def test_result_files_are_validated(tmp_path):
+    good = tmp_path / "good.json"
+    save_result(str(good), {"run_id": "x", "scenarios": {}})
+    assert load_result(str(good))["run_id"] == "x"
+    data = json.loads(good.read_text())
+    data["schema_version"] = 99
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    with pytest.raises(EdgekitError, match="schema version 99"):
+        load_result(str(old))
+    cut = tmp_path / "cut.json"
+    cut.write_text(good.read_text()[:20])
+    with pytest.raises(EdgekitError, match="not valid JSON"):
+        load_result(str(cut))
+
+
+def test_environment_readers_on_a_fake_jetson(tmp_path):
+    write(str(tmp_path / "etc/nv_tegra_release"),
+          "# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64, "
+          "DATE: Tue Aug  1 19:57:35 UTC 2023")
+    assert l4t_release(str(tmp_path)) == "R35.4.1"
+    gpu = tmp_path / "sys/class/devfreq/17000000.gv11b"
+    for key, value in (("cur_freq", "1377000000"), ("min_freq", "1377000000"), ("max_freq", "1377000000")):
+        write(str(gpu / key), value)
+    clocks = gpu_clocks(str(tmp_path))
+    assert clocks["locked"] and clocks["cur_freq"] == 1377000000 and clocks["device"] == "17000000.gv11b"
+    assert parse_nvpmodel("NV Power Mode: MAXN\n0\n") == {"name": "MAXN", "id": "0"}
+    assert parse_nvpmodel("NVPM WARN: ...") is None
+
+
+def test_bench_cli_and_ctrl_c_leaves_no_partial_result(tiny, tmp_path):
+    out = tmp_path / "r.json"
+    csv = tmp_path / "r.csv"
+    proc = subprocess.run(edgekit_cmd("bench", tiny, "--out", str(out), "--csv", str(csv), "--batches", "1,2",
+                                      "--queries", "5", "--seconds", "0.1", "--warmup", "1", "--no-power"),
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "single-stream: p50" in proc.stdout and "best batch" in proc.stdout
+    assert load_result(str(out))["power_unavailable_reasons"] == ["disabled (--no-power)"]
+    assert len(csv.read_text().splitlines()) == 4
+
+    bad = subprocess.run(edgekit_cmd("bench", tiny, "--batches", "1,x"), capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and "--batches expects comma-separated integers" in bad.stderr
+
+    slow = tmp_path / "slow.json"
+    proc = subprocess.Popen(edgekit_cmd("bench", tiny, "--out", str(slow), "--seconds", "60", "--no-power"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    for line in proc.stdout:
+        if line.startswith("benchmark "):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr
+    assert not slow.exists() and not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
