@@ -11,7 +11,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.edgekit-installed
 OUT_ARG := $(if $(OUT),--out $(OUT),)
 
-.PHONY: deploy test lint venv clean help
+.PHONY: deploy test lint venv clean help compare
 
 help:
 	@echo "make deploy [TARGET=cpu] [RECIPE=digits] [OUT=dir]   run the main job"
@@ -41,3 +41,6 @@ lint: $(STAMP)
 
 clean:
 	rm -rf artifacts .pytest_cache
+
+compare: $(STAMP)
+	$(BIN)/python benchmarks/compare.py --recipe $(RECIPE) $(OUT_ARG) $(ARGS)

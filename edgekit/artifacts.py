@@ -67,7 +67,7 @@ class Manifest:
     def __init__(self, folder: str) -> None:
         self.folder = folder
         self.path = os.path.join(folder, MANIFEST_NAME)
-        self.stages = {}  # type: Dict[str, Dict[str, Any]]
+        self.stages: Dict[str, Dict[str, Any]] = {}
         if os.path.exists(self.path):
             try:
                 with open(self.path, encoding="utf-8") as f:

@@ -9,7 +9,7 @@ import argparse
 import json
 import os
 import sys
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from . import __version__
 from .errors import EdgekitError
@@ -29,7 +29,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, overrides)
     out = default_out_dir(recipe, args.out)
     _log("edgekit {}: recipe {} -> {}".format(__version__, recipe.name, out))
-    run(recipe, out, force=args.force, log=_log)
+    run(recipe, out, force=args.force, force_stages=args.force_stage or (), log=_log)
     return 0
 
 
@@ -43,6 +43,19 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if args.width_spec:
         report["width_spec"] = info["width_spec"]
     print(json.dumps(report, indent=2))
+    return 0
+
+
+def _cmd_lint(args: argparse.Namespace) -> int:
+    from .trtlint import lint
+
+    found = lint(args.model)
+    for violation in found:
+        print("{}: {}".format(args.model, violation))
+    if found:
+        raise EdgekitError("{} has {} TensorRT 8.5 violation(s); the first: {}".format(
+            args.model, len(found), found[0]))
+    print("{}: TensorRT 8.5 compatible (opset, ops, weights, Q/DQ placement)".format(args.model))
     return 0
 
 
@@ -102,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "evaluation")
     p.add_argument("--out", help="artifacts folder (default: artifacts/<recipe name>)")
     p.add_argument("--force", action="store_true", help="recompute every stage instead of reusing finished ones")
+    p.add_argument("--force-stage", action="append", metavar="STAGE",
+                   help="recompute one stage (teacher, compress, evaluate, export, compare); repeatable")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     p.set_defaults(func=_cmd_run)
 
@@ -127,18 +142,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-power", action="store_true", help="do not sample power")
     p.set_defaults(func=_cmd_bench, scenario=None)
 
+    p = sub.add_parser("lint", help="check an ONNX model against TensorRT 8.5's parser and Q/DQ rules")
+    p.add_argument("model")
+    p.set_defaults(func=_cmd_lint)
+
     p = sub.add_parser("show-recipe", parents=[recipe_args], help="print a recipe with every default filled in")
     p.set_defaults(func=_cmd_show_recipe)
     return parser
 
 
+def _terminate_like_interrupt() -> None:
+    """`docker stop` and schedulers send SIGTERM: unwind as for Ctrl-C, so temporary files go away."""
+    import signal
+
+    def handler(signum, frame):  # noqa: ANN001, ARG001
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        pass
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    func = getattr(args, "func", None)  # type: Optional[Callable[[argparse.Namespace], int]]
+    func: Optional[Callable[[argparse.Namespace], int]] = getattr(args, "func", None)
     if func is None:
         parser.print_help()
         return 2
+    _terminate_like_interrupt()
     try:
         return func(args)
     except EdgekitError as exc:

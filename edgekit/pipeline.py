@@ -11,7 +11,7 @@ import random
 import shutil
 import sys
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -70,15 +70,24 @@ def _agreement(a: torch.nn.Module, b: torch.nn.Module, data: DataBundle) -> floa
     return 100.0 * same / max(total, 1)
 
 
-def run(recipe: Recipe, out_dir: str, force: bool = False,
+STAGES = ("teacher", "compress", "evaluate", "export", "compare")
+
+
+def run(recipe: Recipe, out_dir: str, force: bool = False, force_stages: Sequence[str] = (),
         log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """Run the host stages of `recipe` into `out_dir`; return the summary (also in summary.json)."""
+    """Run the host stages of `recipe` into `out_dir`; return the summary (also in summary.json).
+
+    `force` recomputes every stage; `force_stages` only the named ones (e.g. re-measure `compare`).
+    """
+    unknown = [name for name in force_stages if name not in STAGES]
+    if unknown:
+        raise EdgekitError("unknown stage {}; stages are {}".format(unknown[0], ", ".join(STAGES)))
     threads = recipe.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     _seed_everything(recipe.seed)
     os.makedirs(out_dir, exist_ok=True)
     manifest = Manifest(out_dir)
-    stages = []  # type: List[Dict[str, Any]]
+    stages: List[Dict[str, Any]] = []
     cfg = recipe.to_dict()
 
     log("data: {} ({}x{})".format(recipe.data.dataset, recipe.data.image_size, recipe.data.image_size))
@@ -116,7 +125,8 @@ def run(recipe: Recipe, out_dir: str, force: bool = False,
         _remove(os.path.join(out_dir, "teacher.train.pt"))
         return {"top1": round(evaluate_top1(model, data.val_loader()), 3), "history": history}
 
-    teacher_metrics = run_stage(manifest, "teacher", teacher_key, ["teacher.pt"], make_teacher, force, log)
+    teacher_metrics = run_stage(manifest, "teacher", teacher_key, ["teacher.pt"], make_teacher,
+                                force or "teacher" in force_stages, log)
     stages.append({"name": "teacher", "seconds": teacher_metrics["seconds"], "reused": teacher_metrics["reused"]})
     teacher, _ = load_student(teacher_path)
     teacher.eval()
@@ -134,9 +144,10 @@ def run(recipe: Recipe, out_dir: str, force: bool = False,
         return {"rounds": rounds}
 
     rounds_dir = os.path.join(out_dir, "rounds")
-    if force and os.path.isdir(rounds_dir):
+    if (force or "compress" in force_stages) and os.path.isdir(rounds_dir):
         shutil.rmtree(rounds_dir)  # --force recomputes the spiral from its first round
-    compress_metrics = run_stage(manifest, "compress", compress_key, ["student.pt"], make_student, force, log)
+    compress_metrics = run_stage(manifest, "compress", compress_key, ["student.pt"], make_student,
+                                 force or "compress" in force_stages, log)
     stages.append({"name": "compress", "seconds": compress_metrics["seconds"], "reused": compress_metrics["reused"]})
     student, student_info = load_student(student_path)
     student.eval()
@@ -154,8 +165,33 @@ def run(recipe: Recipe, out_dir: str, force: bool = False,
 
     eval_key = config_hash({"teacher": teacher_key, "compress": compress_key,
                             "teacher_sha": sha256_file(teacher_path), "student_sha": sha256_file(student_path)})
-    metrics = run_stage(manifest, "evaluate", eval_key, [], evaluate, force, log)
+    metrics = run_stage(manifest, "evaluate", eval_key, [], evaluate, force or "evaluate" in force_stages, log)
     stages.append({"name": "evaluate", "seconds": metrics["seconds"], "reused": metrics["reused"]})
+
+    # ---- ONNX export, INT8 quantization, TensorRT lint, accuracy and speed of every exported model
+    export_key = config_hash({"student_sha": sha256_file(student_path), "data": cfg["data"],
+                              "quantize": cfg["quantize"], "bench": cfg["bench"], "seed": recipe.seed,
+                              "threads": threads})
+    exported: Dict[str, Any] = {}
+    if recipe.quantize.enabled:
+        outputs = ["model.fp32.onnx", "model.fp16.onnx", "model.int8.qdq.onnx", "model.int8.cpu.onnx", "calib.cache"]
+        exported = run_stage(manifest, "export", export_key, outputs,
+                             lambda: export_and_measure(student, data, recipe, out_dir, threads, log),
+                             force or "export" in force_stages, log)
+        stages.append({"name": "export", "seconds": exported["seconds"], "reused": exported["reused"]})
+
+    compared: Dict[str, Any] = {}
+    if recipe.compare.enabled and recipe.quantize.enabled:
+        from .compare import compare, format_table
+
+        compare_key = config_hash({"teacher_sha": sha256_file(teacher_path), "student_sha": sha256_file(student_path),
+                                   "compare": cfg["compare"], "quantize": cfg["quantize"], "bench": cfg["bench"],
+                                   "threads": threads})
+        compared = run_stage(manifest, "compare", compare_key, [],
+                             lambda: compare(teacher, student, data, recipe, out_dir, log),
+                             force or "compare" in force_stages, log)
+        stages.append({"name": "compare", "seconds": compared["seconds"], "reused": compared["reused"]})
+        log(format_table(compared))
 
     t, s = metrics["teacher"], metrics["student"]
     summary = {
@@ -175,10 +211,14 @@ def run(recipe: Recipe, out_dir: str, force: bool = False,
         "rounds": [{k: v for k, v in r.items() if k not in ("history", "width_spec", "key")}
                    for r in compress_metrics.get("rounds", [])],
         "stages": stages,
+        "models": exported.get("models", []),
+        "quantization": exported.get("quantization", {}),
         "recipe_config": cfg,
         "environment": environment(threads),
         "command": sys.argv,
     }
+    if compared:
+        summary["compare"] = {k: v for k, v in compared.items() if k not in ("seconds", "reused")}
     summary_path = os.path.join(out_dir, "summary.json")
     if os.path.exists(summary_path):
         # Later stages (quantization, ONNX, benchmarks) add their own keys: keep them.
@@ -198,6 +238,66 @@ def run(recipe: Recipe, out_dir: str, force: bool = False,
             s["params"] / 1e6, s["params"] / float(t["params"]), metrics["agreement"]))
     log("wrote {}".format(summary_path))
     return summary
+
+
+def export_and_measure(student: torch.nn.Module, data: DataBundle, recipe: Recipe, out_dir: str, threads: int,
+                       log: Callable[[str], None]) -> Dict[str, Any]:
+    """FP32/FP16 ONNX, both INT8 flavours and calib.cache; each linted, its accuracy beside its speed."""
+    from .bench.scenarios import single_stream
+    from .compress.quantize import quantization_error, quantize
+    from .export import convert_fp16, export_onnx, file_mb, onnx_logits, verify_onnx
+    from .runtime.onnxrt import OnnxRuntimeRunner
+    from .trtlint import check_tensorrt_compatible, lint
+
+    size = data.image_size
+    fp32 = os.path.join(out_dir, "model.fp32.onnx")
+    log("export: ONNX opset 17, {0}x{0}, dynamic batch -> {1}".format(size, fp32))
+    export_onnx(student, fp32, size)
+    val_images = torch.cat([images for images, _ in data.val_loader()])
+    val_labels = torch.cat([labels for _, labels in data.val_loader()]).numpy()
+    verify = verify_onnx(fp32, student, val_images[:64], threads)
+    convert_fp16(fp32, os.path.join(out_dir, "model.fp16.onnx"))
+    calibration = [b.numpy() for b in data.calibration_batches(recipe.data.calibration_samples, seed=recipe.seed)]
+    log("quantize: INT8, {} calibration on {} real samples".format(recipe.quantize.method,
+                                                                 sum(b.shape[0] for b in calibration)))
+    quant = quantize(fp32, out_dir, calibration, recipe.quantize.method, recipe.quantize.trt_version)
+    # What goes to TensorRT must pass the lint; the CPU flavour is for onnxruntime (uint8) by design.
+    for name in ("model.fp32.onnx", "model.fp16.onnx", "model.int8.qdq.onnx"):
+        check_tensorrt_compatible(os.path.join(out_dir, name))
+    report_images = val_images[:recipe.quantize.report_samples].numpy()
+    reports = {flavour: quantization_error(fp32, os.path.join(out_dir, "model.int8.{}.onnx".format(flavour)),
+                                           report_images, top=10) for flavour in ("qdq", "cpu")}
+    with torch.no_grad():
+        student_logits = student.eval()(val_images).numpy()
+    student_top1 = float((student_logits.argmax(1) == val_labels).mean() * 100.0)
+    sample = {"input": val_images[:1].numpy().astype(np.float32)}
+    models = []
+    for name, precision, target in (("model.fp32.onnx", "fp32", "tensorrt, onnxruntime"),
+                                    ("model.fp16.onnx", "fp16", "tensorrt"),
+                                    ("model.int8.qdq.onnx", "int8", "tensorrt (explicit Q/DQ)"),
+                                    ("model.int8.cpu.onnx", "int8", "onnxruntime cpu")):
+        path = os.path.join(out_dir, name)
+        logits = onnx_logits(path, [val_images], threads)
+        top1 = float((logits.argmax(1) == val_labels).mean() * 100.0)
+        with OnnxRuntimeRunner(path, providers=["CPUExecutionProvider"], threads=threads) as runner:
+            ss = single_stream(runner, sample, warmup=5, min_queries=recipe.bench.min_queries,
+                               min_seconds=recipe.bench.min_seconds)
+        entry = {"name": name.replace("model.", "").replace(".onnx", ""), "path": name, "precision": precision,
+                 "for": target, "top1": round(top1, 3), "top1_delta_vs_pytorch": round(top1 - student_top1, 3),
+                 "top1_agreement_vs_pytorch": round(float((logits.argmax(1) == student_logits.argmax(1)).mean()
+                                                          * 100.0), 3),
+                 "max_abs_diff_vs_pytorch": round(float(np.abs(logits - student_logits).max()), 6),
+                 "runtime": "onnxruntime-cpu", "p50_ms": ss["latency"]["p50_ms"], "p99_ms": ss["latency"]["p99_ms"],
+                 "size_mb": file_mb(path), "tensorrt_lint": [str(v) for v in lint(path)][:5] or "clean"}
+        models.append(entry)
+        log("  {:<22} top-1 {:6.2f}% ({:+.2f})  p50 {:7.3f} ms  {:6.2f} MB  {}".format(
+            name, top1, top1 - student_top1, entry["p50_ms"], entry["size_mb"], target))
+    return {"models": models, "verify": verify,
+            "quantization": {"method": quant["method"], "calibration_samples": quant["calibration_samples"],
+                             "residual_qdq_added": quant["residual_qdq_added"],
+                             "calib_cache": "calib.cache", "calib_cache_tensors": quant["cache_tensors"],
+                             "trt_version": recipe.quantize.trt_version,
+                             "worst_layers": reports}}
 
 
 def _remove(path: str) -> None:

@@ -83,6 +83,33 @@ class DistillConfig:
 
 
 @dataclass
+class QuantizeConfig:
+    enabled: bool = True
+    method: str = _choice("entropy", "entropy", "percentile", "minmax")   # calibration method
+    trt_version: str = "8.5.2"          # written into calib.cache's header (Xavier: JetPack 5.1.x)
+    report_samples: int = 32            # val images for the per-layer error report
+
+
+@dataclass
+class BenchConfig:
+    """Local SingleStream measurement of every exported model, beside its accuracy."""
+    min_queries: int = 50
+    min_seconds: float = 1.0
+    threads: Optional[int] = None       # runtime threads; None: the recipe's threads
+
+
+@dataclass
+class CompareConfig:
+    """The side-by-side comparison at a deployment resolution (benchmarks/compare.py)."""
+    enabled: bool = True
+    image_size: int = 224
+    batches: List[int] = field(default_factory=lambda: [1, 4, 8])
+    min_queries: int = 20
+    min_seconds: float = 2.0
+    calibration_samples: int = 32       # real samples, resized to image_size, for the dense INT8 model
+
+
+@dataclass
 class Recipe:
     name: str = "digits"
     seed: int = 0
@@ -92,6 +119,9 @@ class Recipe:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -111,6 +141,10 @@ class Recipe:
         need(0.0 <= self.prune.sparsity < 1.0, "prune.sparsity must be in [0, 1)")
         need(0.0 <= self.distill.alpha <= 1.0, "distill.alpha must be in [0, 1]")
         need(self.distill.temperature > 0, "distill.temperature must be positive")
+        need(self.data.calibration_samples >= 1, "data.calibration_samples must be at least 1")
+        need(self.compare.image_size >= 32, "compare.image_size must be at least 32")
+        need(bool(self.compare.batches) and all(b >= 1 for b in self.compare.batches),
+             "compare.batches must be a non-empty list of positive batch sizes")
         for name, opt in (("teacher", self.teacher.optimizer), ("distill", self.distill.optimizer)):
             need(opt.lr > 0, name + ".optimizer.lr must be positive")
         if self.data.dataset == "imagefolder":
@@ -132,6 +166,11 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if value is None:
             return None
         return _convert(value, args[0], where)
+    if origin in (list, List):
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise EdgekitError("recipe: {} must be a list, got {!r}".format(where, value))
+        return [_convert(v, item, "{}[{}]".format(where, i)) for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise EdgekitError("recipe: {} must be a mapping, got {!r}".format(where, value))

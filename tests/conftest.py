@@ -11,8 +11,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
     "data.image_size=16", "data.max_train_samples=256", "data.max_val_samples=128",
     "teacher.epochs=1", "prune.rounds=2", "distill.epochs_per_round=1", "distill.final_epochs=0",
-    "threads=2",
+    "threads=2", "data.calibration_samples=32", "quantize.report_samples=8",
+    "bench.min_queries=5", "bench.min_seconds=0.05",
+    "compare.image_size=32", "compare.batches=[1,2]", "compare.min_queries=5", "compare.min_seconds=0.05",
+    "compare.calibration_samples=8",
 ]
+
+
+def default_sigint():
+    """Child set-up: a shell that starts jobs in the background (CI may) leaves SIGINT ignored, and
+    Python keeps it ignored; give the child the default handler, as a terminal's Ctrl-C finds it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def edgekit_cmd(*args: str):

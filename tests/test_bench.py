@@ -5,7 +5,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import REPO, edgekit_cmd
+from conftest import REPO, default_sigint, edgekit_cmd
 from onnx_fixtures import linear_classifier
 from test_power import jetpack5_tree, write
 
@@ -123,7 +123,8 @@ def test_bench_cli_and_ctrl_c_leaves_no_partial_result(tiny, tmp_path):
 
     slow = tmp_path / "slow.json"
     proc = subprocess.Popen(edgekit_cmd("bench", tiny, "--out", str(slow), "--seconds", "60", "--no-power"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            preexec_fn=default_sigint)
     for line in proc.stdout:
         if line.startswith("benchmark "):
             break

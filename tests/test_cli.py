@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 import torch
-from conftest import REPO, edgekit_cmd
+from conftest import REPO, default_sigint, edgekit_cmd
 
 
 def run_cli(*args, cwd=None):
@@ -98,8 +98,9 @@ def test_ctrl_c_keeps_finished_epochs_and_the_rerun_resumes(tmp_path):
 
     out = str(tmp_path / "digits")
     args = ["run", "--out", out] + [a for t in TINY if not t.startswith("teacher.epochs") for a in ("--set", t)]
-    args += ["--set", "teacher.epochs=3"]
-    proc = subprocess.Popen(edgekit_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    args += ["--set", "teacher.epochs=3", "--set", "quantize.enabled=false"]
+    proc = subprocess.Popen(edgekit_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            preexec_fn=default_sigint)
     for line in proc.stdout:
         if line.startswith("teacher epoch 1/3"):
             proc.send_signal(signal.SIGINT)

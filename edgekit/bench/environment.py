@@ -75,7 +75,7 @@ def gpu_clocks(root: str = "/") -> Optional[Dict[str, object]]:
     """
     for pattern in GPU_DEVFREQ:
         for folder in sorted(glob.glob(os.path.join(root, pattern))):
-            values = {}  # type: Dict[str, object]
+            values: Dict[str, object] = {}
             for key in ("cur_freq", "min_freq", "max_freq"):
                 text = _read(os.path.join(folder, key))
                 if text is None or not text.isdigit():

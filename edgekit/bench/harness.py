@@ -26,8 +26,8 @@ class PowerWindow(Window):
         self.reasons = reasons
         self.hz = hz
         self.idle_seconds = idle_seconds
-        self.idle = None  # type: Optional[PowerTrace]
-        self.sampler = None  # type: Optional[PowerSampler]
+        self.idle: Optional[PowerTrace] = None
+        self.sampler: Optional[PowerSampler] = None
 
     def start(self) -> None:
         if self.source is None:
@@ -110,7 +110,7 @@ def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "au
                 info.get("providers", ""), source.name if source else "unavailable ({})".format(
                     reasons[-1] if reasons else "none")))
             specs = model_runner.input_specs()
-            results = {}  # type: Dict[str, object]
+            results: Dict[str, object] = {}
             if "single_stream" in scenarios:
                 results["single_stream"] = single_stream(
                     model_runner, random_feed(model_runner, 1), warmup=warmup, min_queries=min_queries,

@@ -76,7 +76,7 @@ class Ina3221Hwmon(PowerSource):
     PATTERN = "sys/bus/i2c/drivers/ina3221/*/hwmon/hwmon*/in*_label"
 
     def __init__(self, root: str = "/") -> None:
-        self.channels = []  # type: List[Tuple[str, str, str]]
+        self.channels: List[Tuple[str, str, str]] = []
         for label_path in sorted(glob.glob(os.path.join(root, self.PATTERN))):
             match = re.search(r"in(\d+)_label$", label_path)
             folder = os.path.dirname(label_path)
@@ -107,7 +107,7 @@ class Ina3221Iio(PowerSource):
     PATTERN = "sys/bus/i2c/drivers/ina3221x/*/iio:device*/rail_name_*"
 
     def __init__(self, root: str = "/") -> None:
-        self.channels = []  # type: List[Tuple[str, str]]
+        self.channels: List[Tuple[str, str]] = []
         for name_path in sorted(glob.glob(os.path.join(root, self.PATTERN))):
             k = name_path.rsplit("_", 1)[1]
             power = os.path.join(os.path.dirname(name_path), "in_power{}_input".format(k))
@@ -155,7 +155,7 @@ class Tegrastats(PowerSource):
                                          stderr=subprocess.DEVNULL, universal_newlines=True)
         except OSError as exc:
             raise PowerUnavailable("cannot start {}: {}".format(command, exc)) from None
-        self.latest = {}  # type: Reading
+        self.latest: Reading = {}
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._pump, name="tegrastats", daemon=True)
         self._thread.start()
@@ -227,7 +227,7 @@ class Rapl(PowerSource):
                  if re.search(r"intel-rapl:\d+$", z) and os.path.exists(os.path.join(z, "energy_uj"))]
         if not zones:
             raise PowerUnavailable("no RAPL zones under {}".format(os.path.join(root, "sys/class/powercap")))
-        self.zones = []  # type: List[Tuple[str, str, float]]
+        self.zones: List[Tuple[str, str, float]] = []
         for z in zones:
             label = _read(os.path.join(z, "name")) if os.path.exists(os.path.join(z, "name")) else os.path.basename(z)
             max_range = os.path.join(z, "max_energy_range_uj")
@@ -257,7 +257,7 @@ class Rapl(PowerSource):
 
 def detect_power_source(root: str = "/", tegrastats: str = "tegrastats", use_nvml: bool = True):  # noqa: ANN201
     """The first source that works, and why each earlier one did not: (source or None, reasons)."""
-    reasons = []  # type: List[str]
+    reasons: List[str] = []
     attempts = [lambda: Ina3221Hwmon(root), lambda: Ina3221Iio(root), lambda: Tegrastats(tegrastats)]
     if use_nvml:
         attempts.append(Nvml)
@@ -274,9 +274,9 @@ class PowerTrace(object):
     def __init__(self, source: str, rails: List[str]) -> None:
         self.source = source
         self.rails = rails
-        self.times = []  # type: List[float]
-        self.samples = []  # type: List[Reading]
-        self.errors = []  # type: List[str]
+        self.times: List[float] = []
+        self.samples: List[Reading] = []
+        self.errors: List[str] = []
 
     def duration(self) -> float:
         return self.times[-1] - self.times[0] if len(self.times) > 1 else 0.0
@@ -296,7 +296,7 @@ class PowerSampler(object):
         self.source = source
         self.period = 1.0 / hz
         self._stop = threading.Event()
-        self._thread = None  # type: Optional[threading.Thread]
+        self._thread: Optional[threading.Thread] = None
         self.trace = PowerTrace(source.name, source.rails())
 
     def start(self) -> "PowerSampler":

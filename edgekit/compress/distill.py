@@ -91,7 +91,7 @@ def train(model: nn.Module, data: DataBundle, epochs: int, opt_cfg: OptimizerCon
     if steps_per_epoch == 0:
         raise ValueError("training set smaller than one batch")
     opt, sched = make_optimizer(model, opt_cfg, epochs * steps_per_epoch)
-    history = []  # type: List[Dict[str, Any]]
+    history: List[Dict[str, Any]] = []
     start_epoch = 0
     if os.path.exists(checkpoint):
         try:

@@ -56,7 +56,7 @@ def spiral(teacher: nn.Module, data: DataBundle, recipe: Recipe, folder: str, *,
         return _unstructured(teacher, data, recipe, folder, base, log)
 
     student = copy.deepcopy(teacher)
-    records = []  # type: List[Dict[str, Any]]
+    records: List[Dict[str, Any]] = []
     schedule = macs_schedule(pcfg.target_macs_ratio, pcfg.rounds)
     previous = config_hash(base)
     for k, ratio in enumerate(schedule, start=1):

@@ -57,8 +57,8 @@ class Runner(object):
 
     def __init__(self) -> None:
         self.is_active = False
-        self._inference_time = None  # type: Optional[float]
-        self._compute_time = None  # type: Optional[float]
+        self._inference_time: Optional[float] = None
+        self._compute_time: Optional[float] = None
 
     # -- lifecycle
     def activate(self) -> "Runner":

@@ -36,8 +36,8 @@ class OnnxRuntimeRunner(Runner):
         self.requested_providers = list(providers) if providers else None
         self.threads = threads
         self.session = None
-        self._inputs = []  # type: List[TensorSpec]
-        self._outputs = []  # type: List[str]
+        self._inputs: List[TensorSpec] = []
+        self._outputs: List[str] = []
 
     def activate_impl(self) -> None:
         ort = lazy_import("onnxruntime")
