@@ -10,6 +10,7 @@ ARGS   ?=
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.edgekit-installed
 OUT_ARG := $(if $(OUT),--out $(OUT),)
+ART     := $(if $(OUT),$(OUT),artifacts/$(RECIPE))
 
 .PHONY: deploy test lint venv clean help compare
 
@@ -31,6 +32,8 @@ deploy: $(STAMP)
 	  echo "edgekit: error: unknown TARGET '$(TARGET)'; available: $$(ls deploy/targets | sed -n 's/\.yaml$$//p' | tr '\n' ' ')" >&2; \
 	  exit 2; fi
 	$(BIN)/edgekit run --recipe $(RECIPE) $(OUT_ARG) $(ARGS)
+	$(BIN)/edgekit bench $(ART)/model.int8.cpu.onnx --summary $(ART)/summary.json --seconds 1 \
+	  --out benchmarks/results/$(TARGET)/$(RECIPE).int8.cpu.json --csv benchmarks/results/$(TARGET)/$(RECIPE).int8.cpu.csv
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

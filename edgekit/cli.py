@@ -69,6 +69,22 @@ def _cmd_show_recipe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _accuracy_from_summary(summary_path: str, model_path: str) -> dict:
+    """The top-1 that `edgekit run` measured for this exported model, so speed never goes without it."""
+    try:
+        with open(summary_path, encoding="utf-8") as f:
+            summary = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise EdgekitError("cannot read summary {}: {}".format(summary_path, exc)) from None
+    name = os.path.basename(model_path)
+    for entry in summary.get("models", []):
+        if entry.get("path") == name:
+            return {"top1": entry["top1"], "dataset": summary.get("recipe"), "summary": summary_path,
+                    "split": "val"}
+    raise EdgekitError("{} lists no accuracy for {} (models: {})".format(
+        summary_path, name, ", ".join(m.get("path", "?") for m in summary.get("models", [])) or "none"))
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench.harness import benchmark
     from .bench.results import save_csv
@@ -80,16 +96,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     out = args.out or os.path.join("benchmarks", "results", "local",
                                    os.path.basename(args.model).rsplit(".", 1)[0] + ".json")
     scenarios = args.scenario or ("single_stream", "offline")
+    accuracy = _accuracy_from_summary(args.summary, args.model) if args.summary else None
     result = benchmark(args.model, out, runner=args.runner, threads=args.threads, scenarios=scenarios,
                        batches=batches, warmup=args.warmup, min_queries=args.queries, min_seconds=args.seconds,
-                       power=not args.no_power, idle_seconds=args.idle_seconds, log=_log)
+                       power=not args.no_power, idle_seconds=args.idle_seconds, accuracy=accuracy, log=_log)
     if args.csv:
         save_csv(args.csv, [result])
     ss = result["scenarios"].get("single_stream")
     if ss:
         lat = ss["latency"]
+        top1 = " (top-1 {:.2f}% on {} val)".format(accuracy["top1"], accuracy["dataset"]) if accuracy else \
+            " (accuracy not given: pass --summary)"
         _log("single-stream: p50 {p50_ms:.3f} ms, p90 {p90_ms:.3f} ms, p99 {p99_ms:.3f} ms, max {max_ms:.3f} ms "
-             "over {count} queries".format(**lat))
+             "over {count} queries".format(**lat) + top1)
     off = result["scenarios"].get("offline")
     if off:
         for row in off["rows"]:
@@ -130,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="an ONNX file")
     p.add_argument("--out", help="result JSON (default: benchmarks/results/local/<model>.json)")
     p.add_argument("--csv", help="also write the rows as CSV here")
+    p.add_argument("--summary", help="summary.json of the run that exported the model: records its top-1")
     p.add_argument("--runner", default="auto", help="auto (TensorRT when there, else onnxruntime) or onnxruntime")
     p.add_argument("--threads", type=int, help="runtime CPU threads (default: the runtime's choice)")
     p.add_argument("--scenario", action="append", choices=["single_stream", "offline"],

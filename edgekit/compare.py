@@ -78,8 +78,9 @@ def compare(teacher: nn.Module, student: nn.Module, data: DataBundle, recipe: Re
     export_onnx(student, paths["ours.fp32"], size)
     real = list(data.calibration_batches(cfg.calibration_samples, batch_size=8, seed=recipe.seed))
     calibration = _resized(real, size)
-    quantize_cpu(paths["dense.fp32"], paths["dense.int8"], calibration, recipe.quantize.method)
-    quantize_cpu(paths["ours.fp32"], paths["ours.int8"], calibration, recipe.quantize.method)
+    for model in ("dense", "ours"):
+        quantize_cpu(paths[model + ".fp32"], paths[model + ".int8"], calibration, recipe.quantize.method,
+                     reduce_range=recipe.quantize.cpu_reduce_range)
 
     sample = _resized([data.val[0][0][None]], size)[0].astype(np.float32)  # one real image, resized
 

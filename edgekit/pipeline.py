@@ -260,7 +260,8 @@ def export_and_measure(student: torch.nn.Module, data: DataBundle, recipe: Recip
     calibration = [b.numpy() for b in data.calibration_batches(recipe.data.calibration_samples, seed=recipe.seed)]
     log("quantize: INT8, {} calibration on {} real samples".format(recipe.quantize.method,
                                                                  sum(b.shape[0] for b in calibration)))
-    quant = quantize(fp32, out_dir, calibration, recipe.quantize.method, recipe.quantize.trt_version)
+    quant = quantize(fp32, out_dir, calibration, recipe.quantize.method, recipe.quantize.trt_version,
+                     cpu_reduce_range=recipe.quantize.cpu_reduce_range)
     # What goes to TensorRT must pass the lint; the CPU flavour is for onnxruntime (uint8) by design.
     for name in ("model.fp32.onnx", "model.fp16.onnx", "model.int8.qdq.onnx"):
         check_tensorrt_compatible(os.path.join(out_dir, name))

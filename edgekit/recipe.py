@@ -87,6 +87,7 @@ class QuantizeConfig:
     enabled: bool = True
     method: str = _choice("entropy", "entropy", "percentile", "minmax")   # calibration method
     trt_version: str = "8.5.2"          # written into calib.cache's header (Xavier: JetPack 5.1.x)
+    cpu_reduce_range: bool = True       # 7-bit weights in the CPU flavour: no u8s8 saturation on AVX2 CPUs
     report_samples: int = 32            # val images for the per-layer error report
 
 

@@ -132,3 +132,20 @@ def test_bench_cli_and_ctrl_c_leaves_no_partial_result(tiny, tmp_path):
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in stderr
     assert not slow.exists() and not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_bench_records_the_accuracy_of_what_it_times(tiny, tmp_path):
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"recipe": "digits", "models": [{"path": "tiny.fp32.onnx", "top1": 97.5}]}))
+    out = tmp_path / "r.json"
+    args = ["--out", str(out), "--scenario", "single_stream", "--queries", "3", "--seconds", "0.05", "--no-power"]
+    proc = subprocess.run(edgekit_cmd("bench", tiny, "--summary", str(summary), *args), capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "(top-1 97.50% on digits val)" in proc.stdout
+    assert load_result(str(out))["accuracy"]["top1"] == 97.5
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"models": [{"path": "model.fp32.onnx", "top1": 90.0}]}))
+    proc = subprocess.run(edgekit_cmd("bench", tiny, "--summary", str(other), *args), capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert proc.returncode == 2 and "lists no accuracy for tiny.fp32.onnx (models: model.fp32.onnx)" in proc.stderr

@@ -7,7 +7,7 @@ from edgekit.recipe import Recipe, load_recipe, recipe_from_dict
 def test_presets_load_and_every_field_has_a_default():
     digits = load_recipe("digits")
     assert digits.name == "digits" and digits.data.dataset == "digits"
-    assert digits.prune.target_macs_ratio == 0.5
+    assert digits.prune.target_macs_ratio == 0.2 and digits.compare.image_size == 224
     imagenet = load_recipe("imagenet")
     assert imagenet.data.dataset == "imagefolder" and imagenet.data.image_size == 224
     assert recipe_from_dict({}) == Recipe()

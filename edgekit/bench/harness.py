@@ -87,7 +87,8 @@ def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "au
               batches: Sequence[int] = (1, 2, 4, 8), warmup: int = 10, min_queries: int = 100,
               min_seconds: float = 3.0, max_seconds: Optional[float] = None, power: bool = True,
               power_root: str = "/", idle_seconds: float = 2.0, precision: Optional[str] = None,
-              progress: bool = True, log: Callable[[str], None] = print) -> Dict[str, object]:
+              accuracy: Optional[Dict[str, object]] = None, progress: bool = True,
+              log: Callable[[str], None] = print) -> Dict[str, object]:
     """Measure `model_path` and (if `out_path`) write the result JSON atomically; return it."""
     unknown = [s for s in scenarios if s not in ("single_stream", "offline")]
     if unknown:
@@ -127,6 +128,7 @@ def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "au
         "created": started,
         "model": {"path": model_path, "sha256": sha256_file(model_path),
                   "precision": precision or _precision(model_path), "inputs": [repr(s) for s in specs]},
+        "accuracy": accuracy,
         "runtime": info,
         "environment": environment.collect(threads=threads, runtime=info, precision=precision),
         "scenarios": results,
