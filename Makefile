@@ -12,7 +12,7 @@ STAMP   := $(VENV)/.edgekit-installed
 OUT_ARG := $(if $(OUT),--out $(OUT),)
 ART     := $(if $(OUT),$(OUT),artifacts/$(RECIPE))
 
-.PHONY: deploy test lint venv clean help compare
+.PHONY: deploy test test-device lint venv clean help compare
 
 help:
 	@echo "make deploy [TARGET=cpu] [RECIPE=digits] [OUT=dir]   run the main job"
@@ -37,6 +37,10 @@ deploy: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# On a Jetson or a GPU host with TensorRT (e.g. inside docker/jetson): the hardware tiers.
+test-device: $(STAMP)
+	$(BIN)/python -m pytest -q -m "tensorrt or gpu"
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgekit tests

@@ -46,6 +46,22 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build_engine(args: argparse.Namespace) -> int:
+    from .engine.builder import BuildConfig, build_engine, plan_build, trtexec_command
+
+    cfg = BuildConfig(args.onnx, engine_path=args.out, precision=args.precision, dla_core=args.dla,
+                      gpu_fallback=not args.no_gpu_fallback, workspace_mb=args.workspace_mb,
+                      optimization_level=args.optimization_level, min_batch=args.min_batch,
+                      opt_batch=args.opt_batch, max_batch=args.max_batch, static_batch=args.batch,
+                      timing_cache=args.timing_cache, calibration_cache=args.calib)
+    if args.print_trtexec:
+        print(trtexec_command(cfg, args.input_shape and [int(d) for d in args.input_shape.split("x")]))
+        return 0
+    plan_build(cfg)
+    build_engine(cfg, log=_log)
+    return 0
+
+
 def _cmd_lint(args: argparse.Namespace) -> int:
     from .trtlint import lint
 
@@ -99,7 +115,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     accuracy = _accuracy_from_summary(args.summary, args.model) if args.summary else None
     result = benchmark(args.model, out, runner=args.runner, threads=args.threads, scenarios=scenarios,
                        batches=batches, warmup=args.warmup, min_queries=args.queries, min_seconds=args.seconds,
-                       power=not args.no_power, idle_seconds=args.idle_seconds, accuracy=accuracy, log=_log)
+                       power=not args.no_power, idle_seconds=args.idle_seconds, accuracy=accuracy,
+                       cuda_graph=args.cuda_graph, log=_log)
     if args.csv:
         save_csv(args.csv, [result])
     ss = result["scenarios"].get("single_stream")
@@ -160,7 +177,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=3.0, help="minimum measured seconds per scenario/batch")
     p.add_argument("--idle-seconds", type=float, default=2.0, help="idle power baseline before measuring")
     p.add_argument("--no-power", action="store_true", help="do not sample power")
+    p.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay a captured CUDA graph per shape")
     p.set_defaults(func=_cmd_bench, scenario=None)
+
+    p = sub.add_parser("build-engine", help="build a TensorRT engine from an exported ONNX model (on the device)")
+    p.add_argument("onnx", help="model.int8.qdq.onnx (INT8 on the GPU), model.fp16.onnx / model.fp32.onnx")
+    p.add_argument("--out", help="engine path (default: <model>.<precision>.<gpu|dlaN>.engine beside the ONNX)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16")
+    p.add_argument("--dla", type=int, choices=[0, 1], help="build for DLA core 0 or 1 (GPU fallback on)")
+    p.add_argument("--no-gpu-fallback", action="store_true", help="fail instead of running DLA-unsupported layers "
+                   "on the GPU")
+    p.add_argument("--calib", help="calib.cache for implicit INT8 (DLA)")
+    p.add_argument("--workspace-mb", type=int, default=1024, help="builder workspace limit (default 1024 MiB)")
+    p.add_argument("--optimization-level", type=int, choices=range(0, 6), help="TensorRT 8.6+ builder level")
+    p.add_argument("--batch", type=int, help="a static batch instead of a min/opt/max profile")
+    p.add_argument("--min-batch", type=int, default=1)
+    p.add_argument("--opt-batch", type=int, default=1)
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--timing-cache", help="persistent timing cache file (kept between builds)")
+    p.add_argument("--input-shape", help="CxHxW for --print-trtexec (default: 3x224x224)")
+    p.add_argument("--print-trtexec", action="store_true", help="print the equivalent trtexec line and exit")
+    p.set_defaults(func=_cmd_build_engine)
 
     p = sub.add_parser("lint", help="check an ONNX model against TensorRT 8.5's parser and Q/DQ rules")
     p.add_argument("model")

@@ -6,7 +6,7 @@ thread count. The ONNX files timed are kept under `<artifacts>/compare/`.
 """
 
 import os
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List
 
 import numpy as np
 import torch
@@ -18,43 +18,9 @@ from .compress.quantize import quantize_cpu
 from .data import DataBundle
 from .export import INPUT_NAME, export_onnx
 from .recipe import Recipe
-from .runtime.base import Runner, TensorSpec
+from .runtime.base import Runner
 from .runtime.onnxrt import OnnxRuntimeRunner
-
-
-class TorchEagerRunner(Runner):
-    """A PyTorch module behind the runner interface (host only), for eager-mode baselines."""
-
-    name = "pytorch-eager"
-
-    def __init__(self, model: nn.Module, image_size: int, threads: Optional[int] = None) -> None:
-        super(TorchEagerRunner, self).__init__()
-        self.model = model
-        self.image_size = image_size
-        self.threads = threads
-
-    def activate_impl(self) -> None:
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        self.model.eval()
-
-    def deactivate_impl(self) -> None:
-        pass
-
-    def input_specs_impl(self) -> List[TensorSpec]:
-        return [TensorSpec(INPUT_NAME, np.float32, ["batch", 3, self.image_size, self.image_size])]
-
-    def output_names_impl(self) -> List[str]:
-        return ["logits"]
-
-    def infer_impl(self, feed: Dict[str, np.ndarray]):  # noqa: ANN201
-        with torch.inference_mode():
-            out = self.model(torch.from_numpy(feed[INPUT_NAME]))
-        return {"logits": out.numpy()}, None
-
-    def runtime_info(self) -> Dict[str, str]:
-        return {"runner": self.name, "runtime": "pytorch", "runtime_version": torch.__version__,
-                "threads": str(torch.get_num_threads())}
+from .torch_runners import TorchEagerRunner
 
 
 def _resized(batches: List[torch.Tensor], size: int) -> List[np.ndarray]:

@@ -14,8 +14,10 @@ INSTALL_HINTS = {
     "tensorrt": "run on the device or in the Jetson image (docker/jetson); on JetPack it comes with "
                 "the system Python (python3-libnvinfer)",
     "pycuda": "pip install pycuda on the device (needs the CUDA toolkit from JetPack)",
+    "cuda": "pip install cuda-python matching the CUDA version (11.4 on JetPack 5) for CUDA graphs",
     "pynvml": "pip install nvidia-ml-py",
     "torch": "pip install 'edgekit[host]': the host stages need PyTorch",
+    "torch_tensorrt": "pip install torch-tensorrt matching your torch (x86 hosts with a CUDA GPU)",
 }
 
 

@@ -41,3 +41,37 @@ def tiny_run(tmp_path_factory):
     lines = []
     summary = run(load_recipe("digits", TINY), out, log=lines.append)
     return out, summary, lines
+
+
+def _tensorrt_missing():
+    try:
+        import pycuda.driver as cuda
+        import tensorrt  # noqa: F401
+
+        cuda.init()
+        if cuda.Device.count() == 0:
+            return "no CUDA device"
+    except Exception as exc:  # noqa: BLE001 - any import or driver failure means: not here
+        return "TensorRT/pycuda not usable here ({}); run `make test-device` on a Jetson or in the Jetson image".format(
+            type(exc).__name__)
+    return None
+
+
+def _gpu_missing():
+    try:
+        import torch
+    except ImportError:
+        return "PyTorch is not installed"
+    return None if torch.cuda.is_available() else "no CUDA GPU here; run `make test-device` on a GPU machine"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Hardware tiers skip with the reason where the hardware is missing (and run where it is)."""
+    reasons = {}
+    for item in items:
+        for marker in ("tensorrt", "gpu"):
+            if item.get_closest_marker(marker):
+                if marker not in reasons:
+                    reasons[marker] = _tensorrt_missing() if marker == "tensorrt" else _gpu_missing()
+                if reasons[marker]:
+                    item.add_marker(pytest.mark.skip(reason=reasons[marker]))

@@ -35,7 +35,8 @@ def test_vermin_does_flag_newer_syntax(tmp_path):
 
 def test_device_side_imports_without_torch():
     code = ("import sys, edgekit, edgekit.errors, edgekit.artifacts, edgekit.cli, edgekit.runtime, "
-            "edgekit.runtime.onnxrt, edgekit.bench.harness, edgekit.bench.power, edgekit.bench.results; "
+            "edgekit.runtime.onnxrt, edgekit.runtime.tensorrt, edgekit.bench.harness, edgekit.bench.power, "
+            "edgekit.bench.results, edgekit.engine, edgekit.engine.dla_report, edgekit.trtlint; "
             "bad = [m for m in ('torch', 'torchvision', 'torch_pruning') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

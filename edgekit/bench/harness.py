@@ -49,13 +49,25 @@ class PowerWindow(Window):
             self.source.close()
 
 
-def make_runner(model_path: str, runner: str = "auto", threads: Optional[int] = None) -> Runner:
-    """The runner for `model_path`: TensorRT for engines, onnxruntime for ONNX files."""
-    if runner not in ("auto", "onnxruntime"):
-        raise EdgekitError("unknown runner {!r}; choose auto or onnxruntime".format(runner))
-    if model_path.endswith((".engine", ".plan")):
-        raise EdgekitError("{} is a TensorRT engine: the TensorRT runner arrives with issue 3/5; "
-                           "benchmark the ONNX file with onnxruntime meanwhile".format(model_path))
+def make_runner(model_path: str, runner: str = "auto", threads: Optional[int] = None,
+                cuda_graph: bool = False) -> Runner:
+    """The runner for `model_path`: TensorRT for engines, onnxruntime for ONNX files.
+
+    `auto` goes by the file: an engine needs TensorRT (on the device); an ONNX file runs in
+    onnxruntime (with its TensorRT or CUDA provider when that build is installed).
+    """
+    if runner not in ("auto", "onnxruntime", "tensorrt"):
+        raise EdgekitError("unknown runner {!r}; choose auto, tensorrt or onnxruntime".format(runner))
+    is_engine = model_path.endswith((".engine", ".plan"))
+    if runner == "tensorrt" or (runner == "auto" and is_engine):
+        if not is_engine:
+            raise EdgekitError("the TensorRT runner takes an engine; build one first: edgekit build-engine "
+                               "{}".format(model_path))
+        from ..runtime.tensorrt import TensorRTRunner
+
+        return TensorRTRunner(model_path, cuda_graph=cuda_graph)
+    if is_engine:
+        raise EdgekitError("{} is a TensorRT engine: onnxruntime cannot run it".format(model_path))
     from ..runtime.onnxrt import OnnxRuntimeRunner
 
     return OnnxRuntimeRunner(model_path, threads=threads)
@@ -87,7 +99,7 @@ def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "au
               batches: Sequence[int] = (1, 2, 4, 8), warmup: int = 10, min_queries: int = 100,
               min_seconds: float = 3.0, max_seconds: Optional[float] = None, power: bool = True,
               power_root: str = "/", idle_seconds: float = 2.0, precision: Optional[str] = None,
-              accuracy: Optional[Dict[str, object]] = None, progress: bool = True,
+              accuracy: Optional[Dict[str, object]] = None, cuda_graph: bool = False, progress: bool = True,
               log: Callable[[str], None] = print) -> Dict[str, object]:
     """Measure `model_path` and (if `out_path`) write the result JSON atomically; return it."""
     unknown = [s for s in scenarios if s not in ("single_stream", "offline")]
@@ -95,7 +107,7 @@ def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "au
         raise EdgekitError("unknown scenario {}; choose single_stream, offline".format(", ".join(unknown)))
     if any(b < 1 for b in batches):
         raise EdgekitError("batch sizes must be positive, got {}".format(list(batches)))
-    model_runner = make_runner(model_path, runner, threads)
+    model_runner = make_runner(model_path, runner, threads, cuda_graph)
     if power:
         source, reasons = detect_power_source(power_root)
     else:
