@@ -36,6 +36,8 @@ class DataBundle:
     # Applied to each training batch (on tensors): cheap augmentation that keeps teacher and
     # student seeing the same augmented images during distillation.
     batch_augment: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None
+    # Training images as evaluation sees them (no random crops or flips), for INT8 calibration.
+    calibration_set: Optional[Dataset] = None
 
     def train_loader(self, generator: torch.Generator) -> DataLoader:
         return DataLoader(self.train, batch_size=self.batch_size, shuffle=True, drop_last=True,
@@ -47,7 +49,7 @@ class DataBundle:
 
     def calibration_batches(self, samples: int, batch_size: int = 32, seed: int = 0) -> Iterator[torch.Tensor]:
         """Batches of up to `samples` real training images, a fixed random subset (for INT8)."""
-        yield from calibration_batches(self.train, samples, batch_size, seed)
+        yield from calibration_batches(self.calibration_set or self.train, samples, batch_size, seed)
 
 
 def calibration_batches(dataset: Dataset, samples: int, batch_size: int = 32,
@@ -171,9 +173,11 @@ def load_imagefolder_bundle(cfg: DataConfig, seed: int) -> DataBundle:
         raise EdgekitError("train/ and val/ under {} have different class folders ({} vs {})".format(
             cfg.root, len(train.classes), len(val.classes)))  # type: ignore[attr-defined]
     classes = list(train.classes)  # type: ignore[attr-defined]
+    calibration = _image_folder(os.path.join(cfg.root, "train"), val_tf, "train")
     return DataBundle(train=_cap(train, cfg.max_train_samples, seed), val=_cap(val, cfg.max_val_samples, seed),
                       num_classes=len(classes), class_names=classes, image_size=size,
-                      mean=IMAGENET_MEAN, std=IMAGENET_STD, batch_size=cfg.batch_size, workers=cfg.workers)
+                      mean=IMAGENET_MEAN, std=IMAGENET_STD, batch_size=cfg.batch_size, workers=cfg.workers,
+                      calibration_set=_cap(calibration, cfg.max_train_samples, seed))
 
 
 def load_data(cfg: DataConfig, seed: int) -> DataBundle:

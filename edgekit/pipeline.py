@@ -217,8 +217,8 @@ def run(recipe: Recipe, out_dir: str, force: bool = False, force_stages: Sequenc
         "environment": environment(threads),
         "command": sys.argv,
     }
-    if compared:
-        summary["compare"] = {k: v for k, v in compared.items() if k not in ("seconds", "reused")}
+    # Keys this run owns are always written (None when skipped), so an older run's figures never linger.
+    summary["compare"] = {k: v for k, v in compared.items() if k not in ("seconds", "reused")} if compared else None
     summary_path = os.path.join(out_dir, "summary.json")
     if os.path.exists(summary_path):
         # Later stages (quantization, ONNX, benchmarks) add their own keys: keep them.
@@ -253,9 +253,10 @@ def export_and_measure(student: torch.nn.Module, data: DataBundle, recipe: Recip
     fp32 = os.path.join(out_dir, "model.fp32.onnx")
     log("export: ONNX opset 17, {0}x{0}, dynamic batch -> {1}".format(size, fp32))
     export_onnx(student, fp32, size)
-    val_images = torch.cat([images for images, _ in data.val_loader()])
-    val_labels = torch.cat([labels for _, labels in data.val_loader()]).numpy()
-    verify = verify_onnx(fp32, student, val_images[:64], threads)
+    # The val split is streamed batch by batch (ImageNet's does not fit in memory at once).
+    first_images = next(iter(data.val_loader()))[0]
+    val_labels = np.concatenate([labels.numpy() for _, labels in data.val_loader()])
+    verify = verify_onnx(fp32, student, first_images[:64], threads)
     convert_fp16(fp32, os.path.join(out_dir, "model.fp16.onnx"))
     calibration = [b.numpy() for b in data.calibration_batches(recipe.data.calibration_samples, seed=recipe.seed)]
     log("quantize: INT8, {} calibration on {} real samples".format(recipe.quantize.method,
@@ -265,20 +266,21 @@ def export_and_measure(student: torch.nn.Module, data: DataBundle, recipe: Recip
     # What goes to TensorRT must pass the lint; the CPU flavour is for onnxruntime (uint8) by design.
     for name in ("model.fp32.onnx", "model.fp16.onnx", "model.int8.qdq.onnx"):
         check_tensorrt_compatible(os.path.join(out_dir, name))
-    report_images = val_images[:recipe.quantize.report_samples].numpy()
+    report_images = first_images[:recipe.quantize.report_samples].numpy()
     reports = {flavour: quantization_error(fp32, os.path.join(out_dir, "model.int8.{}.onnx".format(flavour)),
                                            report_images, top=10) for flavour in ("qdq", "cpu")}
     with torch.no_grad():
-        student_logits = student.eval()(val_images).numpy()
+        student.eval()
+        student_logits = np.concatenate([student(images).numpy() for images, _ in data.val_loader()])
     student_top1 = float((student_logits.argmax(1) == val_labels).mean() * 100.0)
-    sample = {"input": val_images[:1].numpy().astype(np.float32)}
+    sample = {"input": first_images[:1].numpy().astype(np.float32)}
     models = []
     for name, precision, target in (("model.fp32.onnx", "fp32", "tensorrt, onnxruntime"),
                                     ("model.fp16.onnx", "fp16", "tensorrt"),
                                     ("model.int8.qdq.onnx", "int8", "tensorrt (explicit Q/DQ)"),
                                     ("model.int8.cpu.onnx", "int8", "onnxruntime cpu")):
         path = os.path.join(out_dir, name)
-        logits = onnx_logits(path, [val_images], threads)
+        logits = onnx_logits(path, (images for images, _ in data.val_loader()), threads)
         top1 = float((logits.argmax(1) == val_labels).mean() * 100.0)
         with OnnxRuntimeRunner(path, providers=["CPUExecutionProvider"], threads=threads) as runner:
             ss = single_stream(runner, sample, warmup=5, min_queries=recipe.bench.min_queries,

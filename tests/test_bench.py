@@ -149,3 +149,27 @@ def test_bench_records_the_accuracy_of_what_it_times(tiny, tmp_path):
     proc = subprocess.run(edgekit_cmd("bench", tiny, "--summary", str(other), *args), capture_output=True, text=True,
                           cwd=REPO, timeout=120)
     assert proc.returncode == 2 and "lists no accuracy for tiny.fp32.onnx (models: model.fp32.onnx)" in proc.stderr
+
+
+def test_runner_choice_says_why(tiny, tmp_path):
+    from edgekit.bench.harness import choose_runner
+    from edgekit.engine.metadata import EngineMetadata, save_metadata
+
+    runtime, path, why = choose_runner(tiny)
+    assert runtime == "onnxruntime" and path == tiny
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        assert why == "TensorRT is not installed here"
+        # an engine built from this very ONNX exists, but without TensorRT onnxruntime still runs it
+        engine = os.path.join(os.path.dirname(tiny), "tiny.fp32.gpu.engine")
+        open(engine, "wb").close()
+        from edgekit.artifacts import sha256_file
+
+        save_metadata(engine, EngineMetadata.create(onnx_sha256=sha256_file(tiny), precision="fp32"))
+        assert choose_runner(tiny)[0] == "onnxruntime"
+        with pytest.raises(EdgekitError, match="and TensorRT is not installed here"):
+            choose_runner(tiny, "tensorrt")
+    assert choose_runner(str(tmp_path / "m.engine"))[0] == "tensorrt"
+    with pytest.raises(EdgekitError, match="onnxruntime cannot run it"):
+        choose_runner(str(tmp_path / "m.engine"), "onnxruntime")

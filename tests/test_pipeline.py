@@ -93,6 +93,12 @@ def test_imagefolder_with_a_torchvision_checkpoint_end_to_end(tmp_path):
     assert any("1000-class head" in line for line in lines)
     assert summary["student"]["macs"] <= 0.5 * summary["teacher"]["macs"]
     assert [m["name"] for m in summary["models"]] == ["fp32", "fp16", "int8.qdq", "int8.cpu"]
+    from edgekit.data import load_data
+
+    # calibration sees training images as evaluation does: no random crops, so it is repeatable
+    data = load_data(recipe.data, recipe.seed)
+    first, again = (torch.cat(list(data.calibration_batches(8))) for _ in range(2))
+    assert first.shape == (8, 3, 32, 32) and torch.equal(first, again)
     teacher, _ = load_student(str(tmp_path / "out" / "teacher.pt"))
     # the teacher body starts from the checkpoint, not from random weights
     assert teacher.fc.out_features == 3

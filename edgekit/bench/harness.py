@@ -4,7 +4,7 @@ import os
 import sys
 import time
 import uuid
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -49,28 +49,58 @@ class PowerWindow(Window):
             self.source.close()
 
 
-def make_runner(model_path: str, runner: str = "auto", threads: Optional[int] = None,
-                cuda_graph: bool = False) -> Runner:
-    """The runner for `model_path`: TensorRT for engines, onnxruntime for ONNX files.
+def engine_for(onnx_path: str) -> Optional[str]:
+    """An engine built from exactly this ONNX file (its metadata names the ONNX sha256), if any."""
+    import glob
+    import json
 
-    `auto` goes by the file: an engine needs TensorRT (on the device); an ONNX file runs in
-    onnxruntime (with its TensorRT or CUDA provider when that build is installed).
-    """
+    digest = sha256_file(onnx_path)
+    for meta_path in sorted(glob.glob(os.path.join(os.path.dirname(onnx_path) or ".", "*.engine.json"))):
+        try:
+            with open(meta_path, encoding="utf-8") as f:
+                if json.load(f).get("onnx_sha256") == digest:
+                    return meta_path[: -len(".json")]
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def choose_runner(model_path: str, runner: str = "auto") -> Tuple[str, str, str]:
+    """(runtime, path to run, why): TensorRT when it is here and an engine exists, else onnxruntime."""
     if runner not in ("auto", "onnxruntime", "tensorrt"):
         raise EdgekitError("unknown runner {!r}; choose auto, tensorrt or onnxruntime".format(runner))
     is_engine = model_path.endswith((".engine", ".plan"))
-    if runner == "tensorrt" or (runner == "auto" and is_engine):
-        if not is_engine:
-            raise EdgekitError("the TensorRT runner takes an engine; build one first: edgekit build-engine "
-                               "{}".format(model_path))
+    if is_engine:
+        if runner == "onnxruntime":
+            raise EdgekitError("{} is a TensorRT engine: onnxruntime cannot run it".format(model_path))
+        return "tensorrt", model_path, "a TensorRT engine"
+    if runner == "onnxruntime":
+        return "onnxruntime", model_path, "asked for"
+    from ..runtime.tensorrt import tensorrt_available
+
+    version = tensorrt_available()
+    engine = engine_for(model_path) if os.path.isfile(model_path) else None
+    if version and engine:
+        return "tensorrt", engine, "TensorRT {} is here and {} was built from this ONNX".format(
+            version, os.path.basename(engine))
+    if runner == "tensorrt":
+        raise EdgekitError("no TensorRT engine built from {}{}: run edgekit build-engine first".format(
+            model_path, "" if version else " and TensorRT is not installed here"))
+    why = "TensorRT is not installed here" if not version else "no engine was built from this ONNX yet"
+    return "onnxruntime", model_path, why
+
+
+def make_runner(model_path: str, runner: str = "auto", threads: Optional[int] = None,
+                cuda_graph: bool = False) -> Runner:
+    """The runner `choose_runner` picks, constructed (cheap: nothing is loaded before `activate`)."""
+    runtime, path, _ = choose_runner(model_path, runner)
+    if runtime == "tensorrt":
         from ..runtime.tensorrt import TensorRTRunner
 
-        return TensorRTRunner(model_path, cuda_graph=cuda_graph)
-    if is_engine:
-        raise EdgekitError("{} is a TensorRT engine: onnxruntime cannot run it".format(model_path))
+        return TensorRTRunner(path, cuda_graph=cuda_graph)
     from ..runtime.onnxrt import OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner(model_path, threads=threads)
+    return OnnxRuntimeRunner(path, threads=threads)
 
 
 def random_feed(runner: Runner, batch: int, seed: int = 0) -> Dict[str, np.ndarray]:
@@ -107,6 +137,8 @@ def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "au
         raise EdgekitError("unknown scenario {}; choose single_stream, offline".format(", ".join(unknown)))
     if any(b < 1 for b in batches):
         raise EdgekitError("batch sizes must be positive, got {}".format(list(batches)))
+    runtime_name, run_path, why = choose_runner(model_path, runner)
+    log("runner: {} ({})".format(runtime_name, why))
     model_runner = make_runner(model_path, runner, threads, cuda_graph)
     if power:
         source, reasons = detect_power_source(power_root)
@@ -138,7 +170,7 @@ def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "au
     result = {
         "run_id": time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6],
         "created": started,
-        "model": {"path": model_path, "sha256": sha256_file(model_path),
+        "model": {"path": model_path, "ran": run_path, "sha256": sha256_file(run_path),
                   "precision": precision or _precision(model_path), "inputs": [repr(s) for s in specs]},
         "accuracy": accuracy,
         "runtime": info,
