@@ -12,10 +12,11 @@ STAMP   := $(VENV)/.edgekit-installed
 OUT_ARG := $(if $(OUT),--out $(OUT),)
 ART     := $(if $(OUT),$(OUT),artifacts/$(RECIPE))
 
-.PHONY: deploy test test-device lint venv clean help compare
+.PHONY: deploy test test-device lint venv clean help compare docker-jetson docker-host docker-cpu
 
 help:
-	@echo "make deploy [TARGET=cpu] [RECIPE=digits] [OUT=dir]   run the main job"
+	@echo "make deploy [TARGET=cpu] [RECIPE=digits] [OUT=dir]   run the main job here"
+	@echo "make deploy TARGET=xavier DEVICE=user@host [SSH_PORT=22] [SSH_KEY=~/.ssh/id]   measure on a device"
 	@echo "make test                                          run the test suite"
 	@echo "make lint                                          ruff + the Python 3.8 check of device-side code"
 
@@ -31,9 +32,17 @@ deploy: $(STAMP)
 	@if [ ! -f deploy/targets/$(TARGET).yaml ]; then \
 	  echo "edgekit: error: unknown TARGET '$(TARGET)'; available: $$(ls deploy/targets | sed -n 's/\.yaml$$//p' | tr '\n' ' ')" >&2; \
 	  exit 2; fi
+ifdef DEVICE
+	$(BIN)/edgekit deploy --target $(TARGET) --device $(DEVICE) $(if $(SSH_PORT),--ssh-port $(SSH_PORT),) \
+	  $(if $(SSH_KEY),--ssh-key $(SSH_KEY),) --recipe $(RECIPE) $(OUT_ARG) $(ARGS)
+else
+	@if [ "$(TARGET)" != cpu ]; then \
+	  echo "edgekit: error: TARGET=$(TARGET) runs on a device: give DEVICE=user@host (and SSH_PORT, SSH_KEY if needed)" >&2; \
+	  exit 2; fi
 	$(BIN)/edgekit run --recipe $(RECIPE) $(OUT_ARG) $(ARGS)
 	$(BIN)/edgekit bench $(ART)/model.int8.cpu.onnx --summary $(ART)/summary.json --seconds 1 \
 	  --out benchmarks/results/$(TARGET)/$(RECIPE).int8.cpu.json --csv benchmarks/results/$(TARGET)/$(RECIPE).int8.cpu.csv
+endif
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -51,3 +60,13 @@ clean:
 
 compare: $(STAMP)
 	$(BIN)/python benchmarks/compare.py --recipe $(RECIPE) $(OUT_ARG) $(ARGS)
+
+# Docker images (need a Docker engine: docker-jetson on the Jetson itself, aarch64).
+docker-jetson:
+	docker build -f docker/jetson/Dockerfile -t edgekit/jetson:r35.4.1 .
+
+docker-host:
+	docker build -f docker/host/Dockerfile -t edgekit/host:trt10 .
+
+docker-cpu:
+	docker build -f docker/cpu/Dockerfile -t edgekit/cpu .

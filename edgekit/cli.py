@@ -62,6 +62,24 @@ def _cmd_build_engine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from .pipeline import default_out_dir, run
+    from .recipe import load_recipe
+    from .remote import deploy
+    from .targets import TARGET_DIR, load_target
+
+    target = load_target(args.target)
+    target_file = args.target if args.target.endswith((".yaml", ".yml")) else os.path.join(
+        TARGET_DIR, args.target + ".yaml")
+    recipe = load_recipe(args.recipe, args.set)
+    out = default_out_dir(recipe, args.out)
+    _log("[host] stages of recipe {} -> {}".format(recipe.name, out))
+    run(recipe, out, log=_log)
+    deploy(out, target, target_file, args.device, ssh_port=args.ssh_port, ssh_key=args.ssh_key,
+           python=args.remote_python, results_root=args.results, known_hosts=args.known_hosts, log=_log)
+    return 0
+
+
 def _cmd_lint(args: argparse.Namespace) -> int:
     from .trtlint import lint
 
@@ -116,7 +134,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     result = benchmark(args.model, out, runner=args.runner, threads=args.threads, scenarios=scenarios,
                        batches=batches, warmup=args.warmup, min_queries=args.queries, min_seconds=args.seconds,
                        power=not args.no_power, idle_seconds=args.idle_seconds, accuracy=accuracy,
-                       cuda_graph=args.cuda_graph, log=_log)
+                       cuda_graph=args.cuda_graph, precision=args.precision, log=_log)
     if args.csv:
         save_csv(args.csv, [result])
     ss = result["scenarios"].get("single_stream")
@@ -178,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-seconds", type=float, default=2.0, help="idle power baseline before measuring")
     p.add_argument("--no-power", action="store_true", help="do not sample power")
     p.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay a captured CUDA graph per shape")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="recorded with the result (default: "
+                   "from the file name)")
     p.set_defaults(func=_cmd_bench, scenario=None)
 
     p = sub.add_parser("build-engine", help="build a TensorRT engine from an exported ONNX model (on the device)")
@@ -198,6 +218,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", help="CxHxW for --print-trtexec (default: 3x224x224)")
     p.add_argument("--print-trtexec", action="store_true", help="print the equivalent trtexec line and exit")
     p.set_defaults(func=_cmd_build_engine)
+
+    p = sub.add_parser("deploy", parents=[recipe_args], help="host stages, then measure on a device over SSH and "
+                       "fetch the results")
+    p.add_argument("--target", default="cpu", help="a name under deploy/targets/ or a YAML path")
+    p.add_argument("--device", required=True, help="user@host (or a host from ~/.ssh/config)")
+    p.add_argument("--ssh-port", type=int)
+    p.add_argument("--ssh-key", help="private key file")
+    p.add_argument("--known-hosts", help="known_hosts file to use instead of ~/.ssh/known_hosts")
+    p.add_argument("--remote-python", default="python3", help="the device's Python (default python3)")
+    p.add_argument("--out", help="artifacts folder (default: artifacts/<recipe name>)")
+    p.add_argument("--results", default=os.path.join("benchmarks", "results"), help="where results are fetched to")
+    p.set_defaults(func=_cmd_deploy)
 
     p = sub.add_parser("lint", help="check an ONNX model against TensorRT 8.5's parser and Q/DQ rules")
     p.add_argument("model")

@@ -1,0 +1,83 @@
+"""Deployment targets (`deploy/targets/*.yaml`): what a device is and what to measure on it.
+
+Validated like recipes: every field has a default, unknown keys are errors that list the valid
+ones. Python 3.8 clean and torch-free: the device-side CLI reads targets too.
+"""
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from .errors import EdgekitError
+from .recipe import _build, _choice
+
+TARGET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deploy", "targets")
+PLACEMENTS = ("cpu", "gpu", "dla0", "dla1")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class Target:
+    name: str = "cpu"
+    description: str = ""
+    arch: str = _choice("native", "native", "aarch64", "x86_64")
+    jetpack: Optional[str] = None
+    l4t: Optional[str] = None          # the device's /etc/nv_tegra_release must match (R35.4.1)
+    tensorrt: Optional[str] = None
+    python: Optional[str] = None
+    cuda_arch: Optional[str] = None
+    dla_cores: int = 0
+    nvpmodel: Optional[int] = None     # the expected power mode (recorded, never set silently)
+    power_rails: List[str] = field(default_factory=list)
+    runtime: str = _choice("native", "native", "docker")
+    image: Optional[str] = None        # docker image to run the device side in
+    precisions: List[str] = field(default_factory=lambda: ["fp32"])
+    batches: List[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    placements: List[str] = field(default_factory=lambda: ["cpu"])
+
+    def validate(self) -> "Target":
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise EdgekitError("target {}: {}".format(self.name, msg))
+
+        bad = [p for p in self.placements if p not in PLACEMENTS]
+        need(not bad, "placements must be among {}, got {}".format(", ".join(PLACEMENTS), ", ".join(bad)))
+        bad = [p for p in self.precisions if p not in PRECISIONS]
+        need(not bad, "precisions must be among {}, got {}".format(", ".join(PRECISIONS), ", ".join(bad)))
+        need(bool(self.batches) and all(b >= 1 for b in self.batches), "batches must be positive")
+        dla = [p for p in self.placements if p.startswith("dla")]
+        need(all(int(p[3:]) < self.dla_cores for p in dla),
+             "placements name DLA cores the target does not have (dla_cores: {})".format(self.dla_cores))
+        need(self.runtime != "docker" or bool(self.image), "runtime docker needs an image")
+        return self
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def available_targets() -> List[str]:
+    if not os.path.isdir(TARGET_DIR):
+        return []
+    return sorted(p[:-5] for p in os.listdir(TARGET_DIR) if p.endswith(".yaml"))
+
+
+def load_target(name_or_path: str) -> Target:
+    if os.path.sep in name_or_path or name_or_path.endswith((".yaml", ".yml")):
+        path = name_or_path
+    else:
+        path = os.path.join(TARGET_DIR, name_or_path + ".yaml")
+    if not os.path.isfile(path):
+        raise EdgekitError("unknown target {!r}; available: {}".format(name_or_path, ", ".join(available_targets())))
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as exc:
+        raise EdgekitError("target {} is not valid YAML: {}".format(path, getattr(exc, "problem", exc))) from None
+    if not isinstance(data, dict):
+        raise EdgekitError("target {}: the top level must be a mapping".format(path))
+    try:
+        return _build(Target, data).validate()
+    except EdgekitError as exc:
+        raise EdgekitError(str(exc).replace("recipe: ", "target {}: ".format(os.path.basename(path)), 1)) from None

@@ -1,0 +1,67 @@
+"""Deployment targets and the Docker images: validated and parsed here (no Docker engine runs on CI)."""
+
+import os
+
+import dockerfile
+import pytest
+from conftest import REPO
+
+from edgekit.errors import EdgekitError
+from edgekit.targets import available_targets, load_target
+
+
+def test_every_target_loads_and_xavier_says_what_it_is():
+    assert available_targets() == ["cpu", "orin", "x86-gpu", "xavier"]
+    xavier = load_target("xavier")
+    assert (xavier.arch, xavier.l4t, xavier.tensorrt, xavier.python, xavier.cuda_arch) == \
+        ("aarch64", "R35.4.1", "8.5.2", "3.8", "sm_72")
+    assert xavier.dla_cores == 2 and xavier.nvpmodel == 0 and xavier.placements == ["gpu", "dla0", "dla1"]
+    assert xavier.power_rails == ["GPU", "CPU", "SOC", "CV", "VDDRQ", "SYS5V"]
+    assert load_target("orin").tensorrt.startswith("10.")
+    assert load_target("cpu").runtime == "native"
+
+
+def test_bad_targets(tmp_path):
+    with pytest.raises(EdgekitError, match=r"unknown target 'tx2'; available: cpu, orin, x86-gpu, xavier"):
+        load_target("tx2")
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("name: x\nplacement: [gpu]\n")
+    with pytest.raises(EdgekitError, match=r"target wrong\.yaml: unknown key 'placement'; valid keys: arch"):
+        load_target(str(wrong))
+    dla = tmp_path / "dla.yaml"
+    dla.write_text("name: nano\nplacements: [gpu, dla0]\n")
+    with pytest.raises(EdgekitError, match="DLA cores the target does not have"):
+        load_target(str(dla))
+    docker = tmp_path / "docker.yaml"
+    docker.write_text("name: d\nruntime: docker\n")
+    with pytest.raises(EdgekitError, match="runtime docker needs an image"):
+        load_target(str(docker))
+
+
+@pytest.mark.parametrize("image", ["jetson", "host", "cpu"])
+def test_dockerfiles_parse_and_copy_only_what_exists(image):
+    path = os.path.join(REPO, "docker", image, "Dockerfile")
+    commands = dockerfile.parse_file(path)  # Docker's own (Go) parser
+    kinds = [c.cmd for c in commands]
+    assert "FROM" in kinds and "ENTRYPOINT" in kinds and "LABEL" in kinds
+    assert "ADD" not in kinds  # nothing fetched at build time behind the reader's back
+    stages = {c.value[2] for c in commands if c.cmd == "FROM" and len(c.value) == 3}
+    for command in commands:
+        if command.cmd != "COPY":
+            continue
+        if any(flag.startswith("--from=") for flag in command.flags):
+            assert command.flags[0].split("=", 1)[1] in stages
+            continue
+        for source in command.value[:-1]:
+            assert os.path.exists(os.path.join(REPO, source)), "{}: COPY {} does not exist".format(image, source)
+    # every base image is a build argument, so the L4T/TensorRT tag can be matched to the device
+    assert all(c.value[0].startswith("${") for c in commands if c.cmd == "FROM")
+
+
+def test_jetson_image_is_multistage_on_l4t_r35_tensorrt():
+    commands = dockerfile.parse_file(os.path.join(REPO, "docker", "jetson", "Dockerfile"))
+    args = dict(c.value[0].split("=", 1) for c in commands if c.cmd == "ARG" and "=" in c.value[0])
+    assert args["L4T_TRT_RUNTIME"] == "nvcr.io/nvidia/l4t-tensorrt:r8.5.2-runtime"
+    assert args["L4T_TRT_DEVEL"].startswith("nvcr.io/nvidia/l4t-tensorrt:r8.5.2")
+    assert sum(c.cmd == "FROM" for c in commands) == 2
+    assert any("pycuda" in " ".join(c.value) for c in commands if c.cmd == "RUN")
