@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from . import __version__
-from .artifacts import Manifest, config_hash, run_stage, sha256_file, write_json_atomic
+from .artifacts import Manifest, config_hash, remove_if_exists, run_stage, sha256_file, write_json_atomic
+from .bench.environment import cpu_model
 from .compress.distill import train
 from .compress.spiral import spiral
 from .data import DataBundle, evaluate_top1, load_data
@@ -43,20 +44,11 @@ def environment(threads: int) -> Dict[str, Any]:
     except ImportError:
         tp_version = None
     return {"python": platform.python_version(), "platform": platform.platform(),
-            "machine": platform.machine(), "processor": _cpu_model(), "cpu_count": os.cpu_count(),
+            "machine": platform.machine(), "processor": cpu_model(), "cpu_count": os.cpu_count(),
             "threads": threads, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "torch_pruning": tp_version, "edgekit": __version__}
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _agreement(a: torch.nn.Module, b: torch.nn.Module, data: DataBundle) -> float:
@@ -122,7 +114,7 @@ def run(recipe: Recipe, out_dir: str, force: bool = False, force_stages: Sequenc
                             checkpoint=os.path.join(out_dir, "teacher.train.pt"), key=teacher_key,
                             seed=recipe.seed, desc="teacher", log=log)
         save_student(teacher_path, model, meta={"role": "teacher", "recipe": recipe.name})
-        _remove(os.path.join(out_dir, "teacher.train.pt"))
+        remove_if_exists(os.path.join(out_dir, "teacher.train.pt"))
         return {"top1": round(evaluate_top1(model, data.val_loader()), 3), "history": history}
 
     teacher_metrics = run_stage(manifest, "teacher", teacher_key, ["teacher.pt"], make_teacher,
@@ -302,12 +294,6 @@ def export_and_measure(student: torch.nn.Module, data: DataBundle, recipe: Recip
                              "trt_version": recipe.quantize.trt_version,
                              "worst_layers": reports}}
 
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def default_out_dir(recipe: Recipe, out: Optional[str]) -> str:

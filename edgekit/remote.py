@@ -78,7 +78,7 @@ def _run(argv: List[str], step: str, timeout: int = 3600, capture: bool = True) 
     return proc.stdout or ""
 
 
-def build_bundle(artifacts: str, target: Target, target_file: str, bundle: str,
+def build_bundle(artifacts: str, target_file: str, bundle: str,
                  log: Callable[[str], None] = print) -> List[str]:
     """The folder that goes to the device: wheel, models, calibration cache, summary, target."""
     os.makedirs(bundle, exist_ok=True)
@@ -176,7 +176,7 @@ def deploy(artifacts: str, target: Target, target_file: str, device: str, ssh_po
                            "(README) for now")
 
     bundle = os.path.join(artifacts, "device_bundle")
-    build_bundle(artifacts, target, target_file, bundle, log)
+    build_bundle(artifacts, target_file, bundle, log)
     log("[copy] bundle -> {}:{}".format(device, remote_dir))
     _run(ssh.ssh("mkdir -p {}".format(shlex.quote(remote_dir))), "creating {} on {}".format(remote_dir, device), 60)
     _run(ssh.scp([os.path.join(bundle, name) for name in sorted(os.listdir(bundle))],

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 from torch import nn
 
-from ..artifacts import config_hash, write_json_atomic
+from ..artifacts import config_hash, remove_if_exists, write_json_atomic
 from ..data import DataBundle, evaluate_top1
 from ..models import count_macs_params, load_student, save_student
 from ..recipe import Recipe
@@ -92,7 +92,7 @@ def spiral(teacher: nn.Module, data: DataBundle, recipe: Recipe, folder: str, *,
                   "seconds": round(time.perf_counter() - started, 2)}
         save_student(os.path.join(folder, "round{}.pt".format(k)), student, meta={"round": k})
         write_json_atomic(os.path.join(folder, "round{}.json".format(k)), record)
-        _remove(os.path.join(folder, "round{}.train.pt".format(k)))
+        remove_if_exists(os.path.join(folder, "round{}.train.pt".format(k)))
         records.append(record)
     return student, records
 
@@ -122,12 +122,6 @@ def _unstructured(teacher: nn.Module, data: DataBundle, recipe: Recipe, folder: 
               "seconds": round(time.perf_counter() - started, 2)}
     save_student(os.path.join(folder, "round1.pt"), student, meta={"round": 1, "unstructured": True})
     write_json_atomic(os.path.join(folder, "round1.json"), record)
-    _remove(os.path.join(folder, "round1.train.pt"))
+    remove_if_exists(os.path.join(folder, "round1.train.pt"))
     return student, [record]
 
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
