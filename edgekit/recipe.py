@@ -248,20 +248,25 @@ def parse_override(text: str) -> List[Any]:
     return [key.strip().split("."), value]
 
 
-def load_recipe(name_or_path: str, overrides: Optional[List[str]] = None) -> Recipe:
-    path = resolve_recipe_path(name_or_path)
+def read_yaml_mapping(path: str, kind: str) -> Dict[str, Any]:
+    """A YAML file whose top level is a mapping (recipes, targets), or one clear EdgekitError."""
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = " at line {}".format(mark.line + 1) if mark is not None else ""
-        raise EdgekitError("recipe {} is not valid YAML{}: {}".format(
-            path, where, getattr(exc, "problem", exc))) from None
+        raise EdgekitError("{} {} is not valid YAML{}: {}".format(
+            kind, path, where, getattr(exc, "problem", exc))) from None
     except OSError as exc:
-        raise EdgekitError("cannot read recipe {}: {}".format(path, exc.strerror)) from None
+        raise EdgekitError("cannot read {} {}: {}".format(kind, path, exc.strerror)) from None
     if not isinstance(data, dict):
-        raise EdgekitError("recipe {}: the top level must be a mapping of keys to values".format(path))
+        raise EdgekitError("{} {}: the top level must be a mapping of keys to values".format(kind, path))
+    return data
+
+
+def load_recipe(name_or_path: str, overrides: Optional[List[str]] = None) -> Recipe:
+    data = read_yaml_mapping(resolve_recipe_path(name_or_path), "recipe")
     for text in overrides or []:
         keys, value = parse_override(text)
         node = data

@@ -8,10 +8,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
-import yaml
-
 from .errors import EdgekitError
-from .recipe import _build, _choice
+from .recipe import _build, _choice, read_yaml_mapping
 
 TARGET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deploy", "targets")
 PLACEMENTS = ("cpu", "gpu", "dla0", "dla1")
@@ -70,13 +68,7 @@ def load_target(name_or_path: str) -> Target:
         path = os.path.join(TARGET_DIR, name_or_path + ".yaml")
     if not os.path.isfile(path):
         raise EdgekitError("unknown target {!r}; available: {}".format(name_or_path, ", ".join(available_targets())))
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-    except yaml.YAMLError as exc:
-        raise EdgekitError("target {} is not valid YAML: {}".format(path, getattr(exc, "problem", exc))) from None
-    if not isinstance(data, dict):
-        raise EdgekitError("target {}: the top level must be a mapping".format(path))
+    data = read_yaml_mapping(path, "target")
     try:
         return _build(Target, data).validate()
     except EdgekitError as exc:
