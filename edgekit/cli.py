@@ -66,11 +66,10 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     from .pipeline import default_out_dir, run
     from .recipe import load_recipe
     from .remote import deploy
-    from .targets import TARGET_DIR, load_target
+    from .targets import load_target, resolve_target_path
 
     target = load_target(args.target)
-    target_file = args.target if args.target.endswith((".yaml", ".yml")) else os.path.join(
-        TARGET_DIR, args.target + ".yaml")
+    target_file = resolve_target_path(args.target)
     recipe = load_recipe(args.recipe, args.set)
     out = default_out_dir(recipe, args.out)
     _log("[host] stages of recipe {} -> {}".format(recipe.name, out))

@@ -222,17 +222,25 @@ def recipe_from_dict(data: Dict[str, Any]) -> Recipe:
     return _build(Recipe, data).validate()
 
 
-def resolve_recipe_path(name_or_path: str) -> str:
-    """A preset name (`digits`) or a path to a YAML file."""
+def yaml_names(folder: str) -> List[str]:
+    """The presets in a folder of YAML files, by name."""
+    return sorted(p[:-5] for p in os.listdir(folder) if p.endswith(".yaml")) if os.path.isdir(folder) else []
+
+
+def find_yaml(name_or_path: str, folder: str) -> Optional[str]:
+    """A preset name (`digits`) in `folder`, or a path to a YAML file; None when there is no such file."""
     if os.path.sep in name_or_path or name_or_path.endswith((".yaml", ".yml")):
         path = name_or_path
     else:
-        path = os.path.join(PRESET_DIR, name_or_path + ".yaml")
-    if not os.path.isfile(path):
-        presets = sorted(p[:-5] for p in os.listdir(PRESET_DIR) if p.endswith(".yaml")) \
-            if os.path.isdir(PRESET_DIR) else []
+        path = os.path.join(folder, name_or_path + ".yaml")
+    return path if os.path.isfile(path) else None
+
+
+def resolve_recipe_path(name_or_path: str) -> str:
+    path = find_yaml(name_or_path, PRESET_DIR)
+    if path is None:
         raise EdgekitError("recipe {!r} not found; give a YAML path or one of the presets: {}".format(
-            name_or_path, ", ".join(presets) or "(none)"))
+            name_or_path, ", ".join(yaml_names(PRESET_DIR)) or "(none)"))
     return path
 
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
 from .errors import EdgekitError
-from .recipe import _build, _choice, read_yaml_mapping
+from .recipe import _build, _choice, find_yaml, read_yaml_mapping, yaml_names
 
 TARGET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deploy", "targets")
 PLACEMENTS = ("cpu", "gpu", "dla0", "dla1")
@@ -56,18 +56,18 @@ class Target:
 
 
 def available_targets() -> List[str]:
-    if not os.path.isdir(TARGET_DIR):
-        return []
-    return sorted(p[:-5] for p in os.listdir(TARGET_DIR) if p.endswith(".yaml"))
+    return yaml_names(TARGET_DIR)
+
+
+def resolve_target_path(name_or_path: str) -> str:
+    path = find_yaml(name_or_path, TARGET_DIR)
+    if path is None:
+        raise EdgekitError("unknown target {!r}; available: {}".format(name_or_path, ", ".join(available_targets())))
+    return path
 
 
 def load_target(name_or_path: str) -> Target:
-    if os.path.sep in name_or_path or name_or_path.endswith((".yaml", ".yml")):
-        path = name_or_path
-    else:
-        path = os.path.join(TARGET_DIR, name_or_path + ".yaml")
-    if not os.path.isfile(path):
-        raise EdgekitError("unknown target {!r}; available: {}".format(name_or_path, ", ".join(available_targets())))
+    path = resolve_target_path(name_or_path)
     data = read_yaml_mapping(path, "target")
     try:
         return _build(Target, data).validate()
