@@ -6,17 +6,20 @@ TARGET ?= cpu
 RECIPE ?= digits
 OUT    ?=
 ARGS   ?=
+RESULTS   ?= benchmarks/results
+DASHBOARD ?= benchmarks/dashboard/index.html
 
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.edgekit-installed
 OUT_ARG := $(if $(OUT),--out $(OUT),)
 ART     := $(if $(OUT),$(OUT),artifacts/$(RECIPE))
 
-.PHONY: deploy test test-device lint venv clean help compare docker-jetson docker-host docker-cpu
+.PHONY: deploy dashboard test test-device lint venv clean help compare docker-jetson docker-host docker-cpu
 
 help:
 	@echo "make deploy [TARGET=cpu] [RECIPE=digits] [OUT=dir]   run the main job here"
 	@echo "make deploy TARGET=xavier DEVICE=user@host [SSH_PORT=22] [SSH_KEY=~/.ssh/id]   measure on a device"
+	@echo "make dashboard                                     benchmarks/dashboard/index.html from every result"
 	@echo "make test                                          run the test suite"
 	@echo "make lint                                          ruff + the Python 3.8 check of device-side code"
 
@@ -29,20 +32,23 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 deploy: $(STAMP)
-	@if [ ! -f deploy/targets/$(TARGET).yaml ]; then \
+	@if [ ! -f deploy/targets/$(TARGET).yaml ] && [ ! -f "$(TARGET)" ]; then \
 	  echo "edgekit: error: unknown TARGET '$(TARGET)'; available: $$(ls deploy/targets | sed -n 's/\.yaml$$//p' | tr '\n' ' ')" >&2; \
 	  exit 2; fi
 ifdef DEVICE
 	$(BIN)/edgekit deploy --target $(TARGET) --device $(DEVICE) $(if $(SSH_PORT),--ssh-port $(SSH_PORT),) \
-	  $(if $(SSH_KEY),--ssh-key $(SSH_KEY),) --recipe $(RECIPE) $(OUT_ARG) $(ARGS)
+	  $(if $(SSH_KEY),--ssh-key $(SSH_KEY),) --recipe $(RECIPE) $(OUT_ARG) --results $(RESULTS) $(ARGS)
 else
 	@if [ "$(TARGET)" != cpu ]; then \
 	  echo "edgekit: error: TARGET=$(TARGET) runs on a device: give DEVICE=user@host (and SSH_PORT, SSH_KEY if needed)" >&2; \
 	  exit 2; fi
-	$(BIN)/edgekit run --recipe $(RECIPE) $(OUT_ARG) $(ARGS)
-	$(BIN)/edgekit bench $(ART)/model.int8.cpu.onnx --summary $(ART)/summary.json --seconds 1 \
-	  --out benchmarks/results/$(TARGET)/$(RECIPE).int8.cpu.json --csv benchmarks/results/$(TARGET)/$(RECIPE).int8.cpu.csv
+	$(BIN)/edgekit deploy --target cpu --recipe $(RECIPE) $(OUT_ARG) --results $(RESULTS) $(ARGS)
 endif
+	$(BIN)/edgekit dashboard --results $(RESULTS) --out $(DASHBOARD)
+
+# The results store and the page: every result JSON under $(RESULTS), indexed, one offline HTML file.
+dashboard: $(STAMP)
+	$(BIN)/edgekit dashboard --results $(RESULTS) --out $(DASHBOARD)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

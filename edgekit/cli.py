@@ -58,7 +58,7 @@ def _cmd_build_engine(args: argparse.Namespace) -> int:
         print(trtexec_command(cfg, args.input_shape and [int(d) for d in args.input_shape.split("x")]))
         return 0
     plan_build(cfg)
-    build_engine(cfg, log=_log)
+    build_engine(cfg, log=_log, force=args.force)
     return 0
 
 
@@ -75,7 +75,8 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     _log("[host] stages of recipe {} -> {}".format(recipe.name, out))
     run(recipe, out, log=_log)
     deploy(out, target, target_file, args.device, ssh_port=args.ssh_port, ssh_key=args.ssh_key,
-           python=args.remote_python, results_root=args.results, known_hosts=args.known_hosts, log=_log)
+           python=args.remote_python, results_root=args.results, known_hosts=args.known_hosts,
+           seconds=args.seconds, log=_log)
     return 0
 
 
@@ -110,12 +111,20 @@ def _accuracy_from_summary(summary_path: str, model_path: str) -> dict:
     except (OSError, ValueError) as exc:
         raise EdgekitError("cannot read summary {}: {}".format(summary_path, exc)) from None
     name = os.path.basename(model_path)
-    for entry in summary.get("models", []):
-        if entry.get("path") == name:
-            return {"top1": entry["top1"], "dataset": summary.get("recipe"), "summary": summary_path,
-                    "split": "val"}
+    known = list(summary.get("models", [])) + list(summary.get("variants", []))
+    for entry in known:
+        if os.path.basename(entry.get("path", "")) == name:
+            found = {"top1": entry["top1"], "dataset": summary.get("recipe"), "summary": summary_path,
+                     "split": "val"}
+            for key in ("macs", "params", "macs_ratio"):
+                if key in entry:
+                    found[key] = entry[key]
+            if "macs" not in found and entry in summary.get("models", []) and "student" in summary:
+                found.update({k: summary["student"][k] for k in ("macs", "params", "macs_ratio")
+                              if k in summary["student"]})
+            return found
     raise EdgekitError("{} lists no accuracy for {} (models: {})".format(
-        summary_path, name, ", ".join(m.get("path", "?") for m in summary.get("models", [])) or "none"))
+        summary_path, name, ", ".join(os.path.basename(m.get("path", "?")) for m in known) or "none"))
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -133,7 +142,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     result = benchmark(args.model, out, runner=args.runner, threads=args.threads, scenarios=scenarios,
                        batches=batches, warmup=args.warmup, min_queries=args.queries, min_seconds=args.seconds,
                        power=not args.no_power, idle_seconds=args.idle_seconds, accuracy=accuracy,
-                       cuda_graph=args.cuda_graph, precision=args.precision, log=_log)
+                       cuda_graph=args.cuda_graph, precision=args.precision,
+                       labels={"variant": args.variant, "target": args.target, "placement": args.placement,
+                               "recipe": accuracy["dataset"] if accuracy else None}, log=_log)
     if args.csv:
         save_csv(args.csv, [result])
     ss = result["scenarios"].get("single_stream")
@@ -149,6 +160,45 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             _log("offline batch {:>3}: {:>9.1f} img/s (p50 {:.3f} ms per batch)".format(
                 row["batch"], row["throughput"], row["latency"]["p50_ms"]))
         _log("best batch {} at {:.1f} img/s".format(off["best_batch"], off["best_throughput"]))
+    return 0
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    from .report.store import build_index, format_table, query_runs, regressions
+
+    index = build_index(args.results)
+    for problem in index["problems"]:
+        print("edgekit: skipped {}: {}".format(problem["file"], problem["reason"]), file=sys.stderr)
+    runs = query_runs(index["path"], target=args.target, variant=args.variant, precision=args.precision,
+                      recipe=args.recipe, since=args.since, until=args.until)
+    flagged = [f for f in regressions(query_runs(index["path"]), args.threshold)
+               if f["run_id"] in {r["run_id"] for r in runs}]
+    if args.csv:
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        columns = [c for c in runs[0].keys() if c != "environment"] if runs else []
+        writer.writerow(columns + ["regressed"])
+        marks = {}
+        for f in flagged:
+            marks.setdefault(f["run_id"], []).append(f["metric"])
+        for run in runs:
+            writer.writerow([run[c] for c in columns] + [" ".join(marks.get(run["run_id"], []))])
+        return 0
+    if not runs:
+        print("no runs match ({} indexed in {})".format(len(index["runs"]), index["path"]))
+        return 0
+    print(format_table(runs, flagged))
+    print("{} of {} runs; index {}".format(len(runs), len(index["runs"]), index["path"]))
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from .report.dashboard import describe, write_dashboard
+
+    summary = write_dashboard(args.results, args.out, threshold=args.threshold)
+    for line in describe(summary):
+        _log(line)
     return 0
 
 
@@ -197,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay a captured CUDA graph per shape")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="recorded with the result (default: "
                    "from the file name)")
+    p.add_argument("--variant", help="what this model is (teacher, round1, student...; recorded, default: student "
+                   "for model.*.onnx, else the file's stem)")
+    p.add_argument("--target", help="the deploy target this runs on (recorded; default: local)")
+    p.add_argument("--placement", choices=["cpu", "gpu", "dla0", "dla1"], help="where it runs (recorded; default: "
+                   "from the runner)")
     p.set_defaults(func=_cmd_bench, scenario=None)
 
     p = sub.add_parser("build-engine", help="build a TensorRT engine from an exported ONNX model (on the device)")
@@ -216,12 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timing-cache", help="persistent timing cache file (kept between builds)")
     p.add_argument("--input-shape", help="CxHxW for --print-trtexec (default: 3x224x224)")
     p.add_argument("--print-trtexec", action="store_true", help="print the equivalent trtexec line and exit")
+    p.add_argument("--force", action="store_true", help="rebuild even when an engine from this ONNX is up to date")
     p.set_defaults(func=_cmd_build_engine)
 
-    p = sub.add_parser("deploy", parents=[recipe_args], help="host stages, then measure on a device over SSH and "
-                       "fetch the results")
+    p = sub.add_parser("deploy", parents=[recipe_args], help="host stages, then measure every variant on a device "
+                       "over SSH (or here) and fetch the results")
     p.add_argument("--target", default="cpu", help="a name under deploy/targets/ or a YAML path")
-    p.add_argument("--device", required=True, help="user@host (or a host from ~/.ssh/config)")
+    p.add_argument("--device", help="user@host (or a host from ~/.ssh/config); none: measure here (target cpu)")
+    p.add_argument("--seconds", type=float, default=1.0, help="minimum measured seconds per scenario and batch")
     p.add_argument("--ssh-port", type=int)
     p.add_argument("--ssh-key", help="private key file")
     p.add_argument("--known-hosts", help="known_hosts file to use instead of ~/.ssh/known_hosts")
@@ -229,6 +286,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="artifacts folder (default: artifacts/<recipe name>)")
     p.add_argument("--results", default=os.path.join("benchmarks", "results"), help="where results are fetched to")
     p.set_defaults(func=_cmd_deploy)
+
+    results_dir = os.path.join("benchmarks", "results")
+    p = sub.add_parser("results", help="index every result JSON (SQLite) and list runs as a table or CSV")
+    p.add_argument("--results", default=results_dir, help="results folder (default: benchmarks/results)")
+    p.add_argument("--target", help="only this target (cpu, xavier, ...)")
+    p.add_argument("--variant", help="only this variant (teacher, round1, student, ...)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"])
+    p.add_argument("--recipe", help="only this recipe")
+    p.add_argument("--since", metavar="YYYY-MM-DD", help="runs from this date on")
+    p.add_argument("--until", metavar="YYYY-MM-DD", help="runs up to this date")
+    p.add_argument("--threshold", type=float, default=0.10, help="regression threshold as a fraction (default 0.10)")
+    p.add_argument("--csv", action="store_true", help="CSV on stdout instead of a table")
+    p.set_defaults(func=_cmd_results)
+
+    p = sub.add_parser("dashboard", help="write the offline benchmark dashboard (one self-contained HTML file)")
+    p.add_argument("--results", default=results_dir, help="results folder (default: benchmarks/results)")
+    p.add_argument("--out", default=os.path.join("benchmarks", "dashboard", "index.html"))
+    p.add_argument("--threshold", type=float, default=0.10, help="regression threshold as a fraction (default 0.10)")
+    p.set_defaults(func=_cmd_dashboard)
 
     p = sub.add_parser("lint", help="check an ONNX model against TensorRT 8.5's parser and Q/DQ rules")
     p.add_argument("model")

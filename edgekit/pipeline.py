@@ -62,7 +62,7 @@ def _agreement(a: torch.nn.Module, b: torch.nn.Module, data: DataBundle) -> floa
     return 100.0 * same / max(total, 1)
 
 
-STAGES = ("teacher", "compress", "evaluate", "export", "compare")
+STAGES = ("teacher", "compress", "evaluate", "export", "variants", "compare")
 
 
 def run(recipe: Recipe, out_dir: str, force: bool = False, force_stages: Sequence[str] = (),
@@ -172,6 +172,15 @@ def run(recipe: Recipe, out_dir: str, force: bool = False, force_stages: Sequenc
                              force or "export" in force_stages, log)
         stages.append({"name": "export", "seconds": exported["seconds"], "reused": exported["reused"]})
 
+    # ---- the teacher and each intermediate spiral round as FP32 ONNX: the Pareto chart's other points
+    variants_key = config_hash({"teacher_sha": sha256_file(teacher_path), "compress": compress_key,
+                                "student_sha": sha256_file(student_path), "size": data.image_size})
+    variant_list = _variant_sources(out_dir, compress_metrics.get("rounds", []), metrics)
+    varied = run_stage(manifest, "variants", variants_key, [v["path"] for v in variant_list],
+                       lambda: export_variants(variant_list, out_dir, data, log),
+                       force or "variants" in force_stages, log)
+    stages.append({"name": "variants", "seconds": varied["seconds"], "reused": varied["reused"]})
+
     compared: Dict[str, Any] = {}
     if recipe.compare.enabled and recipe.quantize.enabled:
         from .compare import compare, format_table
@@ -204,6 +213,7 @@ def run(recipe: Recipe, out_dir: str, force: bool = False, force_stages: Sequenc
                    for r in compress_metrics.get("rounds", [])],
         "stages": stages,
         "models": exported.get("models", []),
+        "variants": varied.get("variants", []),
         "quantization": exported.get("quantization", {}),
         "recipe_config": cfg,
         "environment": environment(threads),
@@ -294,6 +304,41 @@ def export_and_measure(student: torch.nn.Module, data: DataBundle, recipe: Recip
                              "trt_version": recipe.quantize.trt_version,
                              "worst_layers": reports}}
 
+
+
+def _variant_sources(out_dir: str, rounds: List[Dict[str, Any]], metrics: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Teacher and every spiral round but the last (that one is the student, exported above)."""
+    t = metrics["teacher"]
+    found = [{"name": "teacher", "source": "teacher.pt", "top1": t["top1"], "macs": t["macs"], "params": t["params"],
+              "macs_ratio": 1.0}]
+    for record in rounds[:-1]:
+        source = os.path.join("rounds", "round{}.pt".format(record["round"]))
+        if os.path.exists(os.path.join(out_dir, source)):
+            found.append({"name": "round{}".format(record["round"]), "source": source, "top1": record["top1"],
+                          "macs": record["macs"], "params": record["params"], "macs_ratio": record["macs_ratio"]})
+    for entry in found:
+        entry["path"] = os.path.join("variants", "{}.fp32.onnx".format(entry["name"]))
+        entry["precision"] = "fp32"
+    return found
+
+
+def export_variants(variants: List[Dict[str, Any]], out_dir: str, data: DataBundle,
+                    log: Callable[[str], None]) -> Dict[str, Any]:
+    """Export each variant to FP32 ONNX, checked against PyTorch on a few val images. Its top-1 is the
+    PyTorch one measured when it was made (FP32 ONNX agrees to ~1e-5; re-evaluating the full val split
+    per variant would cost an ImageNet pass each)."""
+    from .export import export_onnx, verify_onnx
+
+    images = next(iter(data.val_loader()))[0][:16]
+    for entry in variants:
+        model, _ = load_student(os.path.join(out_dir, entry["source"]))
+        path = os.path.join(out_dir, entry["path"])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        export_onnx(model, path, data.image_size)
+        entry["max_abs_diff_vs_pytorch"] = round(verify_onnx(path, model, images)["max_abs_diff"], 6)
+        log("  variant {:<10} top-1 {:6.2f}%  {:5.1%} of the teacher's MACs -> {}".format(
+            entry["name"], entry["top1"], entry["macs_ratio"], entry["path"]))
+    return {"variants": variants}
 
 
 def default_out_dir(recipe: Recipe, out: Optional[str]) -> str:

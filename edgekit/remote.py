@@ -4,26 +4,34 @@ Steps, each announced, each failing with its own one-line reason:
   1. host stages (reused when up to date);
   2. device bundle: a wheel of edgekit (device side only needs numpy, pyyaml, onnxruntime or
      TensorRT) plus the ONNX models, calib.cache, summary.json and the target file;
-  3. checks on the device: reachable, free disk, and for docker targets the `nvidia` runtime and the
-     L4T release matching the target;
-  4. copy the bundle with scp;
-  5. on the device: install the wheel into the bundle folder, build engines where TensorRT is
-     present, run the benchmark scenarios with power sampling, write result JSON files;
-  6. fetch the result files into benchmarks/results/<target>/, each written atomically, and print them.
+  3. checks on the device: reachable, free disk, architecture, and for docker targets Docker, its
+     `nvidia` runtime, the L4T release matching the target and the image being there;
+  4. copy what changed (sha256 on both ends; a re-run sends nothing the device already has);
+  5. on the device, natively or in the target's image (`docker run --runtime nvidia`): install the
+     wheel into the bundle folder, build engines (timing cache kept there between runs), run the
+     benchmark scenarios with power sampling; a job whose result is already there is skipped;
+  6. fetch the result files into benchmarks/results/<target>/ (validated first, then moved into place
+     under their run id, so earlier runs stay as history), clear them on the device, print them.
+
+Without a device, the same script runs here for the `cpu` target.
 
 Every command is an argument list; the one command line that runs on the device is assembled from
 shlex-quoted parts only, never from unquoted user input.
 """
 
 import glob
+import hashlib
+import json
 import os
+import platform
 import shlex
 import shutil
 import subprocess
 import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
-from .bench.results import load_result, result_rows
+from .artifacts import remove_if_exists, sha256_file
+from .bench.results import load_result, result_rows, save_result
 from .errors import EdgekitError
 from .targets import Target
 
@@ -63,10 +71,11 @@ class Ssh(object):
         return "{}:{}".format(self.device, path)
 
 
-def _run(argv: List[str], step: str, timeout: int = 3600, capture: bool = True) -> str:
+def _run(argv: List[str], step: str, timeout: int = 3600, capture: bool = True,
+         env: Optional[Dict[str, str]] = None) -> str:
     try:
         proc = subprocess.run(argv, stdout=subprocess.PIPE if capture else None, stderr=subprocess.PIPE,
-                              universal_newlines=True, timeout=timeout)
+                              universal_newlines=True, timeout=timeout, env=env)
     except FileNotFoundError:
         raise EdgekitError("{}: {} is not installed on this host".format(step, argv[0])) from None
     except subprocess.TimeoutExpired:
@@ -78,21 +87,50 @@ def _run(argv: List[str], step: str, timeout: int = 3600, capture: bool = True) 
     return proc.stdout or ""
 
 
-def build_bundle(artifacts: str, target_file: str, bundle: str,
+def _link_or_copy(source: str, destination: str) -> None:
+    """A hard link where the file system allows it (a bundle costs no disk), else a copy."""
+    remove_if_exists(destination)
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
+def bundle_variants(artifacts: str) -> List[str]:
+    """The variants (teacher, intermediate rounds) the host stages exported, from summary.json."""
+    try:
+        with open(os.path.join(artifacts, "summary.json"), encoding="utf-8") as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return []
+    return [v["name"] for v in summary.get("variants", [])
+            if os.path.exists(os.path.join(artifacts, v.get("path", "")))]
+
+
+def build_bundle(artifacts: str, target_file: str, bundle: str, variants: Sequence[str] = (), wheel: bool = True,
                  log: Callable[[str], None] = print) -> List[str]:
-    """The folder that goes to the device: wheel, models, calibration cache, summary, target."""
+    """The folder that goes to the device: wheel, models, calibration cache, summary, target.
+
+    Returns the bundle's files as paths relative to `bundle`.
+    """
     os.makedirs(bundle, exist_ok=True)
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for old in glob.glob(os.path.join(bundle, "edgekit-*.whl")):
-        os.unlink(old)
-    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", bundle, repo],
-         "building the edgekit wheel")
-    files = [os.path.basename(p) for p in glob.glob(os.path.join(bundle, "edgekit-*.whl"))]
-    for name in MODEL_FILES + ("calib.cache", "summary.json"):
+    files = []
+    if wheel:
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        for old in glob.glob(os.path.join(bundle, "edgekit-*.whl")):
+            os.unlink(old)
+        # A fixed timestamp makes the wheel byte-identical for identical sources, so a re-run copies nothing.
+        _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", bundle,
+              repo], "building the edgekit wheel", env=dict(os.environ, SOURCE_DATE_EPOCH="315532800"))
+        files = [os.path.basename(p) for p in glob.glob(os.path.join(bundle, "edgekit-*.whl"))]
+    names = list(MODEL_FILES) + ["calib.cache", "summary.json"]
+    names += [os.path.join("variants", "{}.fp32.onnx".format(v)) for v in variants]
+    for name in names:
         source = os.path.join(artifacts, name)
         if not os.path.exists(source):
             raise EdgekitError("{} is missing: run the host stages first (edgekit run)".format(source))
-        shutil.copy2(source, os.path.join(bundle, name))
+        os.makedirs(os.path.dirname(os.path.join(bundle, name)), exist_ok=True)
+        _link_or_copy(source, os.path.join(bundle, name))
         files.append(name)
     shutil.copy2(target_file, os.path.join(bundle, "target.yaml"))
     files.append("target.yaml")
@@ -100,111 +138,305 @@ def build_bundle(artifacts: str, target_file: str, bundle: str,
     return files
 
 
-def device_script(target: Target, remote_dir: str, python: str) -> str:
-    """The one shell command run on the device; every variable part is shlex-quoted."""
-    q = shlex.quote
-    lib = remote_dir + "/lib"
-    env = "PYTHONPATH={} ".format(q(lib))
-    edgekit = env + "{} -m edgekit.cli".format(q(python))
-    steps = ["set -e", "cd {}".format(q(remote_dir)), "mkdir -p results",
-             "{} -m pip install --quiet --no-deps --upgrade --target {} edgekit-*.whl".format(q(python), q(lib))]
-    batches = ",".join(str(b) for b in target.batches)
-    models = []
-    if "cpu" in target.placements:
-        models += [("model.fp32.onnx", "fp32")] if "fp32" in target.precisions else []
-        models += [("model.int8.cpu.onnx", "int8")] if "int8" in target.precisions else []
-    for model, precision in models:
-        stem = model[:-5]
-        steps.append("{} bench {} --summary summary.json --precision {} --seconds 1 --batches {} --out {} "
-                     "--csv {}".format(edgekit, q(model), q(precision), q(batches), q("results/{}.json".format(stem)),
-                                       q("results/{}.csv".format(stem))))
-    gpu_builds = []
+class Job(object):
+    """One measurement on the device: a model variant at a precision on a placement."""
+
+    def __init__(self, variant: str, precision: str, placement: str, source: str) -> None:
+        self.variant, self.precision, self.placement, self.source = variant, precision, placement, source
+
+    @property
+    def stem(self) -> str:
+        return "{}.{}.{}".format(self.variant, self.precision, self.placement)
+
+    @property
+    def engine(self) -> Optional[str]:
+        return None if self.placement == "cpu" else "engines/{}.engine".format(self.stem)
+
+    def __repr__(self) -> str:
+        return "Job({})".format(self.stem)
+
+
+def device_jobs(target: Target, variants: Sequence[str] = ()) -> List[Job]:
+    """What a target measures: the student at each precision on each placement, plus the teacher and
+    the intermediate spiral rounds (`variants`) at one precision for the accuracy/latency Pareto chart.
+
+    CPU: FP32 and INT8 (u8s8, `model.int8.cpu.onnx`); FP16 is skipped (no fast CPU path).
+    GPU: FP32/FP16 from the FP32 ONNX with builder flags, INT8 from the explicit Q/DQ model.
+    DLA: FP16, and INT8 implicit with `calib.cache` (DLA runs no FP32 and no explicit Q/DQ in 8.5).
+    """
+    jobs: List[Job] = []
     for placement in target.placements:
-        if placement == "cpu":
-            continue
         for precision in target.precisions:
-            if placement.startswith("dla") and precision == "fp32":
-                continue
-            if precision == "int8":
-                source = "model.int8.qdq.onnx" if placement == "gpu" else "model.fp32.onnx"
+            if placement == "cpu":
+                source = {"fp32": "model.fp32.onnx", "int8": "model.int8.cpu.onnx"}.get(precision)
+            elif placement.startswith("dla"):
+                source = {"fp16": "model.fp16.onnx", "int8": "model.fp32.onnx"}.get(precision)
             else:
-                source = "model.{}.onnx".format(precision)
-            engine = "model.{}.{}.engine".format(precision, placement)
-            build = "{} build-engine {} --precision {} --out {} --timing-cache timing.cache".format(
-                edgekit, q(source), q(precision), q(engine))
-            if placement.startswith("dla"):
-                build += " --dla {}".format(placement[3:])
-                if precision == "int8":
+                source = {"fp32": "model.fp32.onnx", "fp16": "model.fp16.onnx",
+                          "int8": "model.int8.qdq.onnx"}[precision]
+            if source:
+                jobs.append(Job("student", precision, placement, source))
+    if variants and jobs:
+        first = jobs[0]
+        # Variants have no calibration of their own: the GPU measures them in FP16, the CPU in FP32.
+        precision = "fp32" if first.placement == "cpu" else "fp16"
+        for variant in variants:
+            jobs.append(Job(variant, precision, first.placement, "variants/{}.fp32.onnx".format(variant)))
+    return jobs
+
+
+def bundle_fingerprint(bundle: str, files: Sequence[str]) -> str:
+    """One hash over every bundle file's name and content: results kept on the device for a resume
+    are only trusted while this is unchanged."""
+    digest = hashlib.sha256()
+    # summary.json is rewritten (timestamps) by every host run; its figures change only with the models.
+    for name in sorted(f for f in files if f != "summary.json"):
+        digest.update("{}\0{}\n".format(name, sha256_file(os.path.join(bundle, name))).encode("utf-8"))
+    return digest.hexdigest()[:16]
+
+
+def device_script(target: Target, remote_dir: str, python: str, variants: Sequence[str] = (),
+                  install_wheel: bool = True, seconds: float = 1.0, fingerprint: str = "") -> str:
+    """The one shell command run on the device; every variable part is shlex-quoted.
+
+    Resumable: a job whose result file is already there is skipped (results are removed only once
+    the host has them, and all of them when the bundle's `fingerprint` changed: they measured other
+    files), and engines are rebuilt only when their ONNX or TensorRT changed.
+    """
+    q = shlex.quote
+    lib = "lib"  # inside remote_dir: the script cds there first
+    if install_wheel:
+        edgekit = "PYTHONPATH={} {} -m edgekit.cli".format(q(lib), q(python))
+    else:
+        edgekit = "{} -m edgekit.cli".format(q(python))
+    steps = ["set -e", "cd {}".format(q(remote_dir)), "mkdir -p results engines",
+             "if [ \"$(cat results/.bundle 2>/dev/null)\" != {0} ]; then rm -f results/*.json; "
+             "echo {0} > results/.bundle; fi".format(q(fingerprint or "none"))]
+    if install_wheel:
+        steps.append("{} -m pip install --quiet --no-deps --upgrade --target {} edgekit-*.whl".format(q(python),
+                                                                                                 q(lib)))
+    batches = ",".join(str(b) for b in target.batches)
+    for job in device_jobs(target, variants):
+        result = "results/{}.json".format(job.stem)
+        commands = []
+        model = job.source
+        if job.engine:
+            build = "{} build-engine {} --precision {} --out {} --timing-cache timing.cache --max-batch {}".format(
+                edgekit, q(job.source), q(job.precision), q(job.engine), max(target.batches))
+            if job.placement.startswith("dla"):
+                build += " --dla {}".format(job.placement[3:])
+                if job.precision == "int8":
                     build += " --calib calib.cache"
-            gpu_builds.append(build)
-            gpu_builds.append("{} bench {} --summary summary.json --batches {} --out {}".format(
-                edgekit, q(engine), q(batches), q("results/{}.{}.json".format(precision, placement))))
-    steps += gpu_builds
-    return " && ".join(steps)
+            commands.append(build)
+            model = job.engine
+        commands.append("{} bench {} --summary summary.json --precision {} --seconds {} --batches {} --variant {} "
+                        "--target {} --placement {} --out {}".format(
+                            edgekit, q(model), q(job.precision), seconds, q(batches), q(job.variant),
+                            q(target.name), q(job.placement), q(result)))
+        steps.append("if [ -s {0} ]; then echo {1}; else {2}; fi".format(
+            q(result), q("[run] {} already measured, kept".format(job.stem)), " && ".join(commands)))
+    return "\n".join(steps)
 
 
-def deploy(artifacts: str, target: Target, target_file: str, device: str, ssh_port: Optional[int] = None,
-           ssh_key: Optional[str] = None, python: str = "python3", results_root: str = "benchmarks/results",
-           known_hosts: Optional[str] = None, log: Callable[[str], None] = print) -> List[Dict[str, object]]:
-    """Steps 2-6 above, for host stages already run into `artifacts`. Returns the fetched results."""
-    ssh = Ssh(device, ssh_port, ssh_key, known_hosts=known_hosts)
-    recipe = os.path.basename(os.path.normpath(artifacts))
-    remote_dir = "{}/{}".format(REMOTE_ROOT, recipe)
+def docker_command(target: Target, remote_dir: str, script: str) -> str:
+    """Run `script` inside the target's image with the bundle folder mounted at /work.
 
-    log("[check] reaching {}".format(device))
-    facts = _run(ssh.ssh("uname -m; df -Pk . | tail -1; cat /etc/nv_tegra_release 2>/dev/null | head -1; "
-                         "command -v docker >/dev/null && docker info --format '{{json .Runtimes}}' 2>/dev/null "
-                         "|| echo no-docker"), "reaching {} over SSH".format(device), timeout=60).splitlines()
-    machine = facts[0].strip() if facts else "?"
-    free_kb = int(facts[1].split()[3]) if len(facts) > 1 and len(facts[1].split()) > 3 else 0
+    The nvidia runtime brings the GPU, DLA and TensorRT libraries in (`--gpus` does not work on
+    Jetson); /sys is the host's, so the INA3221 rails are readable; --network host and the host's
+    nvpmodel/tegrastats are not needed inside. Everything written lands in the bundle folder.
+    """
+    q = shlex.quote
+    return "cd {} && docker run --rm --runtime nvidia --network host --ipc host --user \"$(id -u):$(id -g)\" " \
+           "-e HOME=/work -v \"$PWD\":/work -w /work --entrypoint /bin/sh {} -c {}".format(
+               q(remote_dir), q(target.image or ""), q(script))
+
+
+FACTS = ("echo arch=$(uname -m); echo free_kb=$(df -Pk . | tail -1 | awk '{print $4}'); "
+         "echo l4t=$(head -1 /etc/nv_tegra_release 2>/dev/null); "
+         "echo nvpmodel=$(nvpmodel -q 2>/dev/null | tr '\\n' ' '); "
+         "if ! command -v docker >/dev/null; then echo docker=none; "
+         "elif out=$(docker info --format '{{json .Runtimes}}' 2>&1); then echo docker=$out | tr '\\n' ' '; echo; "
+         "else echo docker=down: $out | tr '\\n' ' '; echo; fi; "
+         "command -v sha256sum >/dev/null && echo sha256sum=yes")
+
+
+def device_facts(ssh: "Ssh", image: Optional[str]) -> Dict[str, str]:
+    """What the device is, in one SSH round trip: `key=value` lines."""
+    command = FACTS
+    if image:
+        command += "; docker image inspect --format '{{{{.Id}}}}' {} >/dev/null 2>&1 && echo image=yes " \
+                   "|| echo image=no".format(shlex.quote(image))
+    out = _run(ssh.ssh(command), "reaching {} over SSH".format(ssh.device), timeout=60)
+    facts = {}
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        facts[key.strip()] = value.strip()
+    return facts
+
+
+def check_device(target: Target, device: str, facts: Dict[str, str]) -> None:
+    """Refuse, with the reason, a device that cannot run `target`."""
+    free_kb = int(facts.get("free_kb") or 0)
     if free_kb and free_kb < 512 * 1024:
         raise EdgekitError("{} has {:.0f} MiB free in its home folder; the bundle and engines need 512 MiB".format(
             device, free_kb / 1024.0))
+    machine = facts.get("arch", "?")
     if target.arch not in ("native", machine):
         raise EdgekitError("target {} is {} but {} is {}".format(target.name, target.arch, device, machine))
-    if target.runtime == "docker":
-        if "no-docker" in facts[-1]:
-            raise EdgekitError("{} has no Docker; install docker and the nvidia container runtime "
-                               "(README: device set-up)".format(device))
-        if "nvidia" not in facts[-1]:
-            raise EdgekitError("{}'s Docker has no nvidia runtime; install nvidia-container-toolkit".format(device))
-        release = next((f for f in facts if f.startswith("# R")), "")
-        if target.l4t and ("R" + target.l4t.split(".")[0][1:] + " ") not in release:
-            raise EdgekitError("{} runs {} but target {} is for L4T {}: the container would not match".format(
-                device, release.strip() or "no L4T", target.name, target.l4t))
-        raise EdgekitError("docker targets are checked but not yet run by edgekit deploy; run the image by hand "
-                           "(README) for now")
+    if target.runtime != "docker":
+        return
+    docker = facts.get("docker", "none")
+    if docker == "none":
+        raise EdgekitError("{} has no Docker; install docker and the nvidia container runtime "
+                           "(README: device set-up)".format(device))
+    if "permission denied" in docker.lower():
+        raise EdgekitError("{}'s user may not use Docker; add it to the docker group: sudo usermod -aG docker "
+                           "$USER, then log in again".format(device))
+    if docker.startswith("down:"):
+        raise EdgekitError("{} has Docker but its daemon does not answer ({}); start it: sudo systemctl start "
+                           "docker".format(device, docker[5:].strip()[:120]))
+    if "nvidia" not in docker:
+        raise EdgekitError("{}'s Docker has no nvidia runtime; install nvidia-container-toolkit".format(device))
+    release = facts.get("l4t", "")
+    if target.l4t and ("R" + target.l4t.split(".")[0][1:] + " ") not in release:
+        raise EdgekitError("{} runs {} but target {} is for L4T {}: the container would not match".format(
+            device, release or "no L4T", target.name, target.l4t))
+    if facts.get("image") != "yes":
+        raise EdgekitError("{} has no image {}; build it there first: make docker-jetson (README)".format(
+            device, target.image))
 
-    bundle = os.path.join(artifacts, "device_bundle")
-    build_bundle(artifacts, target_file, bundle, log)
-    log("[copy] bundle -> {}:{}".format(device, remote_dir))
-    _run(ssh.ssh("mkdir -p {}".format(shlex.quote(remote_dir))), "creating {} on {}".format(remote_dir, device), 60)
-    _run(ssh.scp([os.path.join(bundle, name) for name in sorted(os.listdir(bundle))],
-                 ssh.remote_path(remote_dir + "/")), "copying the bundle to {}".format(device))
 
-    log("[run] benchmarks on {} (target {})".format(device, target.name))
-    _run(ssh.ssh(device_script(target, remote_dir, python)), "running the benchmarks on {}".format(device),
-         capture=False)
+def _sha_listing(text: str) -> Dict[str, str]:
+    found = {}
+    for line in text.splitlines():
+        parts = line.split(None, 1)
+        if len(parts) == 2 and len(parts[0]) == 64:
+            found[parts[1].lstrip("*").strip()] = parts[0]
+    return found
 
-    destination = os.path.join(results_root, target.name)
+
+def _copy_changed(ssh: "Ssh", bundle: str, files: Sequence[str], remote_dir: str, can_hash: bool,
+                  log: Callable[[str], None]) -> None:
+    """Send only the files the device lacks or holds in another version (resume, not redo)."""
+    q = shlex.quote
+    subdirs = sorted({os.path.dirname(f) for f in files if os.path.dirname(f)})
+    _run(ssh.ssh("mkdir -p " + " ".join(q(remote_dir + "/" + d) for d in [""] + subdirs + ["results", "engines"])),
+         "creating {} on {}".format(remote_dir, ssh.device), 60)
+    there: Dict[str, str] = {}
+    if can_hash:
+        there = _sha_listing(_run(ssh.ssh("cd {} && sha256sum -- {} 2>/dev/null || true".format(
+            q(remote_dir), " ".join(q(f) for f in files))), "listing the bundle on {}".format(ssh.device), 300))
+    changed = [f for f in files if there.get(f) != sha256_file(os.path.join(bundle, f))]
+    if not changed:
+        log("[copy] the device already has all {} files".format(len(files)))
+        return
+    log("[copy] {} of {} files -> {}:{}{}".format(
+        len(changed), len(files), ssh.device, remote_dir,
+        "" if len(changed) == len(files) else " ({}; the rest are there)".format(", ".join(changed[:4]))))
+    for folder in [""] + subdirs:
+        batch = [f for f in changed if os.path.dirname(f) == folder]
+        if batch:
+            _run(ssh.scp([os.path.join(bundle, f) for f in batch], ssh.remote_path(
+                "{}/{}".format(remote_dir, folder).rstrip("/") + "/")), "copying the bundle to {}".format(ssh.device))
+
+
+def _store(staging: str, destination: str, recipe: str, facts: Dict[str, str],
+           log: Callable[[str], None]) -> List[Dict[str, object]]:
+    """Validate every fetched file, then move each into place as <recipe>.<variant...>.<run id>.json."""
+    incoming = sorted(glob.glob(os.path.join(staging, "*.json")))
+    results = [(path, load_result(path)) for path in incoming]  # a damaged file stops us before any move
     os.makedirs(destination, exist_ok=True)
-    staging = os.path.join(destination, ".incoming")
+    stored = []
+    for path, result in results:
+        state = {k: facts[k] for k in ("l4t", "nvpmodel") if facts.get(k)}
+        if state:
+            result["device_state"] = state
+            save_result(path, result)
+        final = os.path.join(destination, "{}.{}.{}.json".format(recipe, os.path.basename(path)[:-5],
+                                                                 result["run_id"]))
+        os.replace(path, final)
+        stored.append(result)
+    shutil.rmtree(staging, ignore_errors=True)
+    log("[fetch] {} result file(s) -> {}".format(len(stored), destination))
+    return stored
+
+
+def print_results(results: Sequence[Dict[str, object]], log: Callable[[str], None] = print) -> None:
+    log("{:<22} {:<13} {:>5}  {:>9}  {:>9}  {:>10}  {:>7}".format(
+        "variant.prec.place", "scenario", "batch", "p50 ms", "p99 ms", "img/s", "top-1"))
+    for result in results:
+        labels = result.get("labels") or {}
+        top1 = (result.get("accuracy") or {}).get("top1")
+        name = "{}.{}.{}".format(labels.get("variant"), result.get("model", {}).get("precision"),
+                                 labels.get("placement"))
+        for row in result_rows(result):
+            log("{:<22} {:<13} {:>5}  {:>9.3f}  {:>9.3f}  {:>10.1f}  {:>7}".format(
+                name, row["scenario"], row["batch"], row["p50_ms"], row["p99_ms"], row["throughput"] or 0.0,
+                "{:.2f}%".format(top1) if top1 is not None else "-"))
+
+
+def deploy(artifacts: str, target: Target, target_file: str, device: Optional[str] = None,
+           ssh_port: Optional[int] = None, ssh_key: Optional[str] = None, python: str = "python3",
+           results_root: str = "benchmarks/results", known_hosts: Optional[str] = None, seconds: float = 1.0,
+           log: Callable[[str], None] = print) -> List[Dict[str, object]]:
+    """Steps 2-6 above, for host stages already run into `artifacts`. Returns the fetched results.
+
+    With no `device`, the same device script runs here (target `cpu`): one code path, one schema.
+    """
+    recipe = os.path.basename(os.path.normpath(artifacts))
+    variants = bundle_variants(artifacts)
+    bundle = os.path.abspath(os.path.join(artifacts, "device_bundle"))
+    destination = os.path.join(results_root, target.name)
+    staging = os.path.join(results_root, ".incoming-{}".format(target.name))
+
+    if device is None:
+        if target.runtime == "docker" or target.arch not in ("native", platform.machine()):
+            raise EdgekitError("target {} runs on a device: give DEVICE=user@host (and SSH_PORT, SSH_KEY if "
+                               "needed)".format(target.name))
+        files = build_bundle(artifacts, target_file, bundle, variants, wheel=False, log=log)
+        log("[run] {} measurement(s) here (target {})".format(len(device_jobs(target, variants)), target.name))
+        _run(["sh", "-c", device_script(target, bundle, sys.executable, variants, install_wheel=False,
+                                        seconds=seconds, fingerprint=bundle_fingerprint(bundle, files))],
+             "running the benchmarks", capture=False)
+        if os.path.isdir(staging):
+            shutil.rmtree(staging)
+        os.makedirs(staging)
+        for path in glob.glob(os.path.join(bundle, "results", "*.json")):
+            shutil.move(path, os.path.join(staging, os.path.basename(path)))
+        fetched = _store(staging, destination, recipe, {}, log)
+        print_results(fetched, log)
+        return fetched
+
+    ssh = Ssh(device, ssh_port, ssh_key, known_hosts=known_hosts)
+    remote_dir = "{}/{}".format(REMOTE_ROOT, recipe)
+    log("[check] reaching {}".format(device))
+    facts = device_facts(ssh, target.image if target.runtime == "docker" else None)
+    check_device(target, device, facts)
+    log("[check] {} is {}{}{}".format(device, facts.get("arch"), ", " + facts["l4t"] if facts.get("l4t") else "",
+                                      ", " + facts["nvpmodel"] if facts.get("nvpmodel") else ""))
+
+    files = build_bundle(artifacts, target_file, bundle, variants, log=log)
+    _copy_changed(ssh, bundle, files, remote_dir, facts.get("sha256sum") == "yes", log)
+
+    jobs = device_jobs(target, variants)
+    fingerprint = bundle_fingerprint(bundle, files)
+    if target.runtime == "docker":
+        log("[run] {} measurement(s) on {} in {} (--runtime nvidia)".format(len(jobs), device, target.image))
+        command = docker_command(target, remote_dir, device_script(target, "/work", "python3", variants,
+                                                                   seconds=seconds, fingerprint=fingerprint))
+    else:
+        log("[run] {} measurement(s) on {} (target {})".format(len(jobs), device, target.name))
+        command = device_script(target, remote_dir, python, variants, seconds=seconds, fingerprint=fingerprint)
+    _run(ssh.ssh(command), "running the benchmarks on {}".format(device), capture=False)
+
     if os.path.isdir(staging):
         shutil.rmtree(staging)
     os.makedirs(staging)
-    log("[fetch] results -> {}".format(destination))
+    log("[fetch] results <- {}".format(device))
     _run(ssh.scp([ssh.remote_path(remote_dir + "/results/*.json")], staging + "/"),
          "fetching the results from {}".format(device))
-    fetched = []
-    for path in sorted(glob.glob(os.path.join(staging, "*.json"))):
-        result = load_result(path)  # a damaged file is an error here, before anything is overwritten
-        final = os.path.join(destination, os.path.basename(path))
-        os.replace(path, final)
-        fetched.append(result)
-    shutil.rmtree(staging, ignore_errors=True)
-    for result in fetched:
-        for row in result_rows(result):
-            log("{:<26} {:<13} batch {:>3}  p50 {:>9.3f} ms  p99 {:>9.3f} ms  {:>9.1f} img/s".format(
-                os.path.basename(str(row["model"])), row["scenario"], row["batch"], row["p50_ms"], row["p99_ms"],
-                row["throughput"] or 0.0))
+    fetched = _store(staging, destination, recipe, facts, log)
+    # Only now that the host has them: the next deploy measures afresh instead of resuming.
+    _run(ssh.ssh("rm -f {}/results/*.json".format(shlex.quote(remote_dir))), "clearing fetched results", 60)
+    print_results(fetched, log)
     return fetched

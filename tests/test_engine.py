@@ -9,8 +9,9 @@ import pytest
 from conftest import REPO, edgekit_cmd
 from onnx_fixtures import linear_classifier
 
+from edgekit.artifacts import sha256_file
 from edgekit.engine.api import TrtApi, parse_version
-from edgekit.engine.builder import BuildConfig, plan_build, trtexec_command
+from edgekit.engine.builder import BuildConfig, plan_build, reusable_engine, trtexec_command
 from edgekit.engine.dla_report import parse_dla_log, summarize
 from edgekit.engine.metadata import EngineMetadata, check_compatible, load_metadata, save_metadata
 from edgekit.errors import EdgekitError
@@ -97,6 +98,26 @@ def test_metadata_round_trip_and_compatibility(tmp_path):
         check_compatible(_meta(dla_core=1), "8.5.2.2", "Xavier", "7.2", 0)
     with pytest.raises(EdgekitError, match="has no metadata"):
         load_metadata(str(tmp_path / "other.engine"))
+
+
+def test_an_engine_from_the_same_onnx_and_settings_is_reused(tmp_path):
+    onnx_path = str(tmp_path / "model.fp16.onnx")
+    linear_classifier(onnx_path)
+    cfg = BuildConfig(onnx_path, precision="fp16", max_batch=32)
+    assert reusable_engine(cfg, "8.5.2.2") is None  # nothing built yet
+    with open(cfg.engine_path, "wb") as f:
+        f.write(b"serialized")
+    assert reusable_engine(cfg, "8.5.2.2") is None  # an engine without metadata is not trusted
+    meta = _meta(dla_core=None, precision="fp16", onnx_sha256=sha256_file(onnx_path),
+                 profile={"input": "input", "min": [1, 3, 8, 8], "opt": [1, 3, 8, 8], "max": [32, 3, 8, 8]})
+    save_metadata(cfg.engine_path, meta)
+    assert reusable_engine(cfg, "8.5.2.2")["onnx_sha256"] == meta["onnx_sha256"]
+    assert reusable_engine(cfg, "8.6.2") is None  # another TensorRT
+    assert reusable_engine(BuildConfig(onnx_path, precision="fp16", max_batch=8), "8.5.2.2") is None
+    assert reusable_engine(BuildConfig(onnx_path, engine_path=cfg.engine_path, precision="int8", max_batch=32),
+                           "8.5.2.2") is None
+    linear_classifier(onnx_path, seed=1)  # the model changed
+    assert reusable_engine(cfg, "8.5.2.2") is None
 
 
 # Laid out as TensorRT prints them: 8.0-8.4 (braced subgraphs) and 8.5+ ([DlaLayer]/[GpuLayer]).

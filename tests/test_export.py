@@ -178,4 +178,5 @@ def test_summary_keeps_the_figures_on_disk(tiny_run):
     with open(os.path.join(out, "summary.json")) as f:
         on_disk = json.load(f)
     assert on_disk["compare"]["rows"] == summary["compare"]["rows"]
-    assert [s["name"] for s in on_disk["stages"]] == ["teacher", "compress", "evaluate", "export", "compare"]
+    assert [s["name"] for s in on_disk["stages"]] == ["teacher", "compress", "evaluate", "export", "variants",
+                                                       "compare"]

@@ -24,7 +24,15 @@ def test_summary_holds_the_figures_the_issue_names(tiny_run):
             assert isinstance(on_disk[role][key], (int, float))
     t, s = on_disk["teacher"], on_disk["student"]
     assert s["macs"] <= 0.5 * t["macs"] and s["params"] < t["params"]
-    assert [st["name"] for st in on_disk["stages"]] == ["teacher", "compress", "evaluate", "export", "compare"]
+    assert [st["name"] for st in on_disk["stages"]] == ["teacher", "compress", "evaluate", "export", "variants",
+                                                         "compare"]
+    # the Pareto chart's other points: the teacher and the spiral's intermediate round, as FP32 ONNX
+    variants = {v["name"]: v for v in on_disk["variants"]}
+    assert sorted(variants) == ["round1", "teacher"]
+    assert variants["teacher"]["top1"] == t["top1"] and variants["round1"]["top1"] == on_disk["rounds"][0]["top1"]
+    assert variants["round1"]["macs"] == on_disk["rounds"][0]["macs"] > s["macs"]
+    for v in variants.values():
+        assert os.path.exists(os.path.join(out, v["path"])) and v["max_abs_diff_vs_pytorch"] < 1e-3
     assert all(st["seconds"] >= 0 for st in on_disk["stages"])
     assert [r["round"] for r in on_disk["rounds"]] == [1, 2]
     assert on_disk["rounds"][0]["macs_ratio"] > on_disk["rounds"][1]["macs_ratio"]
@@ -39,7 +47,7 @@ def test_a_rerun_reuses_finished_stages(tiny_run):
     out, summary, _ = tiny_run
     lines = []
     again = run(load_recipe("digits", TINY), out, log=lines.append)
-    assert [st["reused"] for st in again["stages"]] == [True] * 5
+    assert [st["reused"] for st in again["stages"]] == [True] * 6
     assert again["student"]["top1"] == summary["student"]["top1"]
     assert any("[compress] up to date, reused" in line for line in lines)
 

@@ -130,8 +130,13 @@ def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "au
               min_seconds: float = 3.0, max_seconds: Optional[float] = None, power: bool = True,
               power_root: str = "/", idle_seconds: float = 2.0, precision: Optional[str] = None,
               accuracy: Optional[Dict[str, object]] = None, cuda_graph: bool = False, progress: bool = True,
+              labels: Optional[Dict[str, Optional[str]]] = None,
               log: Callable[[str], None] = print) -> Dict[str, object]:
-    """Measure `model_path` and (if `out_path`) write the result JSON atomically; return it."""
+    """Measure `model_path` and (if `out_path`) write the result JSON atomically; return it.
+
+    `labels` (variant, target, placement, recipe) say what was measured where; the results store
+    and the dashboard group runs by them. Missing ones are derived from the file name and runner.
+    """
     unknown = [s for s in scenarios if s not in ("single_stream", "offline")]
     if unknown:
         raise EdgekitError("unknown scenario {}; choose single_stream, offline".format(", ".join(unknown)))
@@ -173,6 +178,7 @@ def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "au
         "model": {"path": model_path, "ran": run_path, "sha256": sha256_file(run_path),
                   "precision": precision or _precision(model_path), "inputs": [repr(s) for s in specs]},
         "accuracy": accuracy,
+        "labels": _labels(model_path, runtime_name, labels or {}),
         "runtime": info,
         "environment": environment.collect(threads=threads, runtime=info, precision=precision),
         "scenarios": results,
@@ -193,3 +199,14 @@ def _precision(path: str) -> str:
         if ".{}.".format(precision) in name:
             return precision
     return "unknown"
+
+
+def _labels(model_path: str, runtime_name: str, given: Dict[str, Optional[str]]) -> Dict[str, Optional[str]]:
+    name = os.path.basename(model_path)
+    variant = given.get("variant") or ("student" if name.startswith("model.") else name.split(".")[0])
+    placement = given.get("placement")
+    if not placement:
+        dla = [part for part in name.split(".") if part in ("dla0", "dla1")]
+        placement = dla[0] if dla else ("gpu" if runtime_name == "tensorrt" else "cpu")
+    return {"variant": variant, "target": given.get("target") or "local", "placement": placement,
+            "recipe": given.get("recipe")}

@@ -146,11 +146,39 @@ def _onnx_input_chw(path: str, name: str) -> Optional[List[int]]:
     return None
 
 
-def build_engine(cfg: BuildConfig, log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """Build and serialize an engine; write `<engine>.json` (metadata) and `<engine>.log` beside it."""
+def reusable_engine(cfg: BuildConfig, tensorrt_version: str) -> Optional[Dict[str, Any]]:
+    """The metadata of an engine at `cfg.engine_path` built from this very ONNX file, with this
+    TensorRT, precision, DLA core and batch range; None when it must be (re)built."""
+    from .metadata import load_metadata
+
+    if not os.path.exists(cfg.engine_path):
+        return None
+    try:
+        meta = load_metadata(cfg.engine_path)
+    except EdgekitError:
+        return None
+    profile = meta.get("profile") or {}
+    max_batch = cfg.static_batch if cfg.static_batch is not None else cfg.max_batch
+    same = (meta.get("onnx_sha256") == sha256_file(cfg.onnx_path) and meta.get("tensorrt_version") == tensorrt_version
+            and meta.get("precision") == cfg.precision and meta.get("dla_core") == cfg.dla_core
+            and (profile.get("max") or [None])[0] == max_batch)
+    return meta if same else None
+
+
+def build_engine(cfg: BuildConfig, log: Callable[[str], None] = print, force: bool = False) -> Dict[str, Any]:
+    """Build and serialize an engine; write `<engine>.json` (metadata) and `<engine>.log` beside it.
+
+    An engine already built from the same ONNX with the same settings is kept (`force` rebuilds):
+    a re-run of a deploy resumes instead of spending minutes per engine again.
+    """
     plan = plan_build(cfg)
     trt = lazy_import("tensorrt")
     api = TrtApi(trt.__version__)
+    existing = None if force else reusable_engine(cfg, trt.__version__)
+    if existing is not None:
+        log("{} is up to date (built {} from this ONNX with TensorRT {}); kept".format(
+            cfg.engine_path, existing.get("built_at"), trt.__version__))
+        return existing
     lines: List[str] = []
 
     class CapturingLogger(trt.ILogger):
