@@ -19,6 +19,14 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 MANIFEST_NAME = "manifest.json"
 
 
+def _file_mode() -> int:
+    """What open() would give a new file under the current umask (mkstemp's 0600 would make results
+    and dashboards unreadable to a web server or a container running as another user)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
@@ -28,6 +36,8 @@ def atomic_path(path: str) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        if os.path.exists(tmp):
+            os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -7,7 +7,8 @@ import sys
 from conftest import REPO
 
 # The modules the device side imports today; runtime/, bench/, engine/ join as they land.
-DEVICE_SIDE = ["edgekit/__init__.py", "edgekit/errors.py", "edgekit/artifacts.py", "edgekit/lazy.py", "edgekit/cli.py"]
+DEVICE_SIDE = ["edgekit/__init__.py", "edgekit/errors.py", "edgekit/artifacts.py", "edgekit/lazy.py", "edgekit/cli.py",
+               "edgekit/report/__init__.py", "edgekit/report/store.py"]
 DEVICE_PACKAGES = ["edgekit/runtime", "edgekit/bench", "edgekit/engine"]
 
 
@@ -36,7 +37,8 @@ def test_vermin_does_flag_newer_syntax(tmp_path):
 def test_device_side_imports_without_torch():
     code = ("import sys, edgekit, edgekit.errors, edgekit.artifacts, edgekit.cli, edgekit.runtime, "
             "edgekit.runtime.onnxrt, edgekit.runtime.tensorrt, edgekit.bench.harness, edgekit.bench.power, "
-            "edgekit.bench.results, edgekit.engine, edgekit.engine.dla_report, edgekit.trtlint; "
+            "edgekit.bench.results, edgekit.engine, edgekit.engine.dla_report, edgekit.trtlint, "
+            "edgekit.report.store; "
             "bad = [m for m in ('torch', 'torchvision', 'torch_pruning') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

@@ -30,7 +30,55 @@ def load_result(path: str) -> Dict[str, Any]:
     if data.get("schema_version") != SCHEMA_VERSION:
         raise EdgekitError("{} has schema version {}, this edgekit reads {}".format(
             path, data.get("schema_version"), SCHEMA_VERSION))
+    problem = schema_problem(data)
+    if problem:
+        raise EdgekitError("{} does not follow the {} v{} schema: {}".format(path, SCHEMA, SCHEMA_VERSION, problem))
     return data
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def schema_problem(data: Dict[str, Any]) -> str:
+    """What is wrong with a result's structure ("" when nothing): the fields readers rely on."""
+    if not isinstance(data.get("run_id"), str) or not data["run_id"]:
+        return "no run_id"
+    if not isinstance(data.get("created"), str):
+        return "no created time"
+    model = data.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("path"), str):
+        return "no model.path"
+    scenarios = data.get("scenarios")
+    if not isinstance(scenarios, dict) or not (scenarios.get("single_stream") or scenarios.get("offline")):
+        return "no scenario results"
+    latencies = []
+    ss = scenarios.get("single_stream")
+    if ss:
+        if not isinstance(ss, dict) or not _number(ss.get("batch")):
+            return "single_stream has no batch"
+        latencies.append(("single_stream", ss.get("latency")))
+    off = scenarios.get("offline")
+    if off:
+        if not isinstance(off, dict) or not isinstance(off.get("rows"), list) or not off["rows"]:
+            return "offline has no rows"
+        for row in off["rows"]:
+            if not isinstance(row, dict) or not _number(row.get("batch")) or not _number(row.get("throughput")):
+                return "an offline row lacks batch or throughput"
+            latencies.append(("offline batch {}".format(row["batch"]), row.get("latency")))
+    for where, latency in latencies:
+        if not isinstance(latency, dict):
+            return "{} has no latency".format(where)
+        for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms"):
+            if not _number(latency.get(key)):
+                return "{} latency.{} is not a number".format(where, key)
+    accuracy = data.get("accuracy")
+    if accuracy is not None and (not isinstance(accuracy, dict) or not _number(accuracy.get("top1"))):
+        return "accuracy.top1 is not a number"
+    for key in ("labels", "environment", "runtime"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            return "{} is not an object".format(key)
+    return ""
 
 
 CSV_COLUMNS = ["run_id", "model", "precision", "runner", "scenario", "batch", "queries", "p50_ms", "p90_ms",

@@ -1,0 +1,1 @@
+"""Results store (SQLite index of the result JSON files) and the static dashboard."""

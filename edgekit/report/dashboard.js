@@ -1,0 +1,373 @@
+/* edgekit dashboard: builds the tables and charts from the JSON block in the page.
+ * Text from result files goes into the DOM only through textContent, and into chart labels only
+ * through esc() (plotly reads a subset of HTML in labels). No network, no eval of data. */
+(function () {
+  "use strict";
+  var DATA = JSON.parse(document.getElementById("edgekit-data").textContent);
+  var runs = DATA.runs;
+  var byId = {};
+  runs.forEach(function (r) { byId[r.run_id] = r; });
+  var flagsByRun = {};
+  DATA.regressions.forEach(function (f) { (flagsByRun[f.run_id] = flagsByRun[f.run_id] || []).push(f); });
+
+  /* For chart labels only: plotly reads <br>, <b>, <a href=...> in labels, and decodes &amp; &lt; &gt;.
+   * With those three escaped no tag can form; quotes outside a tag are plain text. */
+  function esc(s) {
+    return String(s == null ? "" : s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+  }
+  function el(tag, text, cls) {
+    var node = document.createElement(tag);
+    if (text != null) node.textContent = String(text);
+    if (cls) node.className = cls;
+    return node;
+  }
+  function fmt(v, digits) {
+    if (v == null || v === "") return "–";
+    if (typeof v === "number") return v.toFixed(digits == null ? 3 : digits);
+    return String(v);
+  }
+  function label(r) { return r.variant + " " + r.precision + " " + r.placement; }
+  function runName(r) { return (r.created || "").slice(0, 19).replace("T", " ") + "  " + r.target + "  " + label(r); }
+  var PLOT_CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["sendDataToCloud"] };
+  var LAYOUT = { margin: { l: 60, r: 20, t: 20, b: 50 }, legend: { orientation: "h", y: -0.2 },
+                 font: { family: "system-ui, sans-serif", size: 12 } };
+  function layout(extra) { return Object.assign({}, LAYOUT, extra); }
+
+  /* Latest run of each series (target, recipe, variant, precision, placement, runner). */
+  function latestRuns() {
+    var latest = {};
+    runs.forEach(function (r) {
+      var prev = latest[r.series];
+      if (!prev || (r.created || "") >= (prev.created || "")) latest[r.series] = r;
+    });
+    return Object.keys(latest).sort().map(function (k) { return latest[k]; });
+  }
+
+  // ---- header and skipped files
+  document.getElementById("meta").textContent = runs.length + " runs from " + DATA.results_root +
+    " · index " + DATA.index + " · generated " + DATA.generated + " by edgekit " + DATA.edgekit +
+    " · regression threshold " + Math.round(DATA.threshold * 100) + "%";
+  if (DATA.problems.length) {
+    document.getElementById("problems-section").hidden = false;
+    var ul = document.getElementById("problems");
+    DATA.problems.forEach(function (p) {
+      var li = el("li");
+      li.appendChild(el("code", p.file));
+      li.appendChild(document.createTextNode(": " + p.reason));
+      ul.appendChild(li);
+    });
+  }
+
+  // ---- runs table: sortable, filterable, details row with the environment
+  var COLUMNS = [
+    ["created", "created"], ["target", "target"], ["recipe", "recipe"], ["variant", "variant"],
+    ["precision", "precision"], ["placement", "placement"], ["runner", "runner"], ["top1", "top-1 %", 2],
+    ["p50_ms", "p50 ms", 3], ["p99_ms", "p99 ms", 3], ["best_throughput", "best img/s", 1],
+    ["best_batch", "best batch", 0], ["total_w", "W", 2], ["mj_per_inference", "mJ/inf", 2],
+    ["power_mode", "power mode"], ["run_id", "run"], ["flag", "regressed"]
+  ];
+  var sortKey = "created", sortDir = -1;
+  var table = document.getElementById("runs-table");
+  var headRow = el("tr");
+  COLUMNS.forEach(function (c) {
+    var th = el("th", c[1]);
+    th.dataset.key = c[0];
+    th.addEventListener("click", function () {
+      sortDir = (sortKey === c[0]) ? -sortDir : 1;
+      sortKey = c[0];
+      renderRuns();
+    });
+    headRow.appendChild(th);
+  });
+  table.tHead.appendChild(headRow);
+
+  function fillSelect(id, key) {
+    var select = document.getElementById(id);
+    var values = {};
+    runs.forEach(function (r) { values[r[key]] = true; });
+    Object.keys(values).sort().forEach(function (v) {
+      var o = el("option", v);
+      o.value = v;
+      select.appendChild(o);
+    });
+    select.addEventListener("change", renderRuns);
+  }
+  fillSelect("filter-target", "target");
+  fillSelect("filter-precision", "precision");
+  fillSelect("filter-variant", "variant");
+  document.getElementById("filter-text").addEventListener("input", renderRuns);
+  document.getElementById("filter-latest").addEventListener("change", renderRuns);
+
+  function cellValue(r, key) {
+    if (key === "flag") return (flagsByRun[r.run_id] || []).map(function (f) { return f.label; }).join(", ");
+    return r[key];
+  }
+
+  function envSummary(r) {
+    var e = r.environment || {};
+    return [e.device_model || e.cpu, e.l4t, r.power_mode && ("power mode " + r.power_mode),
+            e.jetson_clocks && ("jetson_clocks " + e.jetson_clocks), r.runner + " " + (r.runtime_version || ""),
+            "python " + (e.python || "?")].filter(Boolean).join(" · ");
+  }
+
+  function detailsRow(r) {
+    var tr = el("tr", null, "details");
+    var td = el("td");
+    td.colSpan = COLUMNS.length;
+    var dl = el("dl", null, "env");
+    var env = r.environment || {};
+    var items = [["model", r.model], ["file", r.file], ["series", r.series],
+                 ["power", r.power_status === "ok" ? (r.power_source + ", idle " + fmt(r.idle_w, 2) + " W")
+                   : (r.power_unavailable || r.power_status || "–")]];
+    Object.keys(env).sort().forEach(function (k) {
+      var v = env[k];
+      items.push([k, (v !== null && typeof v === "object") ? JSON.stringify(v) : v]);
+    });
+    items.forEach(function (kv) {
+      dl.appendChild(el("dt", kv[0]));
+      dl.appendChild(el("dd", kv[1] == null ? "–" : kv[1]));
+    });
+    td.appendChild(dl);
+    tr.appendChild(td);
+    return tr;
+  }
+
+  function visibleRuns() {
+    var text = document.getElementById("filter-text").value.toLowerCase();
+    var target = document.getElementById("filter-target").value;
+    var precision = document.getElementById("filter-precision").value;
+    var variant = document.getElementById("filter-variant").value;
+    var pool = document.getElementById("filter-latest").checked ? latestRuns() : runs;
+    return pool.filter(function (r) {
+      if (target && r.target !== target) return false;
+      if (precision && r.precision !== precision) return false;
+      if (variant && r.variant !== variant) return false;
+      if (text) {
+        var hay = [r.run_id, r.model, r.variant, r.target, r.recipe, r.precision, r.placement, r.runner,
+                   r.device].join(" ").toLowerCase();
+        if (hay.indexOf(text) < 0) return false;
+      }
+      return true;
+    });
+  }
+
+  function renderRuns() {
+    var rows = visibleRuns().slice().sort(function (a, b) {
+      var x = cellValue(a, sortKey), y = cellValue(b, sortKey);
+      if (x == null && y == null) return 0;
+      if (x == null) return 1;
+      if (y == null) return -1;
+      return (x < y ? -1 : x > y ? 1 : 0) * sortDir;
+    });
+    Array.prototype.forEach.call(headRow.children, function (th) {
+      th.className = th.dataset.key === sortKey ? (sortDir > 0 ? "sorted-asc" : "sorted-desc") : "";
+    });
+    var body = table.tBodies[0];
+    body.textContent = "";
+    rows.forEach(function (r) {
+      var tr = el("tr", null, "run" + (flagsByRun[r.run_id] ? " regressed" : ""));
+      tr.dataset.runId = r.run_id;
+      tr.title = envSummary(r);
+      COLUMNS.forEach(function (c) {
+        var v = cellValue(r, c[0]);
+        var td = el("td", c[2] != null ? fmt(v, c[2]) : (c[0] === "created" ? fmt(v).slice(0, 19).replace("T", " ")
+                                                           : fmt(v)), c[2] != null ? "num" : (c[0] === "flag" ? "flag" : ""));
+        tr.appendChild(td);
+      });
+      tr.addEventListener("click", function () {
+        var next = tr.nextSibling;
+        if (next && next.className === "details") { body.removeChild(next); return; }
+        body.insertBefore(detailsRow(r), tr.nextSibling);
+      });
+      body.appendChild(tr);
+    });
+    document.getElementById("runs-count").textContent = rows.length + " of " + runs.length + " runs shown";
+  }
+  renderRuns();
+
+  function groupBy(list, keyFn) {
+    var groups = {};
+    list.forEach(function (r) { var k = keyFn(r); (groups[k] = groups[k] || []).push(r); });
+    return groups;
+  }
+  function empty(id, message) {
+    var node = document.getElementById(id);
+    node.textContent = "";
+    node.appendChild(el("p", message, "muted"));
+    node.style.minHeight = "0";
+    node.dataset.empty = "1";
+  }
+
+  // ---- Pareto: top-1 vs p50 (error bar to p99), per target, front drawn
+  (function () {
+    var points = latestRuns().filter(function (r) { return r.top1 != null && r.p50_ms != null; });
+    if (!points.length) { empty("chart-pareto", "No run records a top-1 (benchmark with --summary)."); return; }
+    var traces = [];
+    var groups = groupBy(points, function (r) { return r.target; });
+    Object.keys(groups).sort().forEach(function (target) {
+      var g = groups[target];
+      traces.push({
+        type: "scatter", mode: "markers+text", name: esc(target), x: g.map(function (r) { return r.p50_ms; }),
+        y: g.map(function (r) { return r.top1; }),
+        error_x: { type: "data", symmetric: false, array: g.map(function (r) { return Math.max(0, (r.p99_ms || r.p50_ms) - r.p50_ms); }),
+                   arrayminus: g.map(function () { return 0; }) },
+        text: g.map(function (r) { return esc(r.variant + " " + r.precision); }), textposition: "top center",
+        hovertext: g.map(function (r) {
+          return esc(label(r)) + "<br>top-1 " + fmt(r.top1, 2) + "%<br>p50 " + fmt(r.p50_ms) + " ms, p99 " +
+            fmt(r.p99_ms) + " ms<br>" + esc(r.target) + " · " + esc(r.runner);
+        }),
+        hoverinfo: "text", marker: { size: 10 }
+      });
+      var sorted = g.slice().sort(function (a, b) { return a.p50_ms - b.p50_ms || b.top1 - a.top1; });
+      var front = [], best = -Infinity;
+      sorted.forEach(function (r) { if (r.top1 > best) { front.push(r); best = r.top1; } });
+      traces.push({ type: "scatter", mode: "lines", line: { dash: "dot", shape: "hv" }, name: esc(target + " Pareto front"),
+                    x: front.map(function (r) { return r.p50_ms; }), y: front.map(function (r) { return r.top1; }),
+                    hoverinfo: "skip" });
+    });
+    Plotly.newPlot("chart-pareto", traces, layout({ xaxis: { title: { text: "latency, ms (p50 marker, bar to p99)" }, type: "log" },
+                                                    yaxis: { title: { text: "top-1 %" } } }), PLOT_CONFIG);
+  })();
+
+  // ---- Throughput vs batch
+  (function () {
+    var traces = [];
+    latestRuns().forEach(function (r) {
+      var rows = (r.rows || []).filter(function (x) { return x.scenario === "offline"; });
+      if (!rows.length) return;
+      rows.sort(function (a, b) { return a.batch - b.batch; });
+      traces.push({ type: "scatter", mode: "lines+markers", name: esc(r.target + " · " + label(r)),
+                    x: rows.map(function (x) { return x.batch; }), y: rows.map(function (x) { return x.throughput; }) });
+    });
+    if (!traces.length) { empty("chart-throughput", "No run has an offline batch sweep."); return; }
+    Plotly.newPlot("chart-throughput", traces, layout({ xaxis: { title: { text: "batch size" }, type: "log", dtick: Math.log10(2) },
+                                                        yaxis: { title: { text: "images / s" } } }), PLOT_CONFIG);
+  })();
+
+  // ---- Latency distribution (percentiles)
+  (function () {
+    var keys = [["p50_ms", "p50"], ["p90_ms", "p90"], ["p95_ms", "p95"], ["p99_ms", "p99"], ["max_ms", "max"]];
+    var traces = [];
+    latestRuns().forEach(function (r) {
+      var ss = (r.rows || []).filter(function (x) { return x.scenario === "single_stream"; })[0];
+      if (!ss) return;
+      traces.push({ type: "scatter", mode: "lines+markers", name: esc(r.target + " · " + label(r)),
+                    x: keys.map(function (k) { return k[1]; }), y: keys.map(function (k) { return ss[k[0]]; }) });
+    });
+    if (!traces.length) { empty("chart-latency", "No run has a single-stream scenario."); return; }
+    Plotly.newPlot("chart-latency", traces, layout({ xaxis: { title: { text: "percentile" } },
+                                                     yaxis: { title: { text: "ms" }, type: "log" } }), PLOT_CONFIG);
+  })();
+
+  // ---- Power: W per rail (stacked), energy per inference, inferences per joule, power mode
+  (function () {
+    var withPower = latestRuns().filter(function (r) { return r.power_status === "ok"; });
+    var note = document.getElementById("power-note");
+    if (!withPower.length) {
+      var reasons = {};
+      runs.forEach(function (r) { if (r.power_unavailable) reasons[r.power_unavailable] = true; });
+      note.textContent = "No run has power data. " + Object.keys(reasons).slice(0, 3).join(" | ");
+      empty("chart-power", "Power is measured on a Jetson (INA3221), with NVML or with RAPL.");
+      return;
+    }
+    note.textContent = "Average watts per rail over the single-stream window (or the best batch), latest run of each series.";
+    var rails = {};
+    withPower.forEach(function (r) {
+      (r.rows || []).forEach(function (x) { Object.keys(x.rails_w || {}).forEach(function (k) { rails[k] = true; }); });
+    });
+    function windowOf(r) {
+      var rows = (r.rows || []).filter(function (x) { return x.rails_w; });
+      var ss = rows.filter(function (x) { return x.scenario === "single_stream"; })[0];
+      return ss || rows.filter(function (x) { return x.batch === r.best_batch; })[0] || rows[0] || {};
+    }
+    var names = withPower.map(function (r) { return esc(r.target + " · " + label(r)); });
+    var traces = Object.keys(rails).sort().map(function (rail) {
+      return { type: "bar", name: esc(rail), x: names,
+               y: withPower.map(function (r) { return (windowOf(r).rails_w || {})[rail] || 0; }) };
+    });
+    Plotly.newPlot("chart-power", traces, layout({ barmode: "stack", yaxis: { title: { text: "W" } } }), PLOT_CONFIG);
+    var t = document.getElementById("power-table");
+    var head = el("tr");
+    ["run", "power mode", "source", "total W", "idle W", "mJ / inference", "inferences / J"].forEach(function (h) { head.appendChild(el("th", h)); });
+    t.tHead.appendChild(head);
+    withPower.forEach(function (r) {
+      var w = windowOf(r);
+      var tr = el("tr");
+      [runName(r), r.power_mode || "not recorded", r.power_source].forEach(function (v) { tr.appendChild(el("td", v == null ? "–" : v)); });
+      [[w.total_w, 2], [r.idle_w, 2], [w.mj_per_inference, 3], [w.inferences_per_joule, 1]].forEach(function (v) {
+        tr.appendChild(el("td", fmt(v[0], v[1]), "num"));
+      });
+      t.tBodies[0] || t.appendChild(document.createElement("tbody"));
+      t.tBodies[0].appendChild(tr);
+    });
+  })();
+
+  // ---- A vs B
+  (function () {
+    var a = document.getElementById("compare-a"), b = document.getElementById("compare-b");
+    var ordered = runs.slice().sort(function (x, y) { return (y.created || "") < (x.created || "") ? -1 : 1; });
+    ordered.forEach(function (r) {
+      var oa = el("option", runName(r)); oa.value = r.run_id; a.appendChild(oa);
+      var ob = el("option", runName(r)); ob.value = r.run_id; b.appendChild(ob);
+    });
+    if (ordered.length > 1) { a.value = ordered[1].run_id; b.value = ordered[0].run_id; }
+    var t = document.getElementById("compare-table");
+    var head = el("tr");
+    ["metric", "A", "B", "B / A", ""].forEach(function (h) { head.appendChild(el("th", h)); });
+    t.tHead.appendChild(head);
+    if (!t.tBodies.length) t.appendChild(document.createElement("tbody"));
+    function render() {
+      var ra = byId[a.value], rb = byId[b.value];
+      var body = t.tBodies[0];
+      body.textContent = "";
+      if (!ra || !rb) return;
+      [["series", ra.series, rb.series]].concat(DATA.metrics.map(function (m) { return [m, ra[m.key], rb[m.key]]; }))
+        .forEach(function (row) {
+          var tr = el("tr");
+          if (typeof row[0] === "string") {
+            tr.appendChild(el("td", row[0])); tr.appendChild(el("td", row[1])); tr.appendChild(el("td", row[2]));
+            tr.appendChild(el("td", "")); tr.appendChild(el("td", ""));
+          } else {
+            var m = row[0], va = row[1], vb = row[2];
+            var ratio = (va != null && vb != null && va !== 0) ? vb / va : null;
+            var verdict = "", cls = "";
+            if (ratio != null && ratio !== 1) {
+              var better = m.better === "higher" ? ratio > 1 : ratio < 1;
+              verdict = better ? "B better" : "B worse"; cls = better ? "better" : "worse";
+            }
+            tr.appendChild(el("td", m.label)); tr.appendChild(el("td", fmt(va), "num")); tr.appendChild(el("td", fmt(vb), "num"));
+            tr.appendChild(el("td", ratio == null ? "–" : ratio.toFixed(3) + "×", "num")); tr.appendChild(el("td", verdict, cls));
+          }
+          body.appendChild(tr);
+        });
+    }
+    a.addEventListener("change", render); b.addEventListener("change", render);
+    render();
+  })();
+
+  // ---- Regressions
+  (function () {
+    var note = document.getElementById("regressions-note");
+    note.textContent = DATA.regressions.length
+      ? DATA.regressions.length + " metric(s) worse than the previous run of the same series by more than " +
+        Math.round(DATA.threshold * 100) + "% (top-1: 0.5 points)."
+      : "No regressions: no metric got worse than the previous run of its series by more than " +
+        Math.round(DATA.threshold * 100) + "%.";
+    var t = document.getElementById("regressions-table");
+    var head = el("tr");
+    ["run", "series", "metric", "before", "after", "worse by", "previous run"].forEach(function (h) { head.appendChild(el("th", h)); });
+    t.tHead.appendChild(head);
+    if (!t.tBodies.length) t.appendChild(document.createElement("tbody"));
+    DATA.regressions.forEach(function (f) {
+      var r = byId[f.run_id] || {};
+      var tr = el("tr", null, "regressed");
+      [f.run_id, r.series, f.label].forEach(function (v) { tr.appendChild(el("td", v)); });
+      tr.appendChild(el("td", fmt(f.before), "num")); tr.appendChild(el("td", fmt(f.after), "num"));
+      tr.appendChild(el("td", (f.change * 100).toFixed(1) + (f.metric === "top1" ? " pt" : "%"), "num flag"));
+      tr.appendChild(el("td", f.previous));
+      t.tBodies[0].appendChild(tr);
+    });
+  })();
+
+  window.edgekitReady = true;
+})();

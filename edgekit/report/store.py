@@ -1,0 +1,289 @@
+"""The results store: every result JSON under benchmarks/results/, validated and indexed in SQLite.
+
+The JSON files stay the source of truth. `build_index` reads them all (a bad file is reported and
+skipped, never fatal) and writes `index.sqlite` from scratch into a temporary file that replaces
+the old index in one rename, so the index can be deleted or rebuilt at any time and a reader
+never sees half of one. Python 3.8 clean, stdlib only: it runs wherever results are.
+"""
+
+import datetime
+import glob
+import json
+import os
+import sqlite3
+import tempfile
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from ..bench.results import load_result, result_rows
+from ..errors import EdgekitError
+
+INDEX_NAME = "index.sqlite"
+INDEX_VERSION = 1
+# What identifies "the same thing measured again": the regression check compares along it.
+SERIES = ("target", "recipe", "variant", "precision", "placement", "runner")
+
+RUN_COLUMNS = [
+    ("run_id", "TEXT PRIMARY KEY"), ("file", "TEXT"), ("created", "TEXT"), ("target", "TEXT"),
+    ("recipe", "TEXT"), ("variant", "TEXT"), ("precision", "TEXT"), ("placement", "TEXT"), ("runner", "TEXT"),
+    ("runtime_version", "TEXT"), ("model", "TEXT"), ("device", "TEXT"), ("power_mode", "TEXT"),
+    ("power_source", "TEXT"), ("top1", "REAL"), ("macs", "REAL"), ("params", "REAL"), ("p50_ms", "REAL"),
+    ("p90_ms", "REAL"), ("p95_ms", "REAL"), ("p99_ms", "REAL"), ("max_ms", "REAL"), ("mean_ms", "REAL"),
+    ("qps", "REAL"), ("best_batch", "INTEGER"), ("best_throughput", "REAL"), ("total_w", "REAL"),
+    ("idle_w", "REAL"), ("mj_per_inference", "REAL"), ("inferences_per_joule", "REAL"), ("power_status", "TEXT"),
+    ("environment", "TEXT"),
+]
+MEASUREMENT_COLUMNS = [
+    ("run_id", "TEXT"), ("scenario", "TEXT"), ("batch", "INTEGER"), ("queries", "INTEGER"), ("p50_ms", "REAL"),
+    ("p90_ms", "REAL"), ("p95_ms", "REAL"), ("p99_ms", "REAL"), ("max_ms", "REAL"), ("mean_ms", "REAL"),
+    ("throughput", "REAL"), ("total_w", "REAL"), ("mj_per_inference", "REAL"), ("inferences_per_joule", "REAL"),
+]
+
+
+def _text(value: Any) -> Optional[str]:
+    return None if value is None else str(value)
+
+
+def _first_power(result: Dict[str, Any]) -> Dict[str, Any]:
+    """The single-stream window's power, else the best offline batch's: what a run costs."""
+    scenarios = result.get("scenarios", {})
+    ss = scenarios.get("single_stream") or {}
+    if (ss.get("power") or {}).get("status") == "ok":
+        return ss["power"]
+    off = scenarios.get("offline") or {}
+    rows = [r for r in off.get("rows", []) if (r.get("power") or {}).get("status") == "ok"]
+    best = [r for r in rows if r.get("batch") == off.get("best_batch")] or rows
+    if best:
+        return best[0]["power"]
+    return ss.get("power") or {}
+
+
+def power_mode(result: Dict[str, Any]) -> Optional[str]:
+    env = result.get("environment") or {}
+    mode = env.get("nvpmodel")
+    if isinstance(mode, dict) and mode.get("name"):
+        return "{} ({})".format(mode["name"], mode.get("id")) if mode.get("id") else str(mode["name"])
+    state = result.get("device_state") or {}
+    return _text(state.get("nvpmodel")) or None
+
+
+def flatten(result: Dict[str, Any], file: str, folder_target: Optional[str] = None) -> Dict[str, Any]:
+    """One row per run: what the runs table, filters and charts need."""
+    labels = result.get("labels") or {}
+    accuracy = result.get("accuracy") or {}
+    runtime = result.get("runtime") or {}
+    env = result.get("environment") or {}
+    model = result.get("model") or {}
+    scenarios = result.get("scenarios") or {}
+    ss = scenarios.get("single_stream") or {}
+    latency = ss.get("latency") or {}
+    off = scenarios.get("offline") or {}
+    power = _first_power(result)
+    target = labels.get("target")
+    if not target or target == "local":
+        target = folder_target or target or "local"
+    name = os.path.basename(str(model.get("path", "")))
+    return {
+        "run_id": result["run_id"], "file": file, "created": result.get("created"), "target": target,
+        "recipe": labels.get("recipe") or accuracy.get("dataset") or "",
+        "variant": labels.get("variant") or ("student" if name.startswith("model.") else name.split(".")[0]),
+        "precision": model.get("precision") or "unknown",
+        "placement": labels.get("placement") or ("gpu" if runtime.get("runner") == "tensorrt" else "cpu"),
+        "runner": runtime.get("runner") or "", "runtime_version": _text(runtime.get("runtime_version")),
+        "model": str(model.get("path", "")), "device": _text(env.get("device_model") or env.get("cpu")),
+        "power_mode": power_mode(result), "power_source": _text(result.get("power_source")),
+        "top1": accuracy.get("top1"), "macs": accuracy.get("macs"), "params": accuracy.get("params"),
+        "p50_ms": latency.get("p50_ms"), "p90_ms": latency.get("p90_ms"), "p95_ms": latency.get("p95_ms"),
+        "p99_ms": latency.get("p99_ms"), "max_ms": latency.get("max_ms"), "mean_ms": latency.get("mean_ms"),
+        "qps": ss.get("qps"), "best_batch": off.get("best_batch"), "best_throughput": off.get("best_throughput"),
+        "total_w": power.get("total_w"), "idle_w": power.get("idle_w"),
+        "mj_per_inference": power.get("mj_per_inference"),
+        "inferences_per_joule": power.get("inferences_per_joule"),
+        "power_status": power.get("status") or ("unavailable" if not result.get("power_source") else None),
+        "environment": json.dumps(env, sort_keys=True, default=str),
+    }
+
+
+def scan(results_root: str) -> Tuple[List[Tuple[str, Dict[str, Any]]], List[Dict[str, str]]]:
+    """Every result file under `results_root`: ([(relative path, result)], [{file, reason}])."""
+    found: List[Tuple[str, Dict[str, Any]]] = []
+    problems: List[Dict[str, str]] = []
+    seen: Dict[str, str] = {}
+    paths = sorted(glob.glob(os.path.join(results_root, "**", "*.json"), recursive=True))
+    for path in paths:
+        rel = os.path.relpath(path, results_root)
+        if any(part.startswith(".") for part in rel.split(os.sep)):
+            continue  # staging folders of a fetch in progress
+        try:
+            result = load_result(path)
+        except EdgekitError as exc:
+            problems.append({"file": rel, "reason": str(exc).replace(path, "").strip(" :") or str(exc)})
+            continue
+        if result["run_id"] in seen:
+            problems.append({"file": rel, "reason": "same run_id as {}; skipped".format(seen[result["run_id"]])})
+            continue
+        seen[result["run_id"]] = rel
+        found.append((rel, result))
+    return found, problems
+
+
+def _folder_target(rel: str) -> Optional[str]:
+    parts = rel.split(os.sep)
+    return parts[0] if len(parts) > 1 else None
+
+
+def build_index(results_root: str, db_path: Optional[str] = None) -> Dict[str, Any]:
+    """(Re)build the SQLite index from the JSON files; return {runs, problems, path}."""
+    db_path = db_path or os.path.join(results_root, INDEX_NAME)
+    if not os.path.isdir(results_root):
+        raise EdgekitError("no results folder {}: run make deploy (or edgekit bench --out) first".format(
+            results_root))
+    found, problems = scan(results_root)
+    runs = [flatten(result, rel, _folder_target(rel)) for rel, result in found]
+    folder = os.path.dirname(os.path.abspath(db_path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".index-", suffix=".sqlite", dir=folder)
+    os.close(fd)
+    os.unlink(tmp)  # sqlite creates it afresh, with the umask's mode (mkstemp's is 0600)
+    try:
+        con = sqlite3.connect(tmp)
+        with con:
+            con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+            con.execute("CREATE TABLE runs ({})".format(", ".join("{} {}".format(n, t) for n, t in RUN_COLUMNS)))
+            con.execute("CREATE TABLE measurements ({})".format(
+                ", ".join("{} {}".format(n, t) for n, t in MEASUREMENT_COLUMNS)))
+            con.execute("CREATE TABLE rails (run_id TEXT, scenario TEXT, batch INTEGER, rail TEXT, watts REAL)")
+            con.execute("CREATE TABLE problems (file TEXT, reason TEXT)")
+            con.execute("CREATE INDEX runs_series ON runs ({}, created)".format(", ".join(SERIES)))
+            con.executemany("INSERT INTO meta VALUES (?, ?)", [
+                ("index_version", str(INDEX_VERSION)), ("results_root", os.path.abspath(results_root)),
+                ("built_at", datetime.datetime.now().isoformat(timespec="seconds"))])
+            names = [n for n, _ in RUN_COLUMNS]
+            con.executemany("INSERT INTO runs VALUES ({})".format(", ".join("?" * len(names))),
+                            [[run[n] for n in names] for run in runs])
+            mnames = [n for n, _ in MEASUREMENT_COLUMNS]
+            for _, result in found:
+                for row in measurement_rows(result):
+                    con.execute("INSERT INTO measurements VALUES ({})".format(", ".join("?" * len(mnames))),
+                                [row.get(n) for n in mnames])
+                    for rail, watts in sorted((row.get("rails_w") or {}).items()):
+                        con.execute("INSERT INTO rails VALUES (?, ?, ?, ?, ?)",
+                                    (result["run_id"], row["scenario"], row["batch"], rail, watts))
+            con.executemany("INSERT INTO problems VALUES (?, ?)", [(p["file"], p["reason"]) for p in problems])
+        con.close()
+        os.replace(tmp, db_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return {"runs": runs, "problems": problems, "path": db_path}
+
+
+def measurement_rows(result: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """`result_rows` plus p95, inferences per joule and the rails of each measured window."""
+    rows = result_rows(result)
+    scenarios = result.get("scenarios", {})
+    windows = []
+    if scenarios.get("single_stream"):
+        windows.append(scenarios["single_stream"])
+    windows += list((scenarios.get("offline") or {}).get("rows", []))
+    for row, window in zip(rows, windows):
+        power = window.get("power") or {}
+        row["p95_ms"] = (window.get("latency") or {}).get("p95_ms")
+        row["inferences_per_joule"] = power.get("inferences_per_joule")
+        row["rails_w"] = power.get("rails_w") if power.get("status") == "ok" else None
+    return rows
+
+
+def query_runs(db_path: str, target: Optional[str] = None, variant: Optional[str] = None,
+               precision: Optional[str] = None, recipe: Optional[str] = None, since: Optional[str] = None,
+               until: Optional[str] = None) -> List[Dict[str, Any]]:
+    """Runs from the index, oldest first, filtered by exact labels and an ISO date range."""
+    where, args = [], []
+    for column, value in (("target", target), ("variant", variant), ("precision", precision), ("recipe", recipe)):
+        if value:
+            where.append("{} = ?".format(column))
+            args.append(value)
+    if since:
+        where.append("substr(created, 1, 10) >= ?")
+        args.append(_date(since, "--since"))
+    if until:
+        where.append("substr(created, 1, 10) <= ?")
+        args.append(_date(until, "--until"))
+    con = sqlite3.connect("file:{}?mode=ro".format(db_path), uri=True)
+    try:
+        con.row_factory = sqlite3.Row
+        sql = "SELECT * FROM runs{} ORDER BY created, run_id".format(" WHERE " + " AND ".join(where) if where else "")
+        return [dict(row) for row in con.execute(sql, args)]
+    finally:
+        con.close()
+
+
+def _date(text: str, flag: str) -> str:
+    try:
+        return datetime.date.fromisoformat(text[:10]).isoformat()
+    except ValueError:
+        raise EdgekitError("{} expects a date like 2026-11-25, got {!r}".format(flag, text)) from None
+
+
+# Metric -> which direction is better. The regression check and the A/B comparison share it.
+METRICS = (("top1", "higher", "top-1 %"), ("p50_ms", "lower", "p50 ms"), ("p99_ms", "lower", "p99 ms"),
+           ("best_throughput", "higher", "best img/s"), ("mj_per_inference", "lower", "mJ/inference"),
+           ("total_w", "lower", "W"))
+
+
+def worse_by(metric: str, before: Optional[float], after: Optional[float]) -> Optional[float]:
+    """How much worse `after` is than `before` as a fraction (negative: better); None if unknown."""
+    if before is None or after is None or before == 0:
+        return None
+    direction = dict((m, d) for m, d, _ in METRICS)[metric]
+    if metric == "top1":
+        return (before - after) / 100.0  # accuracy points, as a fraction
+    change = (after - before) / abs(before)
+    return change if direction == "lower" else -change
+
+
+def regressions(runs: Sequence[Dict[str, Any]], threshold: float = 0.10,
+                top1_points: float = 0.5) -> List[Dict[str, Any]]:
+    """Each run compared with the previous run of the same series; a metric worse than `threshold`
+    (a fraction; top-1 in points: `top1_points`) is flagged."""
+    flagged: List[Dict[str, Any]] = []
+    previous: Dict[Tuple[Any, ...], Dict[str, Any]] = {}
+    for run in sorted(runs, key=lambda r: (r.get("created") or "", r["run_id"])):
+        series = tuple(run.get(k) for k in SERIES)
+        before = previous.get(series)
+        previous[series] = run
+        if before is None:
+            continue
+        for metric, _, label in METRICS:
+            change = worse_by(metric, before.get(metric), run.get(metric))
+            limit = top1_points / 100.0 if metric == "top1" else threshold
+            if change is not None and change > limit:
+                flagged.append({"run_id": run["run_id"], "previous": before["run_id"], "metric": metric,
+                                "label": label, "before": before[metric], "after": run[metric],
+                                "change": round(change, 4)})
+    return flagged
+
+
+TABLE_COLUMNS = ("created", "target", "recipe", "variant", "precision", "placement", "runner", "top1", "p50_ms",
+                 "p99_ms", "best_throughput", "total_w", "mj_per_inference", "power_mode", "run_id")
+
+
+def format_table(runs: Iterable[Dict[str, Any]], flagged: Sequence[Dict[str, Any]] = ()) -> str:
+    marks: Dict[str, List[str]] = {}
+    for f in flagged:
+        marks.setdefault(f["run_id"], []).append(f["label"])
+    rows = [[_cell(run.get(c)) for c in TABLE_COLUMNS] + [", ".join(marks.get(run["run_id"], []))] for run in runs]
+    header = list(TABLE_COLUMNS) + ["regressed"]
+    widths = [max([len(header[i])] + [len(r[i]) for r in rows]) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "{:.3f}".format(value) if abs(value) < 1000 else "{:.1f}".format(value)
+    text = str(value)
+    return text[:19] if len(text) > 24 and text[:4].isdigit() and "T" in text[:11] else text

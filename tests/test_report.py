@@ -1,0 +1,239 @@
+"""The results store, `edgekit results`, and the dashboard, down to a real headless Chromium.
+
+The result files are made by the real harness (onnxruntime on tiny ONNX models; the Xavier runs
+read a fake INA3221 sysfs tree laid out as JetPack 5's), then damaged on purpose: a wrong schema
+version, a truncated file, and HTML in the labels.
+"""
+
+import csv
+import html.parser
+import io
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+
+import pytest
+from conftest import REPO, edgekit_cmd
+from onnx_fixtures import linear_classifier
+from test_power import jetpack5_tree
+
+from edgekit.bench.harness import benchmark
+from edgekit.bench.results import load_result, save_result
+from edgekit.report.dashboard import write_dashboard
+from edgekit.report.store import INDEX_NAME, build_index, query_runs, regressions
+
+XSS_VARIANT = '<img src=x onerror="window.__pwned=1">'
+XSS_RECIPE = "digits</script><script>window.__pwned=2</script>"
+VALID_RUNS = 7
+
+
+def _bench(tmp, out, image, labels, top1, power_root=None, seed=0):
+    model = os.path.join(tmp, "model{}.{}.onnx".format(image, seed))
+    if not os.path.exists(model):
+        linear_classifier(model, image=image, seed=seed)
+    return benchmark(model, out, batches=(1, 2, 4), warmup=2, min_queries=10, min_seconds=0.05,
+                     power=power_root is not None, power_root=power_root or "/", idle_seconds=0.1,
+                     accuracy={"top1": top1, "dataset": labels.get("recipe", "digits")}, labels=labels,
+                     precision=labels.get("precision"), progress=False, log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    tmp = str(tmp_path_factory.mktemp("report"))
+    root = os.path.join(tmp, "results")
+    for variant, precision, image, top1 in (("student", "int8", 8, 97.5), ("student", "fp32", 8, 98.0),
+                                            ("round1", "fp32", 16, 98.6), ("teacher", "fp32", 32, 98.9)):
+        labels = {"variant": variant, "target": "cpu", "placement": "cpu", "recipe": "digits",
+                  "precision": precision}
+        _bench(tmp, os.path.join(root, "cpu", "digits.{}.{}.cpu.json".format(variant, precision)), image, labels, top1)
+    sysfs = os.path.join(tmp, "xavier-sysfs")
+    jetpack5_tree(sysfs)
+    xavier = {"variant": "student", "target": "xavier", "placement": "gpu", "recipe": "digits", "precision": "fp16"}
+    first = _bench(tmp, os.path.join(root, "xavier", "digits.student.fp16.gpu.a.json"), 8, xavier, 98.0, sysfs)
+    # The same series measured again later and 40% slower: what the regression flag is for.
+    later = json.loads(json.dumps(first))
+    later["run_id"], later["created"] = first["run_id"] + "-later", "2999-01-01T00:00:00+0000"
+    for window in [later["scenarios"]["single_stream"]] + later["scenarios"]["offline"]["rows"]:
+        window["latency"] = {k: (v * 1.4 if k.endswith("_ms") else v) for k, v in window["latency"].items()}
+        for key in ("throughput", "qps"):
+            if key in window:
+                window[key] /= 1.4
+    later["scenarios"]["offline"]["best_throughput"] /= 1.4
+    save_result(os.path.join(root, "xavier", "digits.student.fp16.gpu.b.json"), later)
+    html_labels = {"variant": XSS_VARIANT, "target": "cpu", "placement": "cpu", "recipe": XSS_RECIPE}
+    _bench(tmp, os.path.join(root, "cpu", "html-in-names.json"), 8, html_labels, 50.0, seed=1)
+
+    good = os.path.join(root, "cpu", "digits.student.int8.cpu.json")
+    with open(good) as f:
+        text = f.read()
+    wrong = json.loads(text)
+    wrong["schema_version"] = 2
+    with open(os.path.join(root, "cpu", "wrong-version.json"), "w") as f:
+        json.dump(wrong, f)
+    with open(os.path.join(root, "cpu", "truncated.json"), "w") as f:
+        f.write(text[: len(text) // 2])
+    return root
+
+
+def test_store_indexes_every_valid_file_and_reports_the_bad_ones(results):
+    index = build_index(results)
+    assert len(index["runs"]) == VALID_RUNS
+    problems = {p["file"]: p["reason"] for p in index["problems"]}
+    assert sorted(problems) == [os.path.join("cpu", "truncated.json"), os.path.join("cpu", "wrong-version.json")]
+    assert "schema version 2, this edgekit reads 1" in problems[os.path.join("cpu", "wrong-version.json")]
+    assert "not valid JSON" in problems[os.path.join("cpu", "truncated.json")]
+
+    con = sqlite3.connect(index["path"])
+    assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == VALID_RUNS
+    # single stream + 3 batches per run; the Xavier runs carry all six INA3221 rails per window
+    assert con.execute("SELECT count(*) FROM measurements").fetchone()[0] == VALID_RUNS * 4
+    rails = {r[0] for r in con.execute("SELECT rail FROM rails")}
+    assert rails == {"GPU", "CPU", "SOC", "CV", "VDDRQ", "SYS5V"}
+    watts = con.execute("SELECT total_w, mj_per_inference, power_mode FROM runs WHERE target = 'xavier'").fetchall()
+    assert all(w[0] == pytest.approx(0.456 + 0.918 + 1.530 + 0 + 0.459 + 1.550, rel=0.01) and w[1] > 0 for w in watts)
+    con.close()
+
+    # The JSON files are the source of truth: the index can go and come back the same.
+    os.unlink(index["path"])
+    again = build_index(results)
+    assert [r["run_id"] for r in again["runs"]] == [r["run_id"] for r in index["runs"]]
+    assert [r["run_id"] for r in query_runs(again["path"], target="xavier")] == sorted(
+        r["run_id"] for r in index["runs"] if r["target"] == "xavier")
+    assert {r["variant"] for r in query_runs(again["path"], precision="fp32")} == {"student", "round1", "teacher"}
+
+
+def test_regressions_compare_each_run_with_the_previous_run_of_its_series(results):
+    runs = build_index(results)["runs"]
+    flagged = regressions(runs, threshold=0.10)
+    assert {f["metric"] for f in flagged} >= {"p50_ms", "p99_ms"}
+    assert {f["run_id"] for f in flagged} == {r["run_id"] for r in runs if r["run_id"].endswith("-later")}
+    assert all(f["change"] == pytest.approx(0.4, abs=0.01) for f in flagged if f["metric"] == "p50_ms")
+    # better, or worse within the threshold, is not flagged; top-1 is judged in points
+    base = {"target": "t", "recipe": "r", "variant": "v", "precision": "int8", "placement": "gpu", "runner": "trt"}
+    series = [dict(base, run_id="a", created="1", top1=90.0, p50_ms=10.0),
+              dict(base, run_id="b", created="2", top1=89.8, p50_ms=10.5),
+              dict(base, run_id="c", created="3", top1=89.0, p50_ms=8.0)]
+    assert [(f["run_id"], f["metric"]) for f in regressions(series, 0.10)] == [("c", "top1")]
+
+
+def test_results_command_filters_and_writes_csv(results):
+    proc = subprocess.run(edgekit_cmd("results", "--results", results, "--target", "cpu"), capture_output=True,
+                          text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "5 of {} runs".format(VALID_RUNS) in proc.stdout
+    assert proc.stderr.count("edgekit: skipped") == 2 and "wrong-version.json" in proc.stderr
+
+    proc = subprocess.run(edgekit_cmd("results", "--results", results, "--csv", "--precision", "fp16"),
+                          capture_output=True, text=True, cwd=REPO)
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert len(rows) == 2 and {r["target"] for r in rows} == {"xavier"}
+    assert [r["regressed"] for r in rows if r["run_id"].endswith("-later")][0].split() == [
+        "p50_ms", "p99_ms", "best_throughput"]
+
+    for args, message in ((("--since", "yesterday"), "--since expects a date like 2026-11-25"),
+                          (("--results", os.path.join(results, "nope")), "no results folder")):
+        proc = subprocess.run(edgekit_cmd("results", "--results", results, *args), capture_output=True, text=True,
+                              cwd=REPO)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+class _Scripts(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.scripts = []
+        self.tags = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "script":
+            self.scripts.append(dict(attrs))
+
+
+def test_dashboard_is_one_offline_file_with_every_name_escaped(results, tmp_path):
+    out = str(tmp_path / "dash" / "index.html")
+    summary = write_dashboard(results, out)
+    assert summary["runs"] == VALID_RUNS and len(summary["problems"]) == 2 and summary["regressions"]
+    with open(out, encoding="utf-8") as f:
+        page = f.read()
+    parser = _Scripts()
+    parser.feed(page)
+    # three scripts, none loaded from anywhere: plotly.js inlined, the data (not executable), the page's
+    assert parser.scripts == [{}, {"type": "application/json", "id": "edgekit-data"}, {}]
+    assert "<img src=x" not in page and "</script><script>window" not in page
+    start = page.index('id="edgekit-data">') + len('id="edgekit-data">')
+    data = json.loads(page[start:page.index("</script>", start)])
+    assert XSS_VARIANT in {r["variant"] for r in data["runs"]}  # the text survives, as data
+    assert not {"link", "img", "iframe", "object", "embed"} & set(parser.tags)  # nothing to fetch
+    assert oct(os.stat(out).st_mode & 0o777) != oct(0o600)  # readable by a web server, not mkstemp's 0600
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def _browser_missing():
+    if not os.path.exists(CHROMIUM):
+        return "Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -e '.[dev]')"
+    return None
+
+
+@pytest.mark.skipif(_browser_missing() is not None, reason=_browser_missing() or "")
+def test_dashboard_renders_in_headless_chromium_without_errors_or_network(results, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    out = str(tmp_path / "index.html")
+    write_dashboard(results, out)
+    url = "file://" + out
+    console, requests = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.on("console", lambda m: console.append("{}: {}".format(m.type, m.text))
+                    if m.type in ("error", "warning") else None)
+            page.on("pageerror", lambda e: console.append("pageerror: {}".format(e)))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(url)
+            page.wait_for_function("window.edgekitReady === true", timeout=30000)
+
+            assert console == []
+            assert requests == [url]  # the page itself and nothing else
+            assert page.evaluate("window.__pwned") is None
+            charts = page.evaluate("Array.from(document.querySelectorAll('.chart')).map(d => "
+                                   "[d.id, d.querySelectorAll('.main-svg').length, (d.data || []).length])")
+            for chart_id, svgs, traces in charts:
+                assert svgs > 0 and traces > 0, chart_id
+            # Pareto: one trace of points and one front per target
+            assert page.evaluate("document.getElementById('chart-pareto').data.length") == 4
+
+            rows = page.locator("#runs-table tbody tr.run")
+            assert rows.count() == VALID_RUNS
+            assert page.locator("#problems li").count() == 2
+            cells = page.locator("#runs-table tbody td").all_text_contents()
+            assert XSS_VARIANT in cells and XSS_RECIPE in cells  # shown as text, not run
+            assert XSS_VARIANT in page.locator("#chart-pareto").text_content()  # chart labels too
+
+            page.locator("#runs-table th", has_text="p50 ms").click()
+            p50 = [float(t) for t in page.locator("#runs-table tbody tr.run td:nth-child(9)").all_text_contents()]
+            assert p50 == sorted(p50)
+            page.select_option("#filter-target", "xavier")
+            assert rows.count() == 2 and page.locator("#runs-table tbody tr.regressed").count() == 1
+            rows.first.click()
+            assert "cpu_count" in page.locator("#runs-table tr.details").inner_text()
+            assert page.locator("#regressions-table tbody tr").count() >= 2
+            assert page.locator("#compare-table tbody tr").count() == 7
+            assert page.locator("#power-table tbody tr").count() == 1  # the latest run of the one powered series
+            os.makedirs(os.path.join(REPO, "benchmarks", "dashboard"), exist_ok=True)
+            page.select_option("#filter-target", "")
+            page.screenshot(path=os.path.join(REPO, "benchmarks", "dashboard", "test-screenshot.png"), full_page=True)
+        finally:
+            browser.close()
+    assert load_result(os.path.join(results, "cpu", "digits.student.int8.cpu.json"))  # nothing was rewritten
+    assert os.path.exists(os.path.join(results, INDEX_NAME))
