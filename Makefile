@@ -59,7 +59,8 @@ test-device: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgekit tests
-	$(BIN)/vermin -t=3.8- --no-tips --violations edgekit/artifacts.py edgekit/errors.py
+	$(BIN)/vermin -t=3.8- --no-tips --violations --eval-annotations edgekit/runtime edgekit/bench edgekit/engine \
+	  edgekit/report/store.py edgekit/artifacts.py edgekit/errors.py edgekit/lazy.py edgekit/cli.py
 
 clean:
 	rm -rf artifacts .pytest_cache

@@ -103,19 +103,28 @@ def _cmd_show_recipe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _accuracy_from_summary(summary_path: str, model_path: str) -> dict:
-    """The top-1 that `edgekit run` measured for this exported model, so speed never goes without it."""
+def _accuracy_from_summary(summary_path: str, model_path: str, accuracy_from: Optional[str] = None) -> dict:
+    """The top-1 that `edgekit run` measured for this exported model, so speed never goes without it.
+
+    An engine takes the top-1 of `accuracy_from` (the exported model nearest to it), else of the ONNX
+    file it was built from (its metadata says which); the result records which model that was.
+    """
     try:
         with open(summary_path, encoding="utf-8") as f:
             summary = json.load(f)
     except (OSError, ValueError) as exc:
         raise EdgekitError("cannot read summary {}: {}".format(summary_path, exc)) from None
-    name = os.path.basename(model_path)
+    name = os.path.basename(accuracy_from or model_path)
+    if not accuracy_from and model_path.endswith((".engine", ".plan")):
+        from .engine.metadata import load_metadata
+
+        name = os.path.basename(load_metadata(model_path).get("onnx_path") or model_path)
     known = list(summary.get("models", [])) + list(summary.get("variants", []))
     for entry in known:
         if os.path.basename(entry.get("path", "")) == name:
             found = {"top1": entry["top1"], "dataset": summary.get("recipe"), "summary": summary_path,
-                     "split": "val"}
+                     "split": "val", "measured_on": entry.get("path"),
+                     "runtime": entry.get("runtime", "pytorch" if entry in summary.get("variants", []) else None)}
             for key in ("macs", "params", "macs_ratio"):
                 if key in entry:
                     found[key] = entry[key]
@@ -138,7 +147,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     out = args.out or os.path.join("benchmarks", "results", "local",
                                    os.path.basename(args.model).rsplit(".", 1)[0] + ".json")
     scenarios = args.scenario or ("single_stream", "offline")
-    accuracy = _accuracy_from_summary(args.summary, args.model) if args.summary else None
+    accuracy = _accuracy_from_summary(args.summary, args.model, args.accuracy_from) if args.summary else None
     result = benchmark(args.model, out, runner=args.runner, threads=args.threads, scenarios=scenarios,
                        batches=batches, warmup=args.warmup, min_queries=args.queries, min_seconds=args.seconds,
                        power=not args.no_power, idle_seconds=args.idle_seconds, accuracy=accuracy,
@@ -247,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay a captured CUDA graph per shape")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="recorded with the result (default: "
                    "from the file name)")
+    p.add_argument("--accuracy-from", metavar="MODEL", help="with --summary: take the top-1 of this exported model "
+                   "(e.g. model.int8.qdq.onnx for an INT8 engine; default: the model itself, or the ONNX an engine "
+                   "was built from)")
     p.add_argument("--variant", help="what this model is (teacher, round1, student...; recorded, default: student "
                    "for model.*.onnx, else the file's stem)")
     p.add_argument("--target", help="the deploy target this runs on (recorded; default: local)")
@@ -291,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("results", help="index every result JSON (SQLite) and list runs as a table or CSV")
     p.add_argument("--results", default=results_dir, help="results folder (default: benchmarks/results)")
     p.add_argument("--target", help="only this target (cpu, xavier, ...)")
+    p.add_argument("--accuracy-from", metavar="MODEL", help="with --summary: take the top-1 of this exported model "
+                   "(e.g. model.int8.qdq.onnx for an INT8 engine; default: the model itself, or the ONNX an engine "
+                   "was built from)")
     p.add_argument("--variant", help="only this variant (teacher, round1, student, ...)")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"])
     p.add_argument("--recipe", help="only this recipe")

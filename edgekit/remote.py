@@ -36,6 +36,7 @@ from .errors import EdgekitError
 from .targets import Target
 
 REMOTE_ROOT = "edgekit-deploy"
+RUN_TIMEOUT = 6 * 3600  # a first Xavier run builds ~9 engines (minutes each) before its sweeps
 MODEL_FILES = ("model.fp32.onnx", "model.fp16.onnx", "model.int8.qdq.onnx", "model.int8.cpu.onnx")
 
 
@@ -141,8 +142,11 @@ def build_bundle(artifacts: str, target_file: str, bundle: str, variants: Sequen
 class Job(object):
     """One measurement on the device: a model variant at a precision on a placement."""
 
-    def __init__(self, variant: str, precision: str, placement: str, source: str) -> None:
+    def __init__(self, variant: str, precision: str, placement: str, source: str,
+                 accuracy_from: Optional[str] = None) -> None:
         self.variant, self.precision, self.placement, self.source = variant, precision, placement, source
+        # The exported model whose measured top-1 stands for this job's (an engine's nearest ONNX twin).
+        self.accuracy_from = accuracy_from or source
 
     @property
     def stem(self) -> str:
@@ -160,7 +164,8 @@ def device_jobs(target: Target, variants: Sequence[str] = ()) -> List[Job]:
     """What a target measures: the student at each precision on each placement, plus the teacher and
     the intermediate spiral rounds (`variants`) at one precision for the accuracy/latency Pareto chart.
 
-    CPU: FP32 and INT8 (u8s8, `model.int8.cpu.onnx`); FP16 is skipped (no fast CPU path).
+    CPU: FP32, FP16 (as exported; onnxruntime has few FP16 CPU kernels, which the figure shows) and
+    INT8 (u8s8, `model.int8.cpu.onnx`).
     GPU: FP32/FP16 from the FP32 ONNX with builder flags, INT8 from the explicit Q/DQ model.
     DLA: FP16, and INT8 implicit with `calib.cache` (DLA runs no FP32 and no explicit Q/DQ in 8.5).
     """
@@ -168,14 +173,20 @@ def device_jobs(target: Target, variants: Sequence[str] = ()) -> List[Job]:
     for placement in target.placements:
         for precision in target.precisions:
             if placement == "cpu":
-                source = {"fp32": "model.fp32.onnx", "int8": "model.int8.cpu.onnx"}.get(precision)
+                source = {"fp32": "model.fp32.onnx", "fp16": "model.fp16.onnx",
+                          "int8": "model.int8.cpu.onnx"}[precision]
             elif placement.startswith("dla"):
-                source = {"fp16": "model.fp16.onnx", "int8": "model.fp32.onnx"}.get(precision)
+                if precision == "fp32":
+                    continue  # DLA runs FP16 and INT8 only
+                source = {"fp16": "model.fp16.onnx", "int8": "model.fp32.onnx"}[precision]
             else:
                 source = {"fp32": "model.fp32.onnx", "fp16": "model.fp16.onnx",
                           "int8": "model.int8.qdq.onnx"}[precision]
-            if source:
-                jobs.append(Job("student", precision, placement, source))
+            # DLA INT8 runs the FP32 graph with calib.cache: the same calibration as the Q/DQ model,
+            # whose onnxruntime top-1 is the closest measured figure.
+            twin = {"fp32": "model.fp32.onnx", "fp16": "model.fp16.onnx",
+                    "int8": "model.int8.cpu.onnx" if placement == "cpu" else "model.int8.qdq.onnx"}[precision]
+            jobs.append(Job("student", precision, placement, source, twin))
     if variants and jobs:
         first = jobs[0]
         # Variants have no calibration of their own: the GPU measures them in FP16, the CPU in FP32.
@@ -185,10 +196,11 @@ def device_jobs(target: Target, variants: Sequence[str] = ()) -> List[Job]:
     return jobs
 
 
-def bundle_fingerprint(bundle: str, files: Sequence[str]) -> str:
-    """One hash over every bundle file's name and content: results kept on the device for a resume
-    are only trusted while this is unchanged."""
-    digest = hashlib.sha256()
+def bundle_fingerprint(bundle: str, files: Sequence[str], *conditions: object) -> str:
+    """One hash over every bundle file's name and content and the run's `conditions` (measuring
+    seconds, power mode): results kept on the device for a resume are only trusted while this is
+    unchanged."""
+    digest = hashlib.sha256(repr(conditions).encode("utf-8"))
     # summary.json is rewritten (timestamps) by every host run; its figures change only with the models.
     for name in sorted(f for f in files if f != "summary.json"):
         digest.update("{}\0{}\n".format(name, sha256_file(os.path.join(bundle, name))).encode("utf-8"))
@@ -196,25 +208,28 @@ def bundle_fingerprint(bundle: str, files: Sequence[str]) -> str:
 
 
 def device_script(target: Target, remote_dir: str, python: str, variants: Sequence[str] = (),
-                  install_wheel: bool = True, seconds: float = 1.0, fingerprint: str = "") -> str:
+                  wheel: Optional[str] = "edgekit-0-py3-none-any.whl", seconds: float = 1.0,
+                  fingerprint: str = "") -> str:
     """The one shell command run on the device; every variable part is shlex-quoted.
 
     Resumable: a job whose result file is already there is skipped (results are removed only once
     the host has them, and all of them when the bundle's `fingerprint` changed: they measured other
-    files), and engines are rebuilt only when their ONNX or TensorRT changed.
+    files), and engines are rebuilt only when their ONNX or TensorRT changed. A job that fails is
+    named on stderr and the others still run; the script then exits 3, after every job had its turn.
+    `wheel=None` runs the edgekit already installed (the local `cpu` target).
     """
     q = shlex.quote
     lib = "lib"  # inside remote_dir: the script cds there first
-    if install_wheel:
+    if wheel:
         edgekit = "PYTHONPATH={} {} -m edgekit.cli".format(q(lib), q(python))
     else:
         edgekit = "{} -m edgekit.cli".format(q(python))
-    steps = ["set -e", "cd {}".format(q(remote_dir)), "mkdir -p results engines",
+    steps = ["set -e", "cd {}".format(q(remote_dir)), "mkdir -p results engines", "failed=''",
              "if [ \"$(cat results/.bundle 2>/dev/null)\" != {0} ]; then rm -f results/*.json; "
              "echo {0} > results/.bundle; fi".format(q(fingerprint or "none"))]
-    if install_wheel:
-        steps.append("{} -m pip install --quiet --no-deps --upgrade --target {} edgekit-*.whl".format(q(python),
-                                                                                                 q(lib)))
+    if wheel:
+        steps.append("{} -m pip install --quiet --no-deps --upgrade --target {} {}".format(q(python), q(lib),
+                                                                                         q(wheel)))
     batches = ",".join(str(b) for b in target.batches)
     for job in device_jobs(target, variants):
         result = "results/{}.json".format(job.stem)
@@ -229,12 +244,17 @@ def device_script(target: Target, remote_dir: str, python: str, variants: Sequen
                     build += " --calib calib.cache"
             commands.append(build)
             model = job.engine
-        commands.append("{} bench {} --summary summary.json --precision {} --seconds {} --batches {} --variant {} "
-                        "--target {} --placement {} --out {}".format(
-                            edgekit, q(model), q(job.precision), seconds, q(batches), q(job.variant),
-                            q(target.name), q(job.placement), q(result)))
-        steps.append("if [ -s {0} ]; then echo {1}; else {2}; fi".format(
-            q(result), q("[run] {} already measured, kept".format(job.stem)), " && ".join(commands)))
+        commands.append("{} bench {} --summary summary.json --accuracy-from {} --precision {} --seconds {} "
+                        "--batches {} --variant {} --target {} --placement {} --out {}".format(
+                            edgekit, q(model), q(job.accuracy_from), q(job.precision), seconds, q(batches),
+                            q(job.variant), q(target.name), q(job.placement), q(result)))
+        # `a && b || c`: set -e does not apply inside, so a failed build is caught here, named, and
+        # the other jobs still run.
+        steps.append("if [ -s {0} ]; then echo {1}; else {2} || {{ echo {3} >&2; failed=\"$failed \"{4}; }}; "
+                     "fi".format(q(result), q("[run] {} already measured, kept".format(job.stem)),
+                                 " && ".join(commands), q("edgekit: job {} failed (above)".format(job.stem)),
+                                 q(job.stem)))
+    steps.append("if [ -n \"$failed\" ]; then echo \"jobs failed:$failed\" >&2; exit 3; fi")
     return "\n".join(steps)
 
 
@@ -242,13 +262,16 @@ def docker_command(target: Target, remote_dir: str, script: str) -> str:
     """Run `script` inside the target's image with the bundle folder mounted at /work.
 
     The nvidia runtime brings the GPU, DLA and TensorRT libraries in (`--gpus` does not work on
-    Jetson); /sys is the host's, so the INA3221 rails are readable; --network host and the host's
-    nvpmodel/tegrastats are not needed inside. Everything written lands in the bundle folder.
+    Jetson); the container sees the board's /sys, so the INA3221 rails are readable inside. It runs
+    as the SSH user, so everything it writes into the bundle folder stays theirs to clear. The
+    nvpmodel mode is read outside, in the device checks, and recorded with each fetched result.
     """
     q = shlex.quote
+    # --user drops supplementary groups; L4T's /dev/nvhost-* belong to `video`: add them all back.
+    groups = "$(for g in $(id -G); do printf -- '--group-add %s ' \"$g\"; done)"
     return "cd {} && docker run --rm --runtime nvidia --network host --ipc host --user \"$(id -u):$(id -g)\" " \
-           "-e HOME=/work -v \"$PWD\":/work -w /work --entrypoint /bin/sh {} -c {}".format(
-               q(remote_dir), q(target.image or ""), q(script))
+           "{} -e HOME=/work -v \"$PWD\":/work -w /work --entrypoint /bin/sh {} -c {}".format(
+               q(remote_dir), groups, q(target.image or ""), q(script))
 
 
 FACTS = ("echo arch=$(uname -m); echo free_kb=$(df -Pk . | tail -1 | awk '{print $4}'); "
@@ -343,8 +366,12 @@ def _copy_changed(ssh: "Ssh", bundle: str, files: Sequence[str], remote_dir: str
 def _store(staging: str, destination: str, recipe: str, facts: Dict[str, str],
            log: Callable[[str], None]) -> List[Dict[str, object]]:
     """Validate every fetched file, then move each into place as <recipe>.<variant...>.<run id>.json."""
-    incoming = sorted(glob.glob(os.path.join(staging, "*.json")))
-    results = [(path, load_result(path)) for path in incoming]  # a damaged file stops us before any move
+    results = []
+    for path in sorted(glob.glob(os.path.join(staging, "*.json"))):
+        try:
+            results.append((path, load_result(path)))
+        except EdgekitError as exc:  # reported and left out; the device copy is cleared with the rest
+            log("[fetch] skipped {}: {}".format(os.path.basename(path), str(exc).replace(path, "").strip(" :")))
     os.makedirs(destination, exist_ok=True)
     stored = []
     for path, result in results:
@@ -395,9 +422,13 @@ def deploy(artifacts: str, target: Target, target_file: str, device: Optional[st
                                "needed)".format(target.name))
         files = build_bundle(artifacts, target_file, bundle, variants, wheel=False, log=log)
         log("[run] {} measurement(s) here (target {})".format(len(device_jobs(target, variants)), target.name))
-        _run(["sh", "-c", device_script(target, bundle, sys.executable, variants, install_wheel=False,
-                                        seconds=seconds, fingerprint=bundle_fingerprint(bundle, files))],
-             "running the benchmarks", capture=False)
+        failure = None
+        try:
+            _run(["sh", "-c", device_script(target, bundle, sys.executable, variants, wheel=None, seconds=seconds,
+                                            fingerprint=bundle_fingerprint(bundle, files, seconds))],
+                 "running the benchmarks", timeout=RUN_TIMEOUT, capture=False)
+        except EdgekitError as exc:
+            failure = exc  # file what was measured, then say what failed
         if os.path.isdir(staging):
             shutil.rmtree(staging)
         os.makedirs(staging)
@@ -405,6 +436,8 @@ def deploy(artifacts: str, target: Target, target_file: str, device: Optional[st
             shutil.move(path, os.path.join(staging, os.path.basename(path)))
         fetched = _store(staging, destination, recipe, {}, log)
         print_results(fetched, log)
+        if failure is not None:
+            raise failure
         return fetched
 
     ssh = Ssh(device, ssh_port, ssh_key, known_hosts=known_hosts)
@@ -419,24 +452,36 @@ def deploy(artifacts: str, target: Target, target_file: str, device: Optional[st
     _copy_changed(ssh, bundle, files, remote_dir, facts.get("sha256sum") == "yes", log)
 
     jobs = device_jobs(target, variants)
-    fingerprint = bundle_fingerprint(bundle, files)
+    # A changed power mode or measuring time invalidates what an interrupted run left on the device.
+    fingerprint = bundle_fingerprint(bundle, files, seconds, facts.get("nvpmodel"))
+    wheel = next(f for f in files if f.endswith(".whl"))
     if target.runtime == "docker":
         log("[run] {} measurement(s) on {} in {} (--runtime nvidia)".format(len(jobs), device, target.image))
-        command = docker_command(target, remote_dir, device_script(target, "/work", "python3", variants,
+        command = docker_command(target, remote_dir, device_script(target, "/work", "python3", variants, wheel,
                                                                    seconds=seconds, fingerprint=fingerprint))
     else:
         log("[run] {} measurement(s) on {} (target {})".format(len(jobs), device, target.name))
-        command = device_script(target, remote_dir, python, variants, seconds=seconds, fingerprint=fingerprint)
-    _run(ssh.ssh(command), "running the benchmarks on {}".format(device), capture=False)
+        command = device_script(target, remote_dir, python, variants, wheel, seconds=seconds,
+                                fingerprint=fingerprint)
+    failure = None
+    try:
+        _run(ssh.ssh(command), "running the benchmarks on {}".format(device), timeout=RUN_TIMEOUT, capture=False)
+    except EdgekitError as exc:
+        failure = exc  # bring home what was measured, then say what failed
 
     if os.path.isdir(staging):
         shutil.rmtree(staging)
     os.makedirs(staging)
     log("[fetch] results <- {}".format(device))
-    _run(ssh.scp([ssh.remote_path(remote_dir + "/results/*.json")], staging + "/"),
-         "fetching the results from {}".format(device))
+    listing = _run(ssh.ssh("cd {} && ls results/ | grep '\\.json$' || true".format(shlex.quote(remote_dir))),
+                   "listing the results on {}".format(device), 60).split()
+    if listing:
+        _run(ssh.scp([ssh.remote_path(remote_dir + "/results/*.json")], staging + "/"),
+             "fetching the results from {}".format(device))
     fetched = _store(staging, destination, recipe, facts, log)
     # Only now that the host has them: the next deploy measures afresh instead of resuming.
     _run(ssh.ssh("rm -f {}/results/*.json".format(shlex.quote(remote_dir))), "clearing fetched results", 60)
     print_results(fetched, log)
+    if failure is not None:
+        raise failure
     return fetched

@@ -81,12 +81,12 @@ def test_result_files_are_validated(tmp_path):
     good = tmp_path / "good.json"
     latency = {"p50_ms": 1.0, "p90_ms": 1.1, "p99_ms": 1.5, "max_ms": 2.0, "mean_ms": 1.05}
     minimal = {"run_id": "x", "created": "2026-11-25T10:00:00+0000", "model": {"path": "m.onnx"},
-               "scenarios": {"single_stream": {"batch": 1, "latency": latency}}}
+               "scenarios": {"single_stream": {"batch": 1, "queries": 5, "latency": latency}}}
     save_result(str(good), minimal)
     assert load_result(str(good))["run_id"] == "x"
     for broken, problem in ((dict(minimal, scenarios={}), "no scenario results"),
                             (dict(minimal, model={}), "no model.path"),
-                            (dict(minimal, scenarios={"single_stream": {"batch": 1, "latency": dict(
+                            (dict(minimal, scenarios={"single_stream": {"batch": 1, "queries": 5, "latency": dict(
                                 latency, p99_ms="fast")}}), "single_stream latency.p99_ms is not a number"),
                             (dict(minimal, accuracy={"top1": None}), "accuracy.top1 is not a number")):
         save_result(str(tmp_path / "broken.json"), broken)

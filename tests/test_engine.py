@@ -116,6 +116,19 @@ def test_an_engine_from_the_same_onnx_and_settings_is_reused(tmp_path):
     assert reusable_engine(BuildConfig(onnx_path, precision="fp16", max_batch=8), "8.5.2.2") is None
     assert reusable_engine(BuildConfig(onnx_path, engine_path=cfg.engine_path, precision="int8", max_batch=32),
                            "8.5.2.2") is None
+    # DLA INT8: the calibration cache is part of what was built
+    calib = tmp_path / "calib.cache"
+    calib.write_text("TRT-8502-EntropyCalibration2\ninput: 3c010a14\n")
+    dla = BuildConfig(onnx_path, precision="int8", dla_core=0, max_batch=32, calibration_cache=str(calib))
+    with open(dla.engine_path, "wb") as f:
+        f.write(b"serialized")
+    save_metadata(dla.engine_path, _meta(dla_core=0, precision="int8", onnx_sha256=sha256_file(onnx_path),
+                                         profile=meta["profile"], flags={"gpu_fallback": True,
+                                                                         "calibration_cache_sha256": sha256_file(
+                                                                             str(calib))}))
+    assert reusable_engine(dla, "8.5.2.2") is not None
+    calib.write_text("TRT-8502-EntropyCalibration2\ninput: 3c020a14\n")  # recalibrated
+    assert reusable_engine(dla, "8.5.2.2") is None
     linear_classifier(onnx_path, seed=1)  # the model changed
     assert reusable_engine(cfg, "8.5.2.2") is None
 

@@ -89,12 +89,13 @@ def test_make_deploy_over_ssh_fetches_results_with_the_local_schema(tiny_run, ss
     results = str(tmp_path / "results")
     proc = subprocess.run(_deploy_args(out, sshd, results), capture_output=True, text=True, cwd=REPO, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    for step in ("[check] reaching", "[bundle]", "[copy] ", "[run] 4 measurement(s) on", "[fetch] 4 result file(s)",
-                 "dashboard: 4 runs"):
+    for step in ("[check] reaching", "[bundle]", "[copy] ", "[run] 5 measurement(s) on", "[fetch] 5 result file(s)",
+                 "dashboard: 5 runs"):
         assert step in proc.stdout
     fetched = _fetched(results)
-    # the student at both CPU precisions, the teacher and the one intermediate round of the 2-round spiral
-    assert sorted(fetched) == ["round1.fp32.cpu", "student.fp32.cpu", "student.int8.cpu", "teacher.fp32.cpu"]
+    # the student at the three precisions, the teacher and the one intermediate round of the 2-round spiral
+    assert sorted(fetched) == ["round1.fp32.cpu", "student.fp16.cpu", "student.fp32.cpu", "student.int8.cpu",
+                               "teacher.fp32.cpu"]
     remote = load_result(fetched["student.int8.cpu"])
     assert remote["accuracy"]["top1"] == next(m["top1"] for m in summary["models"] if m["name"] == "int8.cpu")
     assert load_result(fetched["teacher.fp32.cpu"])["accuracy"]["top1"] == summary["teacher"]["top1"]
@@ -121,7 +122,7 @@ def test_make_deploy_over_ssh_fetches_results_with_the_local_schema(tiny_run, ss
     assert "(summary.json; the rest are there)" in proc.stdout  # only the rewritten summary travels again
     assert "[run] teacher.fp32.cpu already measured, kept" in proc.stdout
     assert os.path.exists(os.path.join(results, "cpu", "digits.teacher.fp32.cpu.20260101-000000-abcdef.json"))
-    assert len(os.listdir(os.path.join(results, "cpu"))) == 8  # history: the first run's files stay
+    assert len(os.listdir(os.path.join(results, "cpu"))) == 10  # history: the first run's files stay
     assert [n for n in os.listdir(remote_results) if n.endswith(".json")] == []  # fetched, so cleared there
 
 
@@ -134,14 +135,35 @@ def test_make_deploy_without_a_device_runs_the_same_device_script_here(tiny_run,
                            "DASHBOARD=" + str(tmp_path / "dash.html"), "ARGS=" + " ".join(args)],
                           capture_output=True, text=True, cwd=REPO, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "[run] 4 measurement(s) here (target cpu)" in proc.stdout and "dashboard: 4 runs" in proc.stdout
+    assert "[run] 5 measurement(s) here (target cpu)" in proc.stdout and "dashboard: 5 runs" in proc.stdout
     fetched = _fetched(results)
-    assert sorted(fetched) == ["round1.fp32.cpu", "student.fp32.cpu", "student.int8.cpu", "teacher.fp32.cpu"]
+    assert sorted(fetched) == ["round1.fp32.cpu", "student.fp16.cpu", "student.fp32.cpu", "student.int8.cpu",
+                               "teacher.fp32.cpu"]
     assert load_result(fetched["round1.fp32.cpu"])["accuracy"]["top1"] == summary["rounds"][0]["top1"]
     assert os.path.getsize(str(tmp_path / "dash.html")) > 1_000_000
     # the bundle here is hard links, not copies: it costs no disk
     bundle = os.path.join(out, "device_bundle")
     assert os.path.samefile(os.path.join(bundle, "model.fp32.onnx"), os.path.join(out, "model.fp32.onnx"))
+
+
+@pytest.mark.slow
+def test_a_failing_job_is_named_and_the_others_are_still_filed(tiny_run, tmp_path):
+    from edgekit.remote import deploy
+    from edgekit.targets import resolve_target_path
+
+    out, _, _ = tiny_run
+    broken = str(tmp_path / "digits")
+    shutil.copytree(out, broken, ignore=shutil.ignore_patterns("device_bundle"))
+    with open(os.path.join(broken, "model.fp16.onnx"), "wb") as f:
+        f.write(b"not an onnx model")
+    results = str(tmp_path / "results")
+    lines = []
+    with pytest.raises(EdgekitError, match=r"running the benchmarks failed: jobs failed: student\.fp16\.cpu"):
+        deploy(broken, load_target("cpu"), resolve_target_path("cpu"), results_root=results, seconds=0.05,
+               log=lines.append)
+    assert sorted(_fetched(results)) == ["round1.fp32.cpu", "student.fp32.cpu", "student.int8.cpu",
+                                         "teacher.fp32.cpu"]
+    assert any(line.startswith("[fetch] 4 result file(s)") for line in lines)
 
 
 @pytest.mark.slow
@@ -181,7 +203,7 @@ def test_what_each_target_measures():
     assert jobs["student.int8.dla0"].source == "model.fp32.onnx"  # implicit INT8 + calib.cache on DLA
     assert jobs["teacher.fp16.gpu"].source == "variants/teacher.fp32.onnx"
     cpu = [j.stem for j in device_jobs(load_target("cpu"), ["teacher"])]
-    assert cpu == ["student.fp32.cpu", "student.int8.cpu", "teacher.fp32.cpu"]
+    assert cpu == ["student.fp32.cpu", "student.fp16.cpu", "student.int8.cpu", "teacher.fp32.cpu"]
 
 
 def test_device_commands_quote_everything():
@@ -194,6 +216,12 @@ def test_device_commands_quote_everything():
            "timing.cache --max-batch 32 --dla 0 --calib calib.cache" in script
     assert "build-engine variants/teacher.fp32.onnx --precision fp16 --out engines/teacher.fp16.gpu.engine" in script
     assert "fp32.dla1" not in script  # DLA runs FP16/INT8 only
+    # an INT8 engine's top-1 is the Q/DQ model's (same calibration); a DLA FP16 engine's the FP16 model's
+    assert "bench engines/student.int8.dla1.engine --summary summary.json --accuracy-from model.int8.qdq.onnx" in script
+    assert "bench engines/student.fp16.dla0.engine --summary summary.json --accuracy-from model.fp16.onnx" in script
+    assert "|| { echo 'edgekit: job student.fp16.gpu failed (above)' >&2; failed=\"$failed \"student.fp16.gpu; }" \
+        in script
+    assert script.endswith('if [ -n "$failed" ]; then echo "jobs failed:$failed" >&2; exit 3; fi')
     assert "if [ -s results/student.int8.gpu.json ]; then echo '[run] student.int8.gpu already measured, kept'" \
         in script
     # Inside the image: the same script, at /work, passed to sh -c as one quoted word.

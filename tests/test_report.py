@@ -26,11 +26,12 @@ from edgekit.report.store import INDEX_NAME, build_index, query_runs, regression
 
 XSS_VARIANT = '<img src=x onerror="window.__pwned=1">'
 XSS_RECIPE = "digits</script><script>window.__pwned=2</script>"
+XSS_MODEL = '<svg onload="window.__pwned=3">.int8.onnx'  # a legal file name
 VALID_RUNS = 7
 
 
-def _bench(tmp, out, image, labels, top1, power_root=None, seed=0):
-    model = os.path.join(tmp, "model{}.{}.onnx".format(image, seed))
+def _bench(tmp, out, image, labels, top1, power_root=None, seed=0, name=None):
+    model = os.path.join(tmp, name or "model{}.{}.onnx".format(image, seed))
     if not os.path.exists(model):
         linear_classifier(model, image=image, seed=seed)
     return benchmark(model, out, batches=(1, 2, 4), warmup=2, min_queries=10, min_seconds=0.05,
@@ -63,7 +64,7 @@ def results(tmp_path_factory):
     later["scenarios"]["offline"]["best_throughput"] /= 1.4
     save_result(os.path.join(root, "xavier", "digits.student.fp16.gpu.b.json"), later)
     html_labels = {"variant": XSS_VARIANT, "target": "cpu", "placement": "cpu", "recipe": XSS_RECIPE}
-    _bench(tmp, os.path.join(root, "cpu", "html-in-names.json"), 8, html_labels, 50.0, seed=1)
+    _bench(tmp, os.path.join(root, "cpu", "html-in-names.json"), 8, html_labels, 50.0, seed=1, name=XSS_MODEL)
 
     good = os.path.join(root, "cpu", "digits.student.int8.cpu.json")
     with open(good) as f:
@@ -161,7 +162,7 @@ def test_dashboard_is_one_offline_file_with_every_name_escaped(results, tmp_path
     parser.feed(page)
     # three scripts, none loaded from anywhere: plotly.js inlined, the data (not executable), the page's
     assert parser.scripts == [{}, {"type": "application/json", "id": "edgekit-data"}, {}]
-    assert "<img src=x" not in page and "</script><script>window" not in page
+    assert "<img src=x" not in page and "</script><script>window" not in page and "<svg onload" not in page
     start = page.index('id="edgekit-data">') + len('id="edgekit-data">')
     data = json.loads(page[start:page.index("</script>", start)])
     assert XSS_VARIANT in {r["variant"] for r in data["runs"]}  # the text survives, as data
@@ -227,6 +228,13 @@ def test_dashboard_renders_in_headless_chromium_without_errors_or_network(result
             assert rows.count() == 2 and page.locator("#runs-table tbody tr.regressed").count() == 1
             rows.first.click()
             assert "cpu_count" in page.locator("#runs-table tr.details").inner_text()
+            page.select_option("#filter-target", "")
+            page.fill("#filter-text", "svg onload")
+            assert rows.count() == 1
+            rows.first.click()
+            assert XSS_MODEL in page.locator("#runs-table tr.details").inner_text()
+            assert page.evaluate("window.__pwned") is None
+            page.fill("#filter-text", "")
             assert page.locator("#regressions-table tbody tr").count() >= 2
             assert page.locator("#compare-table tbody tr").count() == 7
             assert page.locator("#power-table tbody tr").count() == 1  # the latest run of the one powered series

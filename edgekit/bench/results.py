@@ -55,16 +55,16 @@ def schema_problem(data: Dict[str, Any]) -> str:
     latencies = []
     ss = scenarios.get("single_stream")
     if ss:
-        if not isinstance(ss, dict) or not _number(ss.get("batch")):
-            return "single_stream has no batch"
+        if not isinstance(ss, dict) or not _number(ss.get("batch")) or not _number(ss.get("queries")):
+            return "single_stream has no batch or queries"
         latencies.append(("single_stream", ss.get("latency")))
     off = scenarios.get("offline")
     if off:
         if not isinstance(off, dict) or not isinstance(off.get("rows"), list) or not off["rows"]:
             return "offline has no rows"
         for row in off["rows"]:
-            if not isinstance(row, dict) or not _number(row.get("batch")) or not _number(row.get("throughput")):
-                return "an offline row lacks batch or throughput"
+            if not isinstance(row, dict) or not all(_number(row.get(k)) for k in ("batch", "queries", "throughput")):
+                return "an offline row lacks batch, queries or throughput"
             latencies.append(("offline batch {}".format(row["batch"]), row.get("latency")))
     for where, latency in latencies:
         if not isinstance(latency, dict):
@@ -86,9 +86,9 @@ CSV_COLUMNS = ["run_id", "model", "precision", "runner", "scenario", "batch", "q
 
 
 def result_rows(result: Dict[str, Any]) -> List[Dict[str, Any]]:
-    base = {"run_id": result.get("run_id"), "model": result.get("model", {}).get("path"),
-            "precision": result.get("model", {}).get("precision"),
-            "runner": result.get("runtime", {}).get("runner")}
+    model, runtime = result.get("model") or {}, result.get("runtime") or {}
+    base = {"run_id": result.get("run_id"), "model": model.get("path"), "precision": model.get("precision"),
+            "runner": runtime.get("runner")}
     rows = []
     scenarios = result.get("scenarios", {})
     ss = scenarios.get("single_stream")

@@ -158,10 +158,14 @@ def reusable_engine(cfg: BuildConfig, tensorrt_version: str) -> Optional[Dict[st
     except EdgekitError:
         return None
     profile = meta.get("profile") or {}
-    max_batch = cfg.static_batch if cfg.static_batch is not None else cfg.max_batch
+    flags = meta.get("flags") or {}
+    shapes = [cfg.static_batch] * 3 if cfg.static_batch is not None else [cfg.min_batch, cfg.opt_batch, cfg.max_batch]
+    calib = sha256_file(cfg.calibration_cache) if cfg.calibration_cache else None
     same = (meta.get("onnx_sha256") == sha256_file(cfg.onnx_path) and meta.get("tensorrt_version") == tensorrt_version
             and meta.get("precision") == cfg.precision and meta.get("dla_core") == cfg.dla_core
-            and (profile.get("max") or [None])[0] == max_batch)
+            and [(profile.get(k) or [None])[0] for k in ("min", "opt", "max")] == shapes
+            and flags.get("calibration_cache_sha256") == calib
+            and (cfg.dla_core is None or flags.get("gpu_fallback") == cfg.gpu_fallback))
     return meta if same else None
 
 
@@ -277,7 +281,8 @@ def build_engine(cfg: BuildConfig, log: Callable[[str], None] = print, force: bo
         profile={"input": tensor.name, "min": [shapes[0]] + chw, "opt": [shapes[1]] + chw, "max": [shapes[2]] + chw},
         onnx_path=cfg.onnx_path, onnx_sha256=sha256_file(cfg.onnx_path), build_seconds=round(seconds, 1),
         flags={"mode": plan["mode"], "gpu_fallback": cfg.gpu_fallback, "optimization_level": cfg.optimization_level,
-               "timing_cache": cfg.timing_cache, "calibration_cache": cfg.calibration_cache},
+               "timing_cache": cfg.timing_cache, "calibration_cache": cfg.calibration_cache,
+               "calibration_cache_sha256": sha256_file(cfg.calibration_cache) if cfg.calibration_cache else None},
         workspace_mb=cfg.workspace_mb, l4t=l4t_release())
     if cfg.dla_core is not None:
         from .dla_report import parse_dla_log, summarize

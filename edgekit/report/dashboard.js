@@ -5,9 +5,10 @@
   "use strict";
   var DATA = JSON.parse(document.getElementById("edgekit-data").textContent);
   var runs = DATA.runs;
-  var byId = {};
+  // Maps keyed by text from result files: no prototype, so a run id of "__proto__" is just a key.
+  var byId = Object.create(null);
   runs.forEach(function (r) { byId[r.run_id] = r; });
-  var flagsByRun = {};
+  var flagsByRun = Object.create(null);
   DATA.regressions.forEach(function (f) { (flagsByRun[f.run_id] = flagsByRun[f.run_id] || []).push(f); });
 
   /* For chart labels only: plotly reads <br>, <b>, <a href=...> in labels, and decodes &amp; &lt; &gt;.
@@ -35,7 +36,7 @@
 
   /* Latest run of each series (target, recipe, variant, precision, placement, runner). */
   function latestRuns() {
-    var latest = {};
+    var latest = Object.create(null);
     runs.forEach(function (r) {
       var prev = latest[r.series];
       if (!prev || (r.created || "") >= (prev.created || "")) latest[r.series] = r;
@@ -83,7 +84,7 @@
 
   function fillSelect(id, key) {
     var select = document.getElementById(id);
-    var values = {};
+    var values = Object.create(null);
     runs.forEach(function (r) { values[r[key]] = true; });
     Object.keys(values).sort().forEach(function (v) {
       var o = el("option", v);
@@ -186,7 +187,7 @@
   renderRuns();
 
   function groupBy(list, keyFn) {
-    var groups = {};
+    var groups = Object.create(null);
     list.forEach(function (r) { var k = keyFn(r); (groups[k] = groups[k] || []).push(r); });
     return groups;
   }
@@ -264,14 +265,14 @@
     var withPower = latestRuns().filter(function (r) { return r.power_status === "ok"; });
     var note = document.getElementById("power-note");
     if (!withPower.length) {
-      var reasons = {};
+      var reasons = Object.create(null);
       runs.forEach(function (r) { if (r.power_unavailable) reasons[r.power_unavailable] = true; });
       note.textContent = "No run has power data. " + Object.keys(reasons).slice(0, 3).join(" | ");
       empty("chart-power", "Power is measured on a Jetson (INA3221), with NVML or with RAPL.");
       return;
     }
     note.textContent = "Average watts per rail over the single-stream window (or the best batch), latest run of each series.";
-    var rails = {};
+    var rails = Object.create(null);
     withPower.forEach(function (r) {
       (r.rows || []).forEach(function (x) { Object.keys(x.rails_w || {}).forEach(function (k) { rails[k] = true; }); });
     });
@@ -280,7 +281,7 @@
       var ss = rows.filter(function (x) { return x.scenario === "single_stream"; })[0];
       return ss || rows.filter(function (x) { return x.batch === r.best_batch; })[0] || rows[0] || {};
     }
-    var names = withPower.map(function (r) { return esc(r.target + " · " + label(r)); });
+    var names = withPower.map(function (r) { return esc(r.series); });  // one bar per series, never two summed
     var traces = Object.keys(rails).sort().map(function (rail) {
       return { type: "bar", name: esc(rail), x: names,
                y: withPower.map(function (r) { return (windowOf(r).rails_w || {})[rail] || 0; }) };

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 from .. import __version__
 from ..artifacts import write_text_atomic
 from ..errors import EdgekitError
-from .store import METRICS, SERIES, build_index, measurement_rows, regressions, scan
+from .store import METRICS, SERIES, build_index, measurement_rows, regressions
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -52,8 +52,7 @@ def page_data(results_root: str, threshold: float = 0.10, index_path: Optional[s
     """Everything the page shows, as plain data (also what the tests check without a browser)."""
     index = build_index(results_root, index_path)
     runs = index["runs"]
-    found, _ = scan(results_root)
-    details = {result["run_id"]: result for _, result in found}
+    details = index["results"]
     for run in runs:
         result = details[run["run_id"]]
         run["environment"] = json.loads(run["environment"])

@@ -10,6 +10,7 @@ import datetime
 import glob
 import json
 import os
+import pathlib
 import sqlite3
 import tempfile
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -37,6 +38,13 @@ MEASUREMENT_COLUMNS = [
     ("p90_ms", "REAL"), ("p95_ms", "REAL"), ("p99_ms", "REAL"), ("max_ms", "REAL"), ("mean_ms", "REAL"),
     ("throughput", "REAL"), ("total_w", "REAL"), ("mj_per_inference", "REAL"), ("inferences_per_joule", "REAL"),
 ]
+
+
+def _scalar(value: Any) -> Any:
+    """What SQLite stores: numbers and text as they are, anything else as its JSON text."""
+    if value is None or isinstance(value, (int, float, str)):
+        return value
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _text(value: Any) -> Optional[str]:
@@ -77,6 +85,8 @@ def flatten(result: Dict[str, Any], file: str, folder_target: Optional[str] = No
     ss = scenarios.get("single_stream") or {}
     latency = ss.get("latency") or {}
     off = scenarios.get("offline") or {}
+    if not isinstance(accuracy, dict) or not isinstance(labels, dict):
+        raise TypeError("accuracy and labels must be objects")
     power = _first_power(result)
     target = labels.get("target")
     if not target or target == "local":
@@ -132,13 +142,24 @@ def _folder_target(rel: str) -> Optional[str]:
 
 
 def build_index(results_root: str, db_path: Optional[str] = None) -> Dict[str, Any]:
-    """(Re)build the SQLite index from the JSON files; return {runs, problems, path}."""
+    """(Re)build the SQLite index from the JSON files; return {runs, problems, path, results by run id}."""
     db_path = db_path or os.path.join(results_root, INDEX_NAME)
     if not os.path.isdir(results_root):
         raise EdgekitError("no results folder {}: run make deploy (or edgekit bench --out) first".format(
             results_root))
-    found, problems = scan(results_root)
-    runs = [flatten(result, rel, _folder_target(rel)) for rel, result in found]
+    scanned, problems = scan(results_root)
+    found, runs, measured = [], [], []
+    for rel, result in scanned:
+        try:  # the schema check covers what is read below; anything it missed skips one file, not all
+            run = {k: _scalar(v) for k, v in flatten(result, rel, _folder_target(rel)).items()}
+            rows = [{k: _scalar(v) if k != "rails_w" else v for k, v in row.items()}
+                    for row in measurement_rows(result)]
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            problems.append({"file": rel, "reason": "unreadable field ({}: {})".format(type(exc).__name__, exc)})
+            continue
+        found.append((rel, result))
+        runs.append(run)
+        measured.append(rows)
     folder = os.path.dirname(os.path.abspath(db_path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".index-", suffix=".sqlite", dir=folder)
@@ -161,13 +182,14 @@ def build_index(results_root: str, db_path: Optional[str] = None) -> Dict[str, A
             con.executemany("INSERT INTO runs VALUES ({})".format(", ".join("?" * len(names))),
                             [[run[n] for n in names] for run in runs])
             mnames = [n for n, _ in MEASUREMENT_COLUMNS]
-            for _, result in found:
-                for row in measurement_rows(result):
+            for run, rows in zip(runs, measured):
+                for row in rows:
                     con.execute("INSERT INTO measurements VALUES ({})".format(", ".join("?" * len(mnames))),
                                 [row.get(n) for n in mnames])
-                    for rail, watts in sorted((row.get("rails_w") or {}).items()):
+                    rails = row.get("rails_w") if isinstance(row.get("rails_w"), dict) else {}
+                    for rail, watts in sorted(rails.items()):
                         con.execute("INSERT INTO rails VALUES (?, ?, ?, ?, ?)",
-                                    (result["run_id"], row["scenario"], row["batch"], rail, watts))
+                                    (run["run_id"], row["scenario"], row["batch"], str(rail), _scalar(watts)))
             con.executemany("INSERT INTO problems VALUES (?, ?)", [(p["file"], p["reason"]) for p in problems])
         con.close()
         os.replace(tmp, db_path)
@@ -175,7 +197,7 @@ def build_index(results_root: str, db_path: Optional[str] = None) -> Dict[str, A
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return {"runs": runs, "problems": problems, "path": db_path}
+    return {"runs": runs, "problems": problems, "path": db_path, "results": dict((r["run_id"], r) for _, r in found)}
 
 
 def measurement_rows(result: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -209,7 +231,7 @@ def query_runs(db_path: str, target: Optional[str] = None, variant: Optional[str
     if until:
         where.append("substr(created, 1, 10) <= ?")
         args.append(_date(until, "--until"))
-    con = sqlite3.connect("file:{}?mode=ro".format(db_path), uri=True)
+    con = sqlite3.connect(pathlib.Path(db_path).resolve().as_uri() + "?mode=ro", uri=True)
     try:
         con.row_factory = sqlite3.Row
         sql = "SELECT * FROM runs{} ORDER BY created, run_id".format(" WHERE " + " AND ".join(where) if where else "")
