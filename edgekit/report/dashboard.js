@@ -351,9 +351,9 @@
     var note = document.getElementById("regressions-note");
     note.textContent = DATA.regressions.length
       ? DATA.regressions.length + " metric(s) worse than the previous run of the same series by more than " +
-        Math.round(DATA.threshold * 100) + "% (top-1: 0.5 points)."
-      : "No regressions: no metric got worse than the previous run of its series by more than " +
-        Math.round(DATA.threshold * 100) + "%.";
+        Math.round(DATA.threshold * 100) + "% (top-1: 0.5 points; a p50 must also exceed the previous p90)."
+      : "No regressions: no p50, throughput, energy or top-1 got worse than the previous run of its series by " +
+        "more than " + Math.round(DATA.threshold * 100) + "% (top-1: 0.5 points).";
     var t = document.getElementById("regressions-table");
     var head = el("tr");
     ["run", "series", "metric", "before", "after", "worse by", "previous run"].forEach(function (h) { head.appendChild(el("th", h)); });
