@@ -65,18 +65,20 @@ def _cmd_build_engine(args: argparse.Namespace) -> int:
 def _cmd_deploy(args: argparse.Namespace) -> int:
     from .pipeline import default_out_dir, run
     from .recipe import load_recipe
-    from .remote import deploy
+    from .remote import deploy, reach
     from .targets import load_target, resolve_target_path
 
     target = load_target(args.target)
     target_file = resolve_target_path(args.target)
     recipe = load_recipe(args.recipe, args.set)
     out = default_out_dir(recipe, args.out)
+    # The device first: an unreachable host or a missing runtime should cost seconds, not the host stages.
+    reached = reach(target, args.device, args.ssh_port, args.ssh_key, args.known_hosts, log=_log)
     _log("[host] stages of recipe {} -> {}".format(recipe.name, out))
     run(recipe, out, log=_log)
     deploy(out, target, target_file, args.device, ssh_port=args.ssh_port, ssh_key=args.ssh_key,
            python=args.remote_python, results_root=args.results, known_hosts=args.known_hosts,
-           seconds=args.seconds, log=_log)
+           seconds=args.seconds, log=_log, reached=reached)
     return 0
 
 

@@ -1,11 +1,11 @@
 """`edgekit deploy`: host stages here, then measure on a device over SSH and bring the results home.
 
 Steps, each announced, each failing with its own one-line reason:
-  1. host stages (reused when up to date);
-  2. device bundle: a wheel of edgekit (device side only needs numpy, pyyaml, onnxruntime or
+  1. checks on the device (`reach`, seconds, so first): reachable, free disk, architecture, and for
+     docker targets Docker, its `nvidia` runtime, the L4T release matching the target and the image;
+  2. host stages (reused when up to date);
+  3. device bundle: a wheel of edgekit (device side only needs numpy, pyyaml, onnxruntime or
      TensorRT) plus the ONNX models, calib.cache, summary.json and the target file;
-  3. checks on the device: reachable, free disk, architecture, and for docker targets Docker, its
-     `nvidia` runtime, the L4T release matching the target and the image being there;
   4. copy what changed (sha256 on both ends; a re-run sends nothing the device already has);
   5. on the device, natively or in the target's image (`docker run --runtime nvidia`): install the
      wheel into the bundle folder, build engines (timing cache kept there between runs), run the
@@ -402,24 +402,53 @@ def print_results(results: Sequence[Dict[str, object]], log: Callable[[str], Non
                 "{:.2f}%".format(top1) if top1 is not None else "-"))
 
 
+class Reached(object):
+    """A device that answered and passed the checks: its SSH arguments and what it said about itself."""
+
+    def __init__(self, ssh: Optional[Ssh], facts: Dict[str, str]) -> None:
+        self.ssh = ssh
+        self.facts = facts
+
+
+def reach(target: Target, device: Optional[str] = None, ssh_port: Optional[int] = None,
+          ssh_key: Optional[str] = None, known_hosts: Optional[str] = None,
+          log: Callable[[str], None] = print) -> Reached:
+    """Step 1: can this target be measured there? Seconds, so it runs before minutes of host stages.
+
+    With no `device` the target must run here (native, this machine's architecture).
+    """
+    if device is None:
+        if target.runtime == "docker" or target.arch not in ("native", platform.machine()):
+            raise EdgekitError("target {} runs on a device: give DEVICE=user@host (and SSH_PORT, SSH_KEY if "
+                               "needed)".format(target.name))
+        return Reached(None, {})
+    ssh = Ssh(device, ssh_port, ssh_key, known_hosts=known_hosts)
+    log("[check] reaching {}".format(device))
+    facts = device_facts(ssh, target.image if target.runtime == "docker" else None)
+    check_device(target, device, facts)
+    log("[check] {} is {}{}{}".format(device, facts.get("arch"), ", " + facts["l4t"] if facts.get("l4t") else "",
+                                      ", " + facts["nvpmodel"] if facts.get("nvpmodel") else ""))
+    return Reached(ssh, facts)
+
+
 def deploy(artifacts: str, target: Target, target_file: str, device: Optional[str] = None,
            ssh_port: Optional[int] = None, ssh_key: Optional[str] = None, python: str = "python3",
            results_root: str = "benchmarks/results", known_hosts: Optional[str] = None, seconds: float = 1.0,
-           log: Callable[[str], None] = print) -> List[Dict[str, object]]:
-    """Steps 2-6 above, for host stages already run into `artifacts`. Returns the fetched results.
+           log: Callable[[str], None] = print, reached: Optional[Reached] = None) -> List[Dict[str, object]]:
+    """Steps 3-6 above, for host stages already run into `artifacts`. Returns the fetched results.
 
+    `reached` is what `reach` returned for this target and device (reached again when not given).
     With no `device`, the same device script runs here (target `cpu`): one code path, one schema.
     """
+    if reached is None:
+        reached = reach(target, device, ssh_port, ssh_key, known_hosts, log)
     recipe = os.path.basename(os.path.normpath(artifacts))
     variants = bundle_variants(artifacts)
     bundle = os.path.abspath(os.path.join(artifacts, "device_bundle"))
     destination = os.path.join(results_root, target.name)
     staging = os.path.join(results_root, ".incoming-{}".format(target.name))
 
-    if device is None:
-        if target.runtime == "docker" or target.arch not in ("native", platform.machine()):
-            raise EdgekitError("target {} runs on a device: give DEVICE=user@host (and SSH_PORT, SSH_KEY if "
-                               "needed)".format(target.name))
+    if reached.ssh is None:
         files = build_bundle(artifacts, target_file, bundle, variants, wheel=False, log=log)
         log("[run] {} measurement(s) here (target {})".format(len(device_jobs(target, variants)), target.name))
         failure = None
@@ -440,14 +469,8 @@ def deploy(artifacts: str, target: Target, target_file: str, device: Optional[st
             raise failure
         return fetched
 
-    ssh = Ssh(device, ssh_port, ssh_key, known_hosts=known_hosts)
+    ssh, facts, device = reached.ssh, reached.facts, reached.ssh.device
     remote_dir = "{}/{}".format(REMOTE_ROOT, recipe)
-    log("[check] reaching {}".format(device))
-    facts = device_facts(ssh, target.image if target.runtime == "docker" else None)
-    check_device(target, device, facts)
-    log("[check] {} is {}{}{}".format(device, facts.get("arch"), ", " + facts["l4t"] if facts.get("l4t") else "",
-                                      ", " + facts["nvpmodel"] if facts.get("nvpmodel") else ""))
-
     files = build_bundle(artifacts, target_file, bundle, variants, log=log)
     _copy_changed(ssh, bundle, files, remote_dir, facts.get("sha256sum") == "yes", log)
 

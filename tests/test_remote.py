@@ -180,6 +180,7 @@ def test_unreachable_device_and_missing_docker_are_one_line_and_touch_nothing(ti
     errors = [line for line in proc.stderr.splitlines() if line.startswith("edgekit: error:")]
     assert len(errors) == 1 and "reaching {} over SSH failed".format(sshd["device"]) in errors[0]
     assert sorted(os.listdir(str(results / "cpu"))) == ["earlier.json"] and keep.read_text() == "{}"
+    assert "[host]" not in proc.stdout  # the device is checked before any host stage runs
 
     docker_target = tmp_path / "boxed.yaml"
     docker_target.write_text("name: boxed\nruntime: docker\nimage: edgekit/cpu\nplacements: [cpu]\n")
@@ -192,6 +193,7 @@ def test_unreachable_device_and_missing_docker_are_one_line_and_touch_nothing(ti
     expected = ("has Docker but its daemon does not answer" if shutil.which("docker")
                 else "has no Docker; install docker")
     assert proc.returncode == 2 and expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "[host]" not in proc.stdout
     assert sorted(os.listdir(str(results))) == ["cpu"]
 
 
