@@ -68,9 +68,22 @@ clean:
 compare: $(STAMP)
 	$(BIN)/python benchmarks/compare.py --recipe $(RECIPE) $(OUT_ARG) $(ARGS)
 
-# Docker images (need a Docker engine: docker-jetson on the Jetson itself, aarch64).
+# Docker images (need a Docker engine: docker-jetson on the Jetson itself, aarch64). The tag is the
+# `image:` of deploy/targets/$(JETSON).yaml, so deploy finds what this built.
+JETSON ?= xavier
+ifeq ($(JETSON),orin)
+JETSON_TAG := r36.4.0
+JETSON_ARGS := --build-arg L4T_TRT_DEVEL=nvcr.io/nvidia/l4t-jetpack:$(JETSON_TAG) \
+  --build-arg L4T_TRT_RUNTIME=nvcr.io/nvidia/l4t-jetpack:$(JETSON_TAG) \
+  --build-arg L4T=$(JETSON_TAG) --build-arg TENSORRT=10.3 --build-arg PYTHON=3.10
+else ifeq ($(JETSON),xavier)
+JETSON_TAG := r35.4.1
+JETSON_ARGS :=
+endif
+
 docker-jetson:
-	docker build -f docker/jetson/Dockerfile -t edgekit/jetson:r35.4.1 .
+	@test -n "$(JETSON_TAG)" || { echo "make: JETSON must be xavier or orin, got '$(JETSON)'" >&2; exit 2; }
+	docker build -f docker/jetson/Dockerfile $(JETSON_ARGS) -t edgekit/jetson:$(JETSON_TAG) .
 
 docker-host:
 	docker build -f docker/host/Dockerfile -t edgekit/host:trt10 .

@@ -1,6 +1,8 @@
 """Deployment targets and the Docker images: validated and parsed here (no Docker engine runs on CI)."""
 
 import os
+import shlex
+import subprocess
 
 import dockerfile
 import pytest
@@ -65,3 +67,25 @@ def test_jetson_image_is_multistage_on_l4t_r35_tensorrt():
     assert args["L4T_TRT_DEVEL"].startswith("nvcr.io/nvidia/l4t-tensorrt:r8.5.2")
     assert sum(c.cmd == "FROM" for c in commands) == 2
     assert any("pycuda" in " ".join(c.value) for c in commands if c.cmd == "RUN")
+
+
+@pytest.mark.parametrize("jetson", ["xavier", "orin"])
+def test_make_docker_jetson_tags_the_image_its_target_runs(jetson):
+    # `make -n` prints the docker build line without running it; the tag must be the target's image,
+    # or `edgekit deploy` would report the image missing on a device where it was just built.
+    line = subprocess.run(["make", "-s", "-n", "docker-jetson", "JETSON=" + jetson], cwd=REPO, check=True,
+                          capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    argv = shlex.split(line)
+    assert argv[:2] == ["docker", "build"]
+    assert argv[argv.index("-t") + 1] == load_target(jetson).image
+    build_args = dict(argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "--build-arg")
+    target = load_target(jetson)
+    if jetson == "orin":  # JetPack 6: the L4T labels and base follow the target's release
+        assert build_args["L4T"].upper() == target.l4t and build_args["PYTHON"] == target.python
+        assert build_args["L4T_TRT_RUNTIME"].endswith(":" + build_args["L4T"])
+    else:  # the Dockerfile's defaults are JetPack 5.1.2, the Xavier's
+        commands = dockerfile.parse_file(os.path.join(REPO, "docker", "jetson", "Dockerfile"))
+        defaults = dict(c.value[0].split("=", 1) for c in commands if c.cmd == "ARG" and "=" in c.value[0])
+        assert build_args == {} and defaults["L4T"].upper() == target.l4t and defaults["PYTHON"] == target.python
+    proc = subprocess.run(["make", "docker-jetson", "JETSON=nano"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode != 0 and "JETSON must be xavier or orin, got 'nano'" in proc.stderr
