@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -265,13 +266,18 @@ def docker_command(target: Target, remote_dir: str, script: str) -> str:
     Jetson); the container sees the board's /sys, so the INA3221 rails are readable inside. It runs
     as the SSH user, so everything it writes into the bundle folder stays theirs to clear. The
     nvpmodel mode is read outside, in the device checks, and recorded with each fetched result.
+
+    The container is named after the bundle folder: when an SSH connection drops, the container
+    goes on measuring, and the next deploy removes it before starting, so two never share the chip.
     """
     q = shlex.quote
+    name = "edgekit-" + re.sub(r"[^A-Za-z0-9_.-]", "-", remote_dir.rstrip("/").rsplit("/", 1)[-1])
     # --user drops supplementary groups; L4T's /dev/nvhost-* belong to `video`: add them all back.
     groups = "$(for g in $(id -G); do printf -- '--group-add %s ' \"$g\"; done)"
-    return "cd {} && docker run --rm --runtime nvidia --network host --ipc host --user \"$(id -u):$(id -g)\" " \
-           "{} -e HOME=/work -v \"$PWD\":/work -w /work --entrypoint /bin/sh {} -c {}".format(
-               q(remote_dir), groups, q(target.image or ""), q(script))
+    return "cd {0} && {{ docker rm -f {1} >/dev/null 2>&1 || true; }} && " \
+           "docker run --rm --name {1} --runtime nvidia --network host --ipc host --user \"$(id -u):$(id -g)\" " \
+           "{2} -e HOME=/work -v \"$PWD\":/work -w /work --entrypoint /bin/sh {3} -c {4}".format(
+               q(remote_dir), q(name), groups, q(target.image or ""), q(script))
 
 
 FACTS = ("echo arch=$(uname -m); echo free_kb=$(df -Pk . | tail -1 | awk '{print $4}'); "

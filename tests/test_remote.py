@@ -228,8 +228,12 @@ def test_device_commands_quote_everything():
         in script
     # Inside the image: the same script, at /work, passed to sh -c as one quoted word.
     wrapped = docker_command(xavier, "edgekit-deploy/digits", device_script(xavier, "/work", "python3"))
-    words = shlex.split(wrapped.split(" && ", 1)[1])
-    assert words[:5] == ["docker", "run", "--rm", "--runtime", "nvidia"]
+    cd, remove, run = wrapped.split(" && ", 2)
+    assert cd == "cd edgekit-deploy/digits"
+    # a container left measuring by a dropped connection is removed before the new one starts
+    assert remove == "{ docker rm -f edgekit-digits >/dev/null 2>&1 || true; }"
+    words = shlex.split(run)
+    assert words[:7] == ["docker", "run", "--rm", "--name", "edgekit-digits", "--runtime", "nvidia"]
     assert words[words.index("--entrypoint") + 1:words.index("--entrypoint") + 4] == [
         "/bin/sh", "edgekit/jetson:r35.4.1", "-c"]
     assert words[-1] == device_script(xavier, "/work", "python3")
