@@ -130,6 +130,9 @@ def _accuracy_from_summary(summary_path: str, model_path: str, accuracy_from: Op
             for key in ("macs", "params", "macs_ratio"):
                 if key in entry:
                     found[key] = entry[key]
+            eval_set = summary.get("eval_set") or {}
+            if entry.get("path") in eval_set.get("top1", {}):  # the host's top-1 on eval.npz's images
+                found["eval_top1"], found["eval_of"] = eval_set["top1"][entry["path"]], eval_set.get("of")
             if "macs" not in found and entry in summary.get("models", []) and "student" in summary:
                 found.update({k: summary["student"][k] for k in ("macs", "params", "macs_ratio")
                               if k in summary["student"]})
@@ -155,14 +158,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                        power=not args.no_power, idle_seconds=args.idle_seconds, accuracy=accuracy,
                        cuda_graph=args.cuda_graph, precision=args.precision,
                        labels={"variant": args.variant, "target": args.target, "placement": args.placement,
-                               "recipe": accuracy["dataset"] if accuracy else None}, log=_log)
+                               "recipe": accuracy["dataset"] if accuracy else None},
+                       eval_set=args.eval, log=_log)
+    accuracy = result["accuracy"]
     if args.csv:
         save_csv(args.csv, [result])
     ss = result["scenarios"].get("single_stream")
     if ss:
         lat = ss["latency"]
-        top1 = " (top-1 {:.2f}% on {} val)".format(accuracy["top1"], accuracy["dataset"]) if accuracy else \
-            " (accuracy not given: pass --summary)"
+        if not accuracy:
+            top1 = " (accuracy not given: pass --summary and --eval)"
+        elif "host_top1" in accuracy or "dataset" not in accuracy:
+            top1 = " (top-1 {:.2f}% scored by this run on {} images)".format(
+                accuracy["top1"], accuracy["device_check"]["images"])
+        else:
+            top1 = " (top-1 {:.2f}% on {} val)".format(accuracy["top1"], accuracy["dataset"])
         _log("single-stream: p50 {p50_ms:.3f} ms, p90 {p90_ms:.3f} ms, p99 {p99_ms:.3f} ms, max {max_ms:.3f} ms "
              "over {count} queries".format(**lat) + top1)
     off = result["scenarios"].get("offline")
@@ -261,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accuracy-from", metavar="MODEL", help="with --summary: take the top-1 of this exported model "
                    "(e.g. model.int8.qdq.onnx for an INT8 engine; default: the model itself, or the ONNX an engine "
                    "was built from)")
+    p.add_argument("--eval", metavar="EVAL_NPZ", help="the host's eval.npz: this runner scores its images too, "
+                   "and the result records that top-1 beside the host's")
     p.add_argument("--variant", help="what this model is (teacher, round1, student...; recorded, default: student "
                    "for model.*.onnx, else the file's stem)")
     p.add_argument("--target", help="the deploy target this runs on (recorded; default: local)")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .artifacts import Manifest, config_hash, remove_if_exists, run_stage, sha256_file, write_json_atomic
+from .artifacts import Manifest, atomic_path, config_hash, remove_if_exists, run_stage, sha256_file, write_json_atomic
 from .bench.environment import cpu_model
 from .compress.distill import train
 from .compress.spiral import spiral
@@ -62,7 +62,7 @@ def _agreement(a: torch.nn.Module, b: torch.nn.Module, data: DataBundle) -> floa
     return 100.0 * same / max(total, 1)
 
 
-STAGES = ("teacher", "compress", "evaluate", "export", "variants", "compare")
+STAGES = ("teacher", "compress", "evaluate", "export", "variants", "evalset", "compare")
 
 
 def run(recipe: Recipe, out_dir: str, force: bool = False, force_stages: Sequence[str] = (),
@@ -181,6 +181,18 @@ def run(recipe: Recipe, out_dir: str, force: bool = False, force_stages: Sequenc
                        force or "variants" in force_stages, log)
     stages.append({"name": "variants", "seconds": varied["seconds"], "reused": varied["reused"]})
 
+    # ---- the val images the device scores every engine on, with each ONNX model's top-1 on them here
+    evalset: Dict[str, Any] = {}
+    if recipe.quantize.enabled:
+        scored = [m["path"] for m in exported.get("models", [])] + [v["path"] for v in varied.get("variants", [])]
+        evalset_key = config_hash({"export": export_key, "variants": variants_key, "data": cfg["data"],
+                                   "models": [sha256_file(os.path.join(out_dir, m)) for m in scored],
+                                   "bytes": EVAL_SET_BYTES})
+        evalset = run_stage(manifest, "evalset", evalset_key, [EVAL_SET_FILE],
+                            lambda: export_eval_set(data, out_dir, scored, threads, log),
+                            force or "evalset" in force_stages, log)
+        stages.append({"name": "evalset", "seconds": evalset["seconds"], "reused": evalset["reused"]})
+
     compared: Dict[str, Any] = {}
     if recipe.compare.enabled and recipe.quantize.enabled:
         from .compare import compare, format_table
@@ -215,6 +227,7 @@ def run(recipe: Recipe, out_dir: str, force: bool = False, force_stages: Sequenc
         "models": exported.get("models", []),
         "variants": varied.get("variants", []),
         "quantization": exported.get("quantization", {}),
+        "eval_set": {k: v for k, v in evalset.items() if k not in ("seconds", "reused")} or None,
         "recipe_config": cfg,
         "environment": environment(threads),
         "command": sys.argv,
@@ -339,6 +352,47 @@ def export_variants(variants: List[Dict[str, Any]], out_dir: str, data: DataBund
         log("  variant {:<10} top-1 {:6.2f}%  {:5.1%} of the teacher's MACs -> {}".format(
             entry["name"], entry["top1"], entry["macs_ratio"], entry["path"]))
     return {"variants": variants}
+
+
+EVAL_SET_FILE = "eval.npz"
+# The device scores every engine on these images; above this size they are a spread subset of val
+# (ImageNet at 224: about 110 images; the digits val split fits whole).
+EVAL_SET_BYTES = 64 << 20
+
+
+def export_eval_set(data: DataBundle, out_dir: str, models: Sequence[str], threads: int,
+                    log: Callable[[str], None]) -> Dict[str, Any]:
+    """Write eval.npz (preprocessed val images as the models take them, float32 NCHW, and labels)
+    and score each exported ONNX model on exactly those images, the reference each device run of
+    that model (or of an engine built from it) is checked against."""
+    from .export import onnx_logits
+
+    total = len(data.val)  # type: ignore[arg-type]
+    per_image = 3 * data.image_size * data.image_size * 4
+    count = max(1, min(total, EVAL_SET_BYTES // per_image))
+    # Evenly spread over the split: a folder-ordered val set (ImageNet's) is sorted by class.
+    wanted = set(np.linspace(0, total - 1, count).round().astype(int).tolist())
+    images, labels, seen = [], [], 0
+    for batch, batch_labels in data.val_loader():
+        keep = [i for i in range(batch.shape[0]) if seen + i in wanted]
+        seen += batch.shape[0]
+        if keep:
+            images.append(batch[keep].numpy().astype(np.float32))
+            labels.append(batch_labels[keep].numpy().astype(np.int64))
+    x, y = np.concatenate(images), np.concatenate(labels)
+    path = os.path.join(out_dir, EVAL_SET_FILE)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a bare temp name
+            np.savez(f, images=x, labels=y)
+    top1 = {}
+    for name in models:
+        chunks = (torch.from_numpy(x[i:i + 64]) for i in range(0, len(x), 64))
+        logits = onnx_logits(os.path.join(out_dir, name), chunks, threads)
+        top1[name] = round(float((logits.argmax(1) == y).mean() * 100.0), 3)
+    log("eval set: {} of {} val images -> {} ({:.1f} MB), the device scores every engine on them".format(
+        len(x), total, path, os.path.getsize(path) / 1e6))
+    return {"file": EVAL_SET_FILE, "images": int(len(x)), "of": int(total), "sha256": sha256_file(path),
+            "top1": top1}
 
 
 def default_out_dir(recipe: Recipe, out: Optional[str]) -> str:

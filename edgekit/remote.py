@@ -5,11 +5,12 @@ Steps, each announced, each failing with its own one-line reason:
      docker targets Docker, its `nvidia` runtime, the L4T release matching the target and the image;
   2. host stages (reused when up to date);
   3. device bundle: a wheel of edgekit (device side only needs numpy, pyyaml, onnxruntime or
-     TensorRT) plus the ONNX models, calib.cache, summary.json and the target file;
+     TensorRT) plus the ONNX models, calib.cache, summary.json, eval.npz and the target file;
   4. copy what changed (sha256 on both ends; a re-run sends nothing the device already has);
   5. on the device, natively or in the target's image (`docker run --runtime nvidia`): install the
      wheel into the bundle folder, build engines (timing cache kept there between runs), run the
-     benchmark scenarios with power sampling; a job whose result is already there is skipped;
+     benchmark scenarios with power sampling, and score eval.npz's images with each engine; a job
+     whose result is already there is skipped;
   6. fetch the result files into benchmarks/results/<target>/ (validated first, then moved into place
      under their run id, so earlier runs stay as history), clear them on the device, print them.
 
@@ -125,7 +126,7 @@ def build_bundle(artifacts: str, target_file: str, bundle: str, variants: Sequen
         _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", bundle,
               repo], "building the edgekit wheel", env=dict(os.environ, SOURCE_DATE_EPOCH="315532800"))
         files = [os.path.basename(p) for p in glob.glob(os.path.join(bundle, "edgekit-*.whl"))]
-    names = list(MODEL_FILES) + ["calib.cache", "summary.json"]
+    names = list(MODEL_FILES) + ["calib.cache", "summary.json", "eval.npz"]
     names += [os.path.join("variants", "{}.fp32.onnx".format(v)) for v in variants]
     for name in names:
         source = os.path.join(artifacts, name)
@@ -246,7 +247,7 @@ def device_script(target: Target, remote_dir: str, python: str, variants: Sequen
             commands.append(build)
             model = job.engine
         commands.append("{} bench {} --summary summary.json --accuracy-from {} --precision {} --seconds {} "
-                        "--batches {} --variant {} --target {} --placement {} --out {}".format(
+                        "--batches {} --variant {} --target {} --placement {} --eval eval.npz --out {}".format(
                             edgekit, q(model), q(job.accuracy_from), q(job.precision), seconds, q(batches),
                             q(job.variant), q(target.name), q(job.placement), q(result)))
         # `a && b || c`: set -e does not apply inside, so a failed build is caught here, named, and

@@ -184,3 +184,77 @@ def test_runner_choice_says_why(tiny, tmp_path):
     assert choose_runner(str(tmp_path / "m.engine"))[0] == "tensorrt"
     with pytest.raises(EdgekitError, match="onnxruntime cannot run it"):
         choose_runner(str(tmp_path / "m.engine"), "onnxruntime")
+
+
+def _eval_set(path, w, b, n=10, image=8, right=7):
+    """n images the tiny classifier gets right exactly `right` times (labels from numpy's own logits)."""
+    x = np.random.RandomState(1).standard_normal((n, 3, image, image)).astype(np.float32)
+    predicted = (x.reshape(n, -1) @ w + b).argmax(1)
+    np.savez(str(path), images=x, labels=np.where(np.arange(n) < right, predicted, (predicted + 1) % 10))
+
+
+def test_the_runner_scores_the_eval_set_itself(tmp_path):
+    import onnx
+
+    from edgekit.bench.accuracy import load_eval_set, score
+
+    model = tmp_path / "tiny.fp32.onnx"
+    w, b = linear_classifier(model)
+    _eval_set(tmp_path / "eval.npz", w, b)
+    images, labels = load_eval_set(str(tmp_path / "eval.npz"))
+    with OnnxRuntimeRunner(str(model)) as runner:
+        assert score(runner, images, labels, batch=4)["top1"] == 70.0
+        assert score(runner, images, labels, batch=32) == dict(score(runner, images, labels, batch=1),
+                                                               seconds=pytest.approx(0, abs=10))
+    # an engine-like static batch of 4: 10 images go as 4 + 4 + 2 padded to 4, the padding not counted
+    static = onnx.load(str(model))
+    static.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
+    static.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 4
+    onnx.save(static, str(tmp_path / "static.fp32.onnx"))
+    with OnnxRuntimeRunner(str(tmp_path / "static.fp32.onnx")) as runner:
+        assert score(runner, images, labels, batch=32) == dict(top1=70.0, images=10, seconds=pytest.approx(0, abs=10))
+
+
+def test_bench_takes_its_own_top1_when_the_eval_set_is_the_whole_split(tmp_path):
+    model = tmp_path / "tiny.fp32.onnx"
+    w, b = linear_classifier(model)
+    _eval_set(tmp_path / "eval.npz", w, b)
+    summary = {"recipe": "digits", "models": [{"path": "tiny.fp32.onnx", "top1": 71.0, "runtime": "onnxruntime-cpu"}],
+               "eval_set": {"file": "eval.npz", "images": 10, "of": 10, "top1": {"tiny.fp32.onnx": 70.0}}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    args = ["--summary", str(tmp_path / "summary.json"), "--eval", str(tmp_path / "eval.npz"), "--scenario",
+            "single_stream", "--queries", "3", "--seconds", "0.05", "--no-power", "--warmup", "1"]
+    out = tmp_path / "r.json"
+    proc = subprocess.run(edgekit_cmd("bench", str(model), "--out", str(out), *args), capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "top-1 scored by this runner: 70.00% on 10 images (host tiny.fp32.onnx: 70.00%, +0.00 points)" \
+        in proc.stdout and "(top-1 70.00% scored by this run on 10 images)" in proc.stdout
+    accuracy = load_result(str(out))["accuracy"]
+    assert (accuracy["top1"], accuracy["host_top1"], accuracy["runtime"]) == (70.0, 71.0, "onnxruntime")
+    check = accuracy["device_check"]
+    assert (check["images"], check["of"], check["reference_top1"], check["delta_points"]) == (10, 10, 70.0, 0.0)
+    assert check["within_tolerance"] and check["reference_model"] == "tiny.fp32.onnx"
+
+    # a subset of a larger split: the host's full-split top-1 stays, this run's figure is the check beside it
+    summary["eval_set"].update(of=1000, top1={"tiny.fp32.onnx": 80.0})
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    proc = subprocess.run(edgekit_cmd("bench", str(model), "--out", str(out), *args), capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    accuracy = load_result(str(out))["accuracy"]
+    assert accuracy["top1"] == 71.0 and "host_top1" not in accuracy
+    assert accuracy["device_check"]["delta_points"] == -10.0 and not accuracy["device_check"]["within_tolerance"]
+
+    # a broken or mismatched eval set: one line, exit 2, before any timing, no result written
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "eval.npz").read_bytes()[:300])
+    np.savez(str(tmp_path / "wide.npz"), images=np.zeros((2, 3, 16, 16), np.float32), labels=np.zeros(2, np.int64))
+    np.savez(str(tmp_path / "nolabels.npz"), images=np.zeros((2, 3, 8, 8), np.float32))
+    for name, message in (("cut.npz", "is not a readable .npz"), ("missing.npz", "eval set not found"),
+                          ("nolabels.npz", "has no 'labels' array"),
+                          ("wide.npz", "the eval set's images are [3, 16, 16] but the model takes [?, 3, 8, 8]")):
+        fresh = tmp_path / (name + ".json")
+        bad = [a if a != str(tmp_path / "eval.npz") else str(tmp_path / name) for a in args]
+        proc = subprocess.run(edgekit_cmd("bench", str(model), "--out", str(fresh), *bad), capture_output=True,
+                              text=True, cwd=REPO, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, (name, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1 and not fresh.exists()

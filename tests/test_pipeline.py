@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import TINY
 
+from edgekit.artifacts import sha256_file
 from edgekit.models import load_student, resnet50, width_spec_of
 from edgekit.pipeline import run
 from edgekit.recipe import load_recipe
@@ -25,7 +26,7 @@ def test_summary_holds_the_figures_the_issue_names(tiny_run):
     t, s = on_disk["teacher"], on_disk["student"]
     assert s["macs"] <= 0.5 * t["macs"] and s["params"] < t["params"]
     assert [st["name"] for st in on_disk["stages"]] == ["teacher", "compress", "evaluate", "export", "variants",
-                                                         "compare"]
+                                                         "evalset", "compare"]
     # the Pareto chart's other points: the teacher and the spiral's intermediate round, as FP32 ONNX
     variants = {v["name"]: v for v in on_disk["variants"]}
     assert sorted(variants) == ["round1", "teacher"]
@@ -34,6 +35,17 @@ def test_summary_holds_the_figures_the_issue_names(tiny_run):
     for v in variants.values():
         assert os.path.exists(os.path.join(out, v["path"])) and v["max_abs_diff_vs_pytorch"] < 1e-3
     assert all(st["seconds"] >= 0 for st in on_disk["stages"])
+    # the images the device scores each engine on: here the whole (small) val split, with every ONNX
+    # model's top-1 on them, which is the model's val top-1
+    evalset = on_disk["eval_set"]
+    with np.load(os.path.join(out, evalset["file"]), allow_pickle=False) as data:
+        images, labels = data["images"], data["labels"]
+    assert images.dtype == np.float32 and images.shape[1:] == (3, 16, 16) and labels.shape == (images.shape[0],)
+    assert evalset["images"] == evalset["of"] == images.shape[0] and evalset["sha256"] == sha256_file(
+        os.path.join(out, "eval.npz"))
+    exported = {m["path"]: m["top1"] for m in on_disk["models"]}
+    assert {k: v for k, v in evalset["top1"].items() if k in exported} == exported
+    assert sorted(evalset["top1"]) == sorted(list(exported) + [v["path"] for v in variants.values()])
     assert [r["round"] for r in on_disk["rounds"]] == [1, 2]
     assert on_disk["rounds"][0]["macs_ratio"] > on_disk["rounds"][1]["macs_ratio"]
     student, info = load_student(os.path.join(out, "student.pt"))
@@ -47,7 +59,7 @@ def test_a_rerun_reuses_finished_stages(tiny_run):
     out, summary, _ = tiny_run
     lines = []
     again = run(load_recipe("digits", TINY), out, log=lines.append)
-    assert [st["reused"] for st in again["stages"]] == [True] * 6
+    assert [st["reused"] for st in again["stages"]] == [True] * 7
     assert again["student"]["top1"] == summary["student"]["top1"]
     assert any("[compress] up to date, reused" in line for line in lines)
 

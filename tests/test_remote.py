@@ -98,7 +98,14 @@ def test_make_deploy_over_ssh_fetches_results_with_the_local_schema(tiny_run, ss
                                "teacher.fp32.cpu"]
     remote = load_result(fetched["student.int8.cpu"])
     assert remote["accuracy"]["top1"] == next(m["top1"] for m in summary["models"] if m["name"] == "int8.cpu")
-    assert load_result(fetched["teacher.fp32.cpu"])["accuracy"]["top1"] == summary["teacher"]["top1"]
+    assert load_result(fetched["teacher.fp32.cpu"])["accuracy"]["host_top1"] == summary["teacher"]["top1"]
+    # every job scored the host's eval images itself (here the whole val split), and agrees with the host
+    for stem, path in fetched.items():
+        accuracy = load_result(path)["accuracy"]
+        check = accuracy["device_check"]
+        assert check["images"] == check["of"] == summary["eval_set"]["images"], stem
+        assert check["delta_points"] == 0.0 and check["within_tolerance"], stem
+        assert accuracy["top1"] == check["top1"] == summary["eval_set"]["top1"][check["reference_model"]], stem
     assert remote["labels"] == {"variant": "student", "target": "cpu", "placement": "cpu", "recipe": "digits"}
     assert os.path.getsize(os.path.join(results, "dashboard.html")) > 1_000_000  # plotly.js inlined
     # the same schema as a local run of the same harness

@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import subprocess
 
+import numpy as np
 import pytest
 from conftest import REPO, edgekit_cmd
 from onnx_fixtures import linear_classifier
@@ -30,13 +31,18 @@ XSS_MODEL = '<svg onload="window.__pwned=3">.int8.onnx'  # a legal file name
 VALID_RUNS = 7
 
 
-def _bench(tmp, out, image, labels, top1, power_root=None, seed=0, name=None):
+def _bench(tmp, out, image, labels, top1, power_root=None, seed=0, name=None, eval_set=None):
     model = os.path.join(tmp, name or "model{}.{}.onnx".format(image, seed))
-    if not os.path.exists(model):
-        linear_classifier(model, image=image, seed=seed)
+    w, b = linear_classifier(model, image=image, seed=seed)
+    accuracy = {"top1": top1, "dataset": labels.get("recipe", "digits")}
+    if eval_set:  # 10 images it gets 7 right; the host said 71% of a 1000-image split on them
+        x = np.random.RandomState(1).standard_normal((10, 3, image, image)).astype(np.float32)
+        predicted = (x.reshape(10, -1) @ w + b).argmax(1)
+        np.savez(eval_set, images=x, labels=np.where(np.arange(10) < 7, predicted, (predicted + 1) % 10))
+        accuracy.update(eval_top1=71.0, eval_of=1000)
     return benchmark(model, out, batches=(1, 2, 4), warmup=2, min_queries=10, min_seconds=0.05,
                      power=power_root is not None, power_root=power_root or "/", idle_seconds=0.1,
-                     accuracy={"top1": top1, "dataset": labels.get("recipe", "digits")}, labels=labels,
+                     accuracy=accuracy, labels=labels, eval_set=eval_set,
                      precision=labels.get("precision"), progress=False, log=lambda _: None)
 
 
@@ -48,7 +54,8 @@ def results(tmp_path_factory):
                                             ("round1", "fp32", 16, 98.6), ("teacher", "fp32", 32, 98.9)):
         labels = {"variant": variant, "target": "cpu", "placement": "cpu", "recipe": "digits",
                   "precision": precision}
-        _bench(tmp, os.path.join(root, "cpu", "digits.{}.{}.cpu.json".format(variant, precision)), image, labels, top1)
+        _bench(tmp, os.path.join(root, "cpu", "digits.{}.{}.cpu.json".format(variant, precision)), image, labels, top1,
+               eval_set=os.path.join(tmp, "eval.npz") if (variant, precision) == ("student", "fp32") else None)
     sysfs = os.path.join(tmp, "xavier-sysfs")
     jetpack5_tree(sysfs)
     xavier = {"variant": "student", "target": "xavier", "placement": "gpu", "recipe": "digits", "precision": "fp16"}
@@ -106,6 +113,10 @@ def test_store_indexes_every_valid_file_and_reports_the_bad_ones(results):
     assert [r["run_id"] for r in query_runs(again["path"], target="xavier")] == sorted(
         r["run_id"] for r in index["runs"] if r["target"] == "xavier")
     assert {r["variant"] for r in query_runs(again["path"], precision="fp32")} == {"student", "round1", "teacher"}
+    # the run that scored the eval images itself: the host's top-1 stays (a subset), the check beside it
+    checked = [r for r in again["runs"] if r["top1_check"] is not None]
+    assert [(r["variant"], r["precision"], r["top1"], r["top1_check"], r["top1_check_delta"]) for r in checked] == [
+        ("student", "fp32", 98.0, 70.0, -1.0)]
 
 
 def test_regressions_compare_each_run_with_the_previous_run_of_its_series(results):
@@ -232,8 +243,9 @@ def test_dashboard_renders_in_headless_chromium_without_errors_or_network(result
             assert XSS_VARIANT in page.locator("#chart-pareto").text_content()  # chart labels too
 
             page.locator("#runs-table th", has_text="p50 ms").click()
-            p50 = [float(t) for t in page.locator("#runs-table tbody tr.run td:nth-child(9)").all_text_contents()]
+            p50 = [float(t) for t in page.locator("#runs-table tbody tr.run td:nth-child(10)").all_text_contents()]
             assert p50 == sorted(p50)
+            assert "-1.00" in page.locator("#runs-table tbody tr.run td:nth-child(9)").all_text_contents()
             page.select_option("#filter-target", "xavier")
             assert rows.count() == 2 and page.locator("#runs-table tbody tr.regressed").count() == 1
             rows.first.click()

@@ -12,6 +12,7 @@ from ..artifacts import sha256_file
 from ..errors import EdgekitError
 from ..runtime.base import Runner
 from . import environment
+from .accuracy import feeding, load_eval_set, merge, score
 from .power import PowerSampler, PowerSource, PowerTrace, detect_power_source, summarize_power  # noqa: F401
 from .results import save_result
 from .scenarios import Window, offline, single_stream
@@ -130,18 +131,20 @@ def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "au
               min_seconds: float = 3.0, max_seconds: Optional[float] = None, power: bool = True,
               power_root: str = "/", idle_seconds: float = 2.0, precision: Optional[str] = None,
               accuracy: Optional[Dict[str, object]] = None, cuda_graph: bool = False, progress: bool = True,
-              labels: Optional[Dict[str, Optional[str]]] = None,
+              labels: Optional[Dict[str, Optional[str]]] = None, eval_set: Optional[str] = None,
               log: Callable[[str], None] = print) -> Dict[str, object]:
     """Measure `model_path` and (if `out_path`) write the result JSON atomically; return it.
 
     `labels` (variant, target, placement, recipe) say what was measured where; the results store
     and the dashboard group runs by them. Missing ones are derived from the file name and runner.
+    `eval_set` (the host's eval.npz): this runner also scores those images, see `accuracy.merge`.
     """
     unknown = [s for s in scenarios if s not in ("single_stream", "offline")]
     if unknown:
         raise EdgekitError("unknown scenario {}; choose single_stream, offline".format(", ".join(unknown)))
     if any(b < 1 for b in batches):
         raise EdgekitError("batch sizes must be positive, got {}".format(list(batches)))
+    evaluation = load_eval_set(eval_set) if eval_set else None  # a bad file fails before minutes of timing
     runtime_name, run_path, why = choose_runner(model_path, runner)
     log("runner: {} ({})".format(runtime_name, why))
     model_runner = make_runner(model_path, runner, threads, cuda_graph)
@@ -160,6 +163,9 @@ def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "au
                 info.get("providers", ""), source.name if source else "unavailable ({})".format(
                     reasons[-1] if reasons else "none")))
             specs = model_runner.input_specs()
+            eval_batch = min(32, max(batches)) if "offline" in scenarios else 1
+            if evaluation is not None:
+                feeding(model_runner, evaluation[0], eval_batch)
             results: Dict[str, object] = {}
             if "single_stream" in scenarios:
                 results["single_stream"] = single_stream(
@@ -170,6 +176,15 @@ def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "au
                     model_runner, lambda b: random_feed(model_runner, b), batches, warmup=max(1, warmup // 3),
                     min_queries=max(5, min_queries // 5), min_seconds=min_seconds, max_seconds=max_seconds,
                     progress=show, window=window)
+            if evaluation is not None:
+                # Outside the timed windows; the largest swept batch the engine was built for, at most 32.
+                measured = score(model_runner, evaluation[0], evaluation[1], batch=eval_batch)
+                accuracy = merge(accuracy, measured, info.get("runtime", info["runner"]))
+                check = accuracy["device_check"]
+                log("top-1 scored by this runner: {:.2f}% on {} images{}".format(
+                    measured["top1"], measured["images"], "" if check.get("reference_top1") is None else
+                    " (host {}: {:.2f}%, {:+.2f} points)".format(check["reference_model"], check["reference_top1"],
+                                                                check["delta_points"])))
     finally:
         window.close()
     result = {

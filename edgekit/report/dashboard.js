@@ -63,7 +63,7 @@
   var COLUMNS = [
     ["created", "created"], ["target", "target"], ["recipe", "recipe"], ["variant", "variant"],
     ["precision", "precision"], ["placement", "placement"], ["runner", "runner"], ["top1", "top-1 %", 2],
-    ["p50_ms", "p50 ms", 3], ["p99_ms", "p99 ms", 3], ["best_throughput", "best img/s", 1],
+    ["top1_check_delta", "top-1 Δ vs host", 2], ["p50_ms", "p50 ms", 3], ["p99_ms", "p99 ms", 3], ["best_throughput", "best img/s", 1],
     ["best_batch", "best batch", 0], ["total_w", "W", 2], ["mj_per_inference", "mJ/inf", 2],
     ["power_mode", "power mode"], ["run_id", "run"], ["flag", "regressed"]
   ];
@@ -118,6 +118,10 @@
     var dl = el("dl", null, "env");
     var env = r.environment || {};
     var items = [["model", r.model], ["file", r.file], ["series", r.series],
+                 ["top-1 from", r.top1_source],
+                 ["top-1 scored here", r.top1_check == null ? null : fmt(r.top1_check, 2) + "% (" +
+                   (r.top1_check_delta == null ? "no host figure" : (r.top1_check_delta >= 0 ? "+" : "") +
+                    fmt(r.top1_check_delta, 2) + " points vs the host") + ")"],
                  ["power", r.power_status === "ok" ? (r.power_source + ", idle " + fmt(r.idle_w, 2) + " W")
                    : (r.power_unavailable || r.power_status || "–")]];
     Object.keys(env).sort().forEach(function (k) {

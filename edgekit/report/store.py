@@ -27,7 +27,8 @@ RUN_COLUMNS = [
     ("run_id", "TEXT PRIMARY KEY"), ("file", "TEXT"), ("created", "TEXT"), ("target", "TEXT"),
     ("recipe", "TEXT"), ("variant", "TEXT"), ("precision", "TEXT"), ("placement", "TEXT"), ("runner", "TEXT"),
     ("runtime_version", "TEXT"), ("model", "TEXT"), ("device", "TEXT"), ("power_mode", "TEXT"),
-    ("power_source", "TEXT"), ("top1", "REAL"), ("macs", "REAL"), ("params", "REAL"), ("p50_ms", "REAL"),
+    ("power_source", "TEXT"), ("top1", "REAL"), ("top1_source", "TEXT"), ("top1_check", "REAL"),
+    ("top1_check_delta", "REAL"), ("macs", "REAL"), ("params", "REAL"), ("p50_ms", "REAL"),
     ("p90_ms", "REAL"), ("p95_ms", "REAL"), ("p99_ms", "REAL"), ("max_ms", "REAL"), ("mean_ms", "REAL"),
     ("qps", "REAL"), ("best_batch", "INTEGER"), ("best_throughput", "REAL"), ("total_w", "REAL"),
     ("idle_w", "REAL"), ("mj_per_inference", "REAL"), ("inferences_per_joule", "REAL"), ("power_status", "TEXT"),
@@ -87,6 +88,9 @@ def flatten(result: Dict[str, Any], file: str, folder_target: Optional[str] = No
     off = scenarios.get("offline") or {}
     if not isinstance(accuracy, dict) or not isinstance(labels, dict):
         raise TypeError("accuracy and labels must be objects")
+    check = accuracy.get("device_check") or {}  # this runner's own top-1 on the host's eval images
+    if not isinstance(check, dict):
+        raise TypeError("accuracy.device_check must be an object")
     power = _first_power(result)
     target = labels.get("target")
     if not target or target == "local":
@@ -101,7 +105,9 @@ def flatten(result: Dict[str, Any], file: str, folder_target: Optional[str] = No
         "runner": runtime.get("runner") or "", "runtime_version": _text(runtime.get("runtime_version")),
         "model": str(model.get("path", "")), "device": _text(env.get("device_model") or env.get("cpu")),
         "power_mode": power_mode(result), "power_source": _text(result.get("power_source")),
-        "top1": accuracy.get("top1"), "macs": accuracy.get("macs"), "params": accuracy.get("params"),
+        "top1": accuracy.get("top1"), "top1_source": _text(accuracy.get("measured_on")),
+        "top1_check": check.get("top1"), "top1_check_delta": check.get("delta_points"),
+        "macs": accuracy.get("macs"), "params": accuracy.get("params"),
         "p50_ms": latency.get("p50_ms"), "p90_ms": latency.get("p90_ms"), "p95_ms": latency.get("p95_ms"),
         "p99_ms": latency.get("p99_ms"), "max_ms": latency.get("max_ms"), "mean_ms": latency.get("mean_ms"),
         "qps": ss.get("qps"), "best_batch": off.get("best_batch"), "best_throughput": off.get("best_throughput"),
