@@ -22,7 +22,7 @@ from test_power import jetpack5_tree
 
 from edgekit.bench.harness import benchmark
 from edgekit.bench.results import load_result, save_result
-from edgekit.report.dashboard import write_dashboard
+from edgekit.report.dashboard import describe, write_dashboard
 from edgekit.report.store import INDEX_NAME, build_index, query_runs, regressions
 
 XSS_VARIANT = '<img src=x onerror="window.__pwned=1">'
@@ -138,6 +138,15 @@ def test_regressions_compare_each_run_with_the_previous_run_of_its_series(result
               # ... 15% slower and beyond all but a tenth of the previous run's queries: flagged
               dict(base, run_id="e", created="5", top1=89.0, p50_ms=10.4, p90_ms=11.0)]
     assert [(f["run_id"], f["metric"]) for f in regressions(series, 0.10)] == [("c", "top1"), ("e", "p50_ms")]
+    # an engine that scored the eval images more than a point below the host's figure on them is flagged
+    # on its own, with no earlier run needed; a point below is within tolerance (the fixture's -1.0 run)
+    checked = [dict(base, run_id="x", created="1", top1=90.0, top1_check=88.2, top1_check_delta=-1.8),
+               dict(base, run_id="y", created="2", top1=90.0, top1_check=89.0, top1_check_delta=-1.0)]
+    assert regressions(checked) == [{"run_id": "x", "previous": "host", "metric": "top1_vs_host",
+                                     "label": "top-1 vs host", "before": 90.0, "after": 88.2, "change": 0.018}]
+    assert describe({"runs": 2, "path": "p", "index": "i", "problems": [], "regressions": regressions(checked)})[1] \
+        == "accuracy: run x scored 88.2% on the eval images, 1.80 points below the host's 90.0% for the same " \
+           "model and images"
 
 
 def test_results_command_filters_and_writes_csv(results):

@@ -102,6 +102,10 @@ def describe(summary: Dict[str, Any]) -> List[str]:
     for problem in summary["problems"]:
         lines.append("skipped {}: {}".format(problem["file"], problem["reason"]))
     for f in summary["regressions"]:
+        if f["metric"] == "top1_vs_host":
+            lines.append("accuracy: run {} scored {}% on the eval images, {:.2f} points below the host's {}% for "
+                         "the same model and images".format(f["run_id"], f["after"], f["change"] * 100, f["before"]))
+            continue
         lines.append("regression: run {} {} {} -> {} ({:+.1%} worse than run {})".format(
             f["run_id"], f["label"], f["before"], f["after"], f["change"], f["previous"]))
     return lines
