@@ -324,7 +324,7 @@ def check_device(target: Target, device: str, facts: Dict[str, str]) -> None:
                            "$USER, then log in again".format(device))
     if docker.startswith("down:"):
         raise EdgekitError("{} has Docker but its daemon does not answer ({}); start it: sudo systemctl start "
-                           "docker".format(device, docker[5:].strip()[:120]))
+                           "docker".format(device, re.sub(r"^null\s*", "", docker[5:].strip())[:120]))
     if "nvidia" not in docker:
         raise EdgekitError("{}'s Docker has no nvidia runtime; install nvidia-container-toolkit".format(device))
     release = facts.get("l4t", "")

@@ -259,6 +259,8 @@ XAVIER_OK = {"arch": "aarch64", "free_kb": str(20 << 20), "l4t": "# R35 (release
     ({"docker": "none"}, "has no Docker; install docker and the nvidia container runtime"),
     ({"docker": "permission denied while trying to connect"}, "may not use Docker; add it to the docker group"),
     ({"docker": "down: Cannot connect to the Docker daemon"}, "has Docker but its daemon does not answer"),
+    # `docker info --format` prints null on stdout before the error on stderr: only the error is shown
+    ({"docker": "down: null Cannot connect to the Docker daemon"}, "does not answer (Cannot connect to the Docker"),
     ({"docker": '{"runc":{}}'}, "Docker has no nvidia runtime; install nvidia-container-toolkit"),
     ({"l4t": "# R32 (release), REVISION: 7.4"}, "runs # R32 (release), REVISION: 7.4 but target xavier is for L4T "
                                                 "R35.4.1"),
