@@ -211,12 +211,21 @@
     var groups = groupBy(points, function (r) { return r.target; });
     Object.keys(groups).sort().forEach(function (target) {
       var g = groups[target];
+      // Neighbours at about the same accuracy and latency take turns above and below, so labels stay legible.
+      var byLatency = g.map(function (r, i) { return i; }).sort(function (a, b) { return g[a].p50_ms - g[b].p50_ms; });
+      var positions = g.map(function () { return "top center"; });
+      byLatency.forEach(function (i, k) {
+        if (!k) return;
+        var j = byLatency[k - 1];
+        var close = Math.abs(g[i].top1 - g[j].top1) < 0.15 && Math.log(g[i].p50_ms / g[j].p50_ms) < 0.4;
+        if (close) positions[i] = positions[j] === "top center" ? "bottom center" : "top center";
+      });
       traces.push({
         type: "scatter", mode: "markers+text", name: esc(target), x: g.map(function (r) { return r.p50_ms; }),
         y: g.map(function (r) { return r.top1; }),
         error_x: { type: "data", symmetric: false, array: g.map(function (r) { return Math.max(0, (r.p99_ms || r.p50_ms) - r.p50_ms); }),
                    arrayminus: g.map(function () { return 0; }) },
-        text: g.map(function (r) { return esc(r.variant + " " + r.precision); }), textposition: "top center",
+        text: g.map(function (r) { return esc(r.variant + " " + r.precision); }), textposition: positions,
         hovertext: g.map(function (r) {
           return esc(label(r)) + "<br>top-1 " + fmt(r.top1, 2) + "%<br>p50 " + fmt(r.p50_ms) + " ms, p99 " +
             fmt(r.p99_ms) + " ms<br>" + esc(r.target) + " · " + esc(r.runner);
