@@ -185,9 +185,9 @@ def run(recipe: Recipe, out_dir: str, force: bool = False, force_stages: Sequenc
     evalset: Dict[str, Any] = {}
     if recipe.quantize.enabled:
         scored = [m["path"] for m in exported.get("models", [])] + [v["path"] for v in varied.get("variants", [])]
+        # The models are outputs of the export and variants stages: their keys stand for them.
         evalset_key = config_hash({"export": export_key, "variants": variants_key, "data": cfg["data"],
-                                   "models": [sha256_file(os.path.join(out_dir, m)) for m in scored],
-                                   "bytes": EVAL_SET_BYTES})
+                                   "models": scored, "bytes": EVAL_SET_BYTES})
         evalset = run_stage(manifest, "evalset", evalset_key, [EVAL_SET_FILE],
                             lambda: export_eval_set(data, out_dir, scored, threads, log),
                             force or "evalset" in force_stages, log)

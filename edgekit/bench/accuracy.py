@@ -15,9 +15,7 @@ import numpy as np
 
 from ..errors import EdgekitError
 from ..runtime.base import Runner, TensorSpec
-
-# Above this many points below the host's figure for the same images, the result says so.
-TOLERANCE_POINTS = 1.0
+from .results import TOP1_CHECK_TOLERANCE_POINTS
 
 
 def load_eval_set(path: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -93,7 +91,7 @@ def merge(accuracy: Optional[Dict[str, object]], measured: Dict[str, object],
                  reference_model=accuracy.get("measured_on"))
     if reference is not None:
         check["delta_points"] = round(float(measured["top1"]) - float(reference), 3)
-        check["within_tolerance"] = check["delta_points"] >= -TOLERANCE_POINTS
+        check["within_tolerance"] = check["delta_points"] >= -TOP1_CHECK_TOLERANCE_POINTS
     accuracy["device_check"] = check
     if "top1" not in accuracy or (of is not None and measured["images"] == of):
         if "top1" in accuracy:

@@ -8,6 +8,10 @@ from typing import Any, Dict, List
 from ..artifacts import write_json_atomic, write_text_atomic
 from ..errors import EdgekitError
 
+# accuracy.device_check: a run that scored the host's eval images more than this many points below
+# the host's figure for the same model and images is out of tolerance (the store flags it).
+TOP1_CHECK_TOLERANCE_POINTS = 1.0
+
 SCHEMA = "edgekit.bench"
 SCHEMA_VERSION = 1
 

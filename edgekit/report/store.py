@@ -15,7 +15,7 @@ import sqlite3
 import tempfile
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ..bench.results import load_result, result_rows
+from ..bench.results import TOP1_CHECK_TOLERANCE_POINTS, load_result, result_rows
 from ..errors import EdgekitError
 
 INDEX_NAME = "index.sqlite"
@@ -273,23 +273,18 @@ def worse_by(metric: str, before: Optional[float], after: Optional[float]) -> Op
     return change if direction == "lower" else -change
 
 
-# A run whose own top-1 on the host's eval images is this many points below the host's figure for
-# the same model on the same images (bench/accuracy.py's tolerance) is flagged too.
-HOST_CHECK_POINTS = 1.0
-
-
 def regressions(runs: Sequence[Dict[str, Any]], threshold: float = 0.10,
                 top1_points: float = 0.5) -> List[Dict[str, Any]]:
     """Each run compared with the previous run of the same series; a metric worse than `threshold`
     (a fraction; top-1 in points: `top1_points`) is flagged. A slower p50 must also lie beyond the
     previous run's p90 (slower than 90% of its queries): run-to-run jitter on a shared CPU reaches
     30% of the median, a real slowdown moves the whole distribution. A run whose engine scored the
-    eval images more than `HOST_CHECK_POINTS` below the host is flagged as `top1_vs_host`."""
+    eval images more than `TOP1_CHECK_TOLERANCE_POINTS` below the host is flagged as `top1_vs_host`."""
     flagged: List[Dict[str, Any]] = []
     previous: Dict[Tuple[Any, ...], Dict[str, Any]] = {}
     for run in sorted(runs, key=lambda r: (r.get("created") or "", r["run_id"])):
         delta = run.get("top1_check_delta")
-        if delta is not None and run.get("top1_check") is not None and delta < -HOST_CHECK_POINTS:
+        if delta is not None and run.get("top1_check") is not None and delta < -TOP1_CHECK_TOLERANCE_POINTS:
             flagged.append({"run_id": run["run_id"], "previous": "host", "metric": "top1_vs_host",
                             "label": "top-1 vs host", "before": round(run["top1_check"] - delta, 3),
                             "after": run["top1_check"], "change": round(-delta / 100.0, 4)})
