@@ -20,7 +20,7 @@ def _log(message: str) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .pipeline import default_out_dir, run
+    from .host.pipeline import default_out_dir, run
     from .recipe import load_recipe
 
     overrides = list(args.set or [])
@@ -34,7 +34,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .models import count_macs_params, load_resnet50_checkpoint, widths_summary
+    from .host.models import count_macs_params, load_resnet50_checkpoint, widths_summary
 
     model, info = load_resnet50_checkpoint(args.path, log=_log)
     macs, params = count_macs_params(model, args.image_size)
@@ -47,7 +47,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_build_engine(args: argparse.Namespace) -> int:
-    from .engine.builder import BuildConfig, build_engine, plan_build, trtexec_command
+    from .device.engine.builder import BuildConfig, build_engine, plan_build, trtexec_command
 
     cfg = BuildConfig(args.onnx, engine_path=args.out, precision=args.precision, dla_core=args.dla,
                       gpu_fallback=not args.no_gpu_fallback, workspace_mb=args.workspace_mb,
@@ -63,7 +63,7 @@ def _cmd_build_engine(args: argparse.Namespace) -> int:
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
-    from .pipeline import default_out_dir, run
+    from .host.pipeline import default_out_dir, run
     from .recipe import load_recipe
     from .remote import deploy, reach
     from .targets import load_target, resolve_target_path
@@ -118,7 +118,7 @@ def _accuracy_from_summary(summary_path: str, model_path: str, accuracy_from: Op
         raise EdgekitError("cannot read summary {}: {}".format(summary_path, exc)) from None
     name = os.path.basename(accuracy_from or model_path)
     if not accuracy_from and model_path.endswith((".engine", ".plan")):
-        from .engine.metadata import load_metadata
+        from .device.engine.metadata import load_metadata
 
         name = os.path.basename(load_metadata(model_path).get("onnx_path") or model_path)
     known = list(summary.get("models", [])) + list(summary.get("variants", []))
@@ -142,8 +142,8 @@ def _accuracy_from_summary(summary_path: str, model_path: str, accuracy_from: Op
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench.harness import benchmark
-    from .bench.results import save_csv
+    from .device.bench.harness import benchmark
+    from .device.bench.results import save_csv
 
     try:
         batches = [int(b) for b in args.batches.split(",") if b.strip()]

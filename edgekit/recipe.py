@@ -1,12 +1,12 @@
 """The recipe: one validated schema for a whole run.
 
 Every field has a default, unknown keys are rejected with the list of valid ones, and presets are
-YAML files under `benchmarks/recipes/` loaded by name (`digits`) or by path. Command-line
+YAML files shipped in `edgekit/presets/recipes/` (or the user's
+`./benchmarks/recipes/`) loaded by name (`digits`) or by path. Command-line
 overrides use dotted keys (`--set distill.alpha=0.5`) and are validated exactly like the file.
 """
 
 import dataclasses
-import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -14,9 +14,7 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from .errors import EdgekitError
-
-PRESET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "benchmarks", "recipes")
+from .presets import find_preset, preset_names
 
 
 def _choice(default: Any, *choices: Any) -> Any:
@@ -222,25 +220,11 @@ def recipe_from_dict(data: Dict[str, Any]) -> Recipe:
     return _build(Recipe, data).validate()
 
 
-def yaml_names(folder: str) -> List[str]:
-    """The presets in a folder of YAML files, by name."""
-    return sorted(p[:-5] for p in os.listdir(folder) if p.endswith(".yaml")) if os.path.isdir(folder) else []
-
-
-def find_yaml(name_or_path: str, folder: str) -> Optional[str]:
-    """A preset name (`digits`) in `folder`, or a path to a YAML file; None when there is no such file."""
-    if os.path.sep in name_or_path or name_or_path.endswith((".yaml", ".yml")):
-        path = name_or_path
-    else:
-        path = os.path.join(folder, name_or_path + ".yaml")
-    return path if os.path.isfile(path) else None
-
-
 def resolve_recipe_path(name_or_path: str) -> str:
-    path = find_yaml(name_or_path, PRESET_DIR)
+    path = find_preset("recipe", name_or_path)
     if path is None:
         raise EdgekitError("recipe {!r} not found; give a YAML path or one of the presets: {}".format(
-            name_or_path, ", ".join(yaml_names(PRESET_DIR)) or "(none)"))
+            name_or_path, ", ".join(preset_names("recipe")) or "(none)"))
     return path
 
 

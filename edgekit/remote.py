@@ -33,7 +33,7 @@ import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
 from .artifacts import remove_if_exists, sha256_file
-from .bench.results import load_result, result_rows, save_result
+from .device.bench.results import load_result, result_rows, save_result
 from .errors import EdgekitError
 from .targets import Target
 

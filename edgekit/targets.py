@@ -1,4 +1,6 @@
-"""Deployment targets (`deploy/targets/*.yaml`): what a device is and what to measure on it.
+"""Deployment targets: what a device is and what to measure on it.
+
+Shipped in `edgekit/presets/targets/*.yaml`; the user's own `./deploy/targets/` wins on a name clash.
 
 Validated like recipes: every field has a default, unknown keys are errors that list the valid
 ones. Python 3.8 clean and torch-free: the device-side CLI reads targets too.
@@ -9,9 +11,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
 from .errors import EdgekitError
-from .recipe import _build, _choice, find_yaml, read_yaml_mapping, yaml_names
+from .presets import find_preset, preset_names
+from .recipe import _build, _choice, read_yaml_mapping
 
-TARGET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deploy", "targets")
 PLACEMENTS = ("cpu", "gpu", "dla0", "dla1")
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -56,11 +58,11 @@ class Target:
 
 
 def available_targets() -> List[str]:
-    return yaml_names(TARGET_DIR)
+    return preset_names("target")
 
 
 def resolve_target_path(name_or_path: str) -> str:
-    path = find_yaml(name_or_path, TARGET_DIR)
+    path = find_preset("target", name_or_path)
     if path is None:
         raise EdgekitError("unknown target {!r}; available: {}".format(name_or_path, ", ".join(available_targets())))
     return path

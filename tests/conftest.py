@@ -34,7 +34,7 @@ def edgekit_cmd(*args: str):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """Run the main job on the digits default at tiny sizes; returns (out_dir, summary, log lines)."""
-    from edgekit.pipeline import run
+    from edgekit.host.pipeline import run
     from edgekit.recipe import load_recipe
 
     out = str(tmp_path_factory.mktemp("tiny") / "digits")

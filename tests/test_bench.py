@@ -9,13 +9,13 @@ from conftest import REPO, default_sigint, edgekit_cmd
 from onnx_fixtures import linear_classifier
 from test_power import jetpack5_tree, write
 
-from edgekit.bench.environment import gpu_clocks, l4t_release, parse_nvpmodel
-from edgekit.bench.harness import benchmark
-from edgekit.bench.results import load_result, save_result, to_csv
-from edgekit.bench.scenarios import offline, single_stream
-from edgekit.bench.stats import latency_stats
+from edgekit.device.bench.environment import gpu_clocks, l4t_release, parse_nvpmodel
+from edgekit.device.bench.harness import benchmark
+from edgekit.device.bench.results import load_result, save_result, to_csv
+from edgekit.device.bench.scenarios import offline, single_stream
+from edgekit.device.bench.stats import latency_stats
+from edgekit.device.runtime import OnnxRuntimeRunner
 from edgekit.errors import EdgekitError
-from edgekit.runtime import OnnxRuntimeRunner
 
 
 @pytest.fixture()
@@ -163,8 +163,8 @@ def test_bench_records_the_accuracy_of_what_it_times(tiny, tmp_path):
 
 
 def test_runner_choice_says_why(tiny, tmp_path):
-    from edgekit.bench.harness import choose_runner
-    from edgekit.engine.metadata import EngineMetadata, save_metadata
+    from edgekit.device.bench.harness import choose_runner
+    from edgekit.device.engine.metadata import EngineMetadata, save_metadata
 
     runtime, path, why = choose_runner(tiny)
     assert runtime == "onnxruntime" and path == tiny
@@ -196,7 +196,7 @@ def _eval_set(path, w, b, n=10, image=8, right=7):
 def test_the_runner_scores_the_eval_set_itself(tmp_path):
     import onnx
 
-    from edgekit.bench.accuracy import load_eval_set, score
+    from edgekit.device.bench.accuracy import load_eval_set, score
 
     model = tmp_path / "tiny.fp32.onnx"
     w, b = linear_classifier(model)

@@ -74,10 +74,10 @@ def test_unknown_make_target():
     proc = subprocess.run(["make", "-s", "deploy", "TARGET=nowhere"], capture_output=True, text=True, cwd=REPO,
                           timeout=600)
     assert proc.returncode != 0
-    assert "unknown TARGET 'nowhere'; available: cpu orin x86-gpu xavier" in proc.stderr
+    assert "unknown target 'nowhere'; available: cpu, orin, x86-gpu, xavier" in proc.stderr
     proc = subprocess.run(["make", "-s", "deploy", "TARGET=xavier"], capture_output=True, text=True, cwd=REPO,
                           timeout=600)
-    assert proc.returncode != 0 and "TARGET=xavier runs on a device: give DEVICE=user@host" in proc.stderr
+    assert proc.returncode != 0 and "target xavier runs on a device: give DEVICE=user@host" in proc.stderr
 
 
 @pytest.mark.slow

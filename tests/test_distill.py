@@ -4,8 +4,8 @@ import os
 import pytest
 import torch
 
-from edgekit.compress.distill import kd_loss, train
-from edgekit.data import load_data
+from edgekit.host.compress.distill import kd_loss, train
+from edgekit.host.data import load_data
 from edgekit.recipe import DataConfig, OptimizerConfig
 
 

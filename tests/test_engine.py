@@ -10,10 +10,10 @@ from conftest import REPO, edgekit_cmd
 from onnx_fixtures import linear_classifier
 
 from edgekit.artifacts import sha256_file
-from edgekit.engine.api import TrtApi, parse_version
-from edgekit.engine.builder import BuildConfig, plan_build, reusable_engine, trtexec_command
-from edgekit.engine.dla_report import parse_dla_log, summarize
-from edgekit.engine.metadata import EngineMetadata, check_compatible, load_metadata, save_metadata
+from edgekit.device.engine.api import TrtApi, parse_version
+from edgekit.device.engine.builder import BuildConfig, plan_build, reusable_engine, trtexec_command
+from edgekit.device.engine.dla_report import parse_dla_log, summarize
+from edgekit.device.engine.metadata import EngineMetadata, check_compatible, load_metadata, save_metadata
 from edgekit.errors import EdgekitError
 
 
@@ -86,7 +86,7 @@ def test_metadata_round_trip_and_compatibility(tmp_path):
     engine = str(tmp_path / "m.engine")
     save_metadata(engine, _meta())
     meta = load_metadata(engine)
-    assert meta["schema"] == "edgekit.engine" and meta["compute_capability"] == "7.2" and meta["built_at"]
+    assert meta["schema"] == "edgekit.device.engine" and meta["compute_capability"] == "7.2" and meta["built_at"]
     check_compatible(meta, "8.5.2.2", "Xavier", "7.2", dla_cores=2)  # same place: fine
     expected = (r"built on Xavier \(compute 7\.2\) with TensorRT 8\.5\.2\.2, this is Orin \(compute 8\.7\) "
                 r"with TensorRT 8\.6\.2.*rebuild it here: edgekit build-engine model\.int8\.qdq\.onnx")
@@ -197,9 +197,9 @@ def test_build_engine_without_tensorrt_is_one_clear_line(tmp_path):
 
 @pytest.mark.tensorrt
 def test_engine_output_matches_onnxruntime(tmp_path):
-    from edgekit.engine.builder import build_engine
-    from edgekit.runtime import OnnxRuntimeRunner
-    from edgekit.runtime.tensorrt import TensorRTRunner
+    from edgekit.device.engine.builder import build_engine
+    from edgekit.device.runtime import OnnxRuntimeRunner
+    from edgekit.device.runtime.tensorrt import TensorRTRunner
 
     onnx_path = tmp_path / "model.fp32.onnx"
     linear_classifier(onnx_path)
@@ -227,8 +227,8 @@ def test_pruned_student_is_faster_on_the_gpu_in_fp16():
 
     import torch
 
-    from edgekit.compress.prune import prune
-    from edgekit.models import count_macs_params, resnet50
+    from edgekit.host.compress.prune import prune
+    from edgekit.host.models import count_macs_params, resnet50
 
     dense = resnet50(num_classes=10).eval()
     macs, _ = count_macs_params(dense, 224)
@@ -252,8 +252,8 @@ def test_pruned_student_is_faster_on_the_gpu_in_fp16():
 
 
 def test_torch_tensorrt_runner_says_what_to_install():
-    from edgekit.models import resnet50
-    from edgekit.torch_runners import TorchTensorRTRunner
+    from edgekit.host.models import resnet50
+    from edgekit.host.torch_runners import TorchTensorRTRunner
 
     try:
         import torch_tensorrt  # noqa: F401
@@ -267,8 +267,8 @@ def test_torch_tensorrt_runner_says_what_to_install():
 @pytest.mark.gpu
 def test_torch_tensorrt_runner_matches_eager():
     pytest.importorskip("torch_tensorrt", reason="torch-tensorrt is not installed on this GPU host")
-    from edgekit.models import resnet50
-    from edgekit.torch_runners import TorchEagerRunner, TorchTensorRTRunner
+    from edgekit.host.models import resnet50
+    from edgekit.host.torch_runners import TorchEagerRunner, TorchTensorRTRunner
 
     model = resnet50(num_classes=10).eval()
     feed = {"input": np.random.RandomState(0).standard_normal((2, 3, 64, 64)).astype(np.float32)}

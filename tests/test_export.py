@@ -10,13 +10,13 @@ import pytest
 from conftest import REPO, edgekit_cmd
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.compress.quantize import (
+from edgekit.errors import EdgekitError
+from edgekit.host.compress.quantize import (
     calibration_ranges,
     read_trt_calibration_cache,
     trt_version_tag,
     write_trt_calibration_cache,
 )
-from edgekit.errors import EdgekitError
 from edgekit.trtlint import check_tensorrt_compatible, lint_model
 
 pytestmark = pytest.mark.slow

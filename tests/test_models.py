@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 from edgekit.errors import EdgekitError
-from edgekit.models import (
+from edgekit.host.models import (
     check_width_spec,
     count_macs_params,
     load_resnet50_checkpoint,

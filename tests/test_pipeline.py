@@ -8,8 +8,8 @@ import torch
 from conftest import TINY
 
 from edgekit.artifacts import sha256_file
-from edgekit.models import load_student, resnet50, width_spec_of
-from edgekit.pipeline import run
+from edgekit.host.models import load_student, resnet50, width_spec_of
+from edgekit.host.pipeline import run
 from edgekit.recipe import load_recipe
 
 pytestmark = pytest.mark.slow
@@ -113,7 +113,7 @@ def test_imagefolder_with_a_torchvision_checkpoint_end_to_end(tmp_path):
     assert any("1000-class head" in line for line in lines)
     assert summary["student"]["macs"] <= 0.5 * summary["teacher"]["macs"]
     assert [m["name"] for m in summary["models"]] == ["fp32", "fp16", "int8.qdq", "int8.cpu"]
-    from edgekit.data import load_data
+    from edgekit.host.data import load_data
 
     # calibration sees training images as evaluation does: no random crops, so it is repeatable
     data = load_data(recipe.data, recipe.seed)
@@ -125,7 +125,7 @@ def test_imagefolder_with_a_torchvision_checkpoint_end_to_end(tmp_path):
 
 
 def test_calibration_batches_are_a_fixed_subset_of_real_training_images():
-    from edgekit.data import load_data
+    from edgekit.host.data import load_data
     from edgekit.recipe import DataConfig
 
     data = load_data(DataConfig(image_size=16), seed=0)

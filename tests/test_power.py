@@ -7,7 +7,7 @@ import time
 import pytest
 from conftest import REPO
 
-from edgekit.bench.power import (
+from edgekit.device.bench.power import (
     Ina3221Hwmon,
     Ina3221Iio,
     PowerSampler,
@@ -114,7 +114,7 @@ def test_tegrastats_both_formats():
 
 def test_tegrastats_source_runs_the_real_command_line(tmp_path):
     """A stand-in `tegrastats` executable printing captured lines: the subprocess path for real."""
-    from edgekit.bench.power import Tegrastats
+    from edgekit.device.bench.power import Tegrastats
 
     script = tmp_path / "tegrastats"
     script.write_text("#!/bin/sh\nwhile true; do echo '{}'; sleep 0.05; done\n".format(XAVIER_JP5_LINE))
@@ -167,7 +167,7 @@ def test_unreadable_power_files_report_the_reason():
                 os.chmod(os.path.join(dirpath, name), 0o755)
             for name in files:
                 os.chmod(os.path.join(dirpath, name), 0o600 if name.startswith("curr") else 0o644)
-        code = ("import sys; from edgekit.bench.power import detect_power_source; "
+        code = ("import sys; from edgekit.device.bench.power import detect_power_source; "
                 "s, r = detect_power_source(sys.argv[1], tegrastats='none', use_nvml=False); print(s, r[0])")
         proc = subprocess.run([system_python, "-c", code, tree], capture_output=True, text=True, cwd=top,
                               env={"PATH": "/usr/bin:/bin", "PYTHONPATH": top}, preexec_fn=lambda: os.setuid(65534))

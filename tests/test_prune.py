@@ -3,9 +3,9 @@ import copy
 import pytest
 import torch
 
-from edgekit.compress.prune import conv_sparsity, keep_masks, prune, prune_unstructured
 from edgekit.errors import EdgekitError
-from edgekit.models import count_macs_params, resnet50, width_spec_of
+from edgekit.host.compress.prune import conv_sparsity, keep_masks, prune, prune_unstructured
+from edgekit.host.models import count_macs_params, resnet50, width_spec_of
 
 SIZE = 32
 

@@ -15,7 +15,7 @@ import time
 import pytest
 from conftest import REPO, TINY, edgekit_cmd
 
-from edgekit.bench.results import load_result
+from edgekit.device.bench.results import load_result
 from edgekit.errors import EdgekitError
 from edgekit.remote import Ssh, check_device, device_jobs, device_script, docker_command
 from edgekit.targets import load_target

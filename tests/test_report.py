@@ -20,8 +20,8 @@ from conftest import REPO, edgekit_cmd
 from onnx_fixtures import linear_classifier
 from test_power import jetpack5_tree
 
-from edgekit.bench.harness import benchmark
-from edgekit.bench.results import load_result, save_result
+from edgekit.device.bench.harness import benchmark
+from edgekit.device.bench.results import load_result, save_result
 from edgekit.report.dashboard import describe, write_dashboard
 from edgekit.report.store import INDEX_NAME, build_index, query_runs, regressions
 

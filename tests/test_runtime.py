@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from onnx_fixtures import linear_classifier
 
+from edgekit.device.runtime import OnnxRuntimeRunner
 from edgekit.errors import EdgekitError
 from edgekit.lazy import lazy_import
-from edgekit.runtime import OnnxRuntimeRunner
 
 
 @pytest.fixture()

@@ -15,7 +15,7 @@ import sqlite3
 import tempfile
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ..bench.results import TOP1_CHECK_TOLERANCE_POINTS, load_result, result_rows
+from ..device.bench.results import TOP1_CHECK_TOLERANCE_POINTS, load_result, result_rows
 from ..errors import EdgekitError
 
 INDEX_NAME = "index.sqlite"

@@ -5,8 +5,8 @@ import io
 import json
 from typing import Any, Dict, List
 
-from ..artifacts import write_json_atomic, write_text_atomic
-from ..errors import EdgekitError
+from ...artifacts import write_json_atomic, write_text_atomic
+from ...errors import EdgekitError
 
 # accuracy.device_check: a run that scored the host's eval images more than this many points below
 # the host's figure for the same model and images is out of tolerance (the store flags it).

@@ -16,15 +16,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from . import __version__
-from .artifacts import Manifest, atomic_path, config_hash, remove_if_exists, run_stage, sha256_file, write_json_atomic
-from .bench.environment import cpu_model
+from .. import __version__
+from ..artifacts import Manifest, atomic_path, config_hash, remove_if_exists, run_stage, sha256_file, write_json_atomic
+from ..device.bench.environment import cpu_model
+from ..errors import EdgekitError
+from ..recipe import Recipe
 from .compress.distill import train
 from .compress.spiral import spiral
 from .data import DataBundle, evaluate_top1, load_data
-from .errors import EdgekitError
 from .models import count_macs_params, load_resnet50_checkpoint, load_student, resnet50, save_student
-from .recipe import Recipe
 
 SUMMARY_SCHEMA = "edgekit.summary/1"
 
@@ -258,11 +258,11 @@ def run(recipe: Recipe, out_dir: str, force: bool = False, force_stages: Sequenc
 def export_and_measure(student: torch.nn.Module, data: DataBundle, recipe: Recipe, out_dir: str, threads: int,
                        log: Callable[[str], None]) -> Dict[str, Any]:
     """FP32/FP16 ONNX, both INT8 flavours and calib.cache; each linted, its accuracy beside its speed."""
-    from .bench.scenarios import single_stream
+    from ..device.bench.scenarios import single_stream
+    from ..device.runtime.onnxrt import OnnxRuntimeRunner
+    from ..trtlint import check_tensorrt_compatible, lint
     from .compress.quantize import quantization_error, quantize
     from .export import convert_fp16, export_onnx, file_mb, onnx_logits, verify_onnx
-    from .runtime.onnxrt import OnnxRuntimeRunner
-    from .trtlint import check_tensorrt_compatible, lint
 
     size = data.image_size
     fp32 = os.path.join(out_dir, "model.fp32.onnx")

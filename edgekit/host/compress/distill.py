@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..artifacts import atomic_path
+from ...artifacts import atomic_path
+from ...errors import EdgekitError
+from ...recipe import OptimizerConfig
 from ..data import DataBundle, evaluate_top1
-from ..errors import EdgekitError
-from ..recipe import OptimizerConfig
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: Optional[torch.Tensor], labels: torch.Tensor,

@@ -11,8 +11,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..errors import EdgekitError
-from ..lazy import lazy_import
+from ...errors import EdgekitError
+from ...lazy import lazy_import
 from .base import Runner, TensorSpec
 
 

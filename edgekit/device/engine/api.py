@@ -9,7 +9,7 @@ inference; building always goes through `build_serialized_network`.
 import re
 from typing import Tuple
 
-from ..errors import EdgekitError
+from ...errors import EdgekitError
 
 MIN_VERSION = (8, 5)
 

@@ -13,13 +13,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .bench.scenarios import offline, single_stream
+from ..device.bench.scenarios import offline, single_stream
+from ..device.runtime.base import Runner
+from ..device.runtime.onnxrt import OnnxRuntimeRunner
+from ..recipe import Recipe
 from .compress.quantize import quantize_cpu
 from .data import DataBundle
 from .export import INPUT_NAME, export_onnx
-from .recipe import Recipe
-from .runtime.base import Runner
-from .runtime.onnxrt import OnnxRuntimeRunner
 from .torch_runners import TorchEagerRunner
 
 

@@ -24,8 +24,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from ..artifacts import atomic_path, write_text_atomic
-from ..errors import EdgekitError
+from ...artifacts import atomic_path, write_text_atomic
+from ...errors import EdgekitError
 
 METHODS = ("entropy", "percentile", "minmax")
 

@@ -13,7 +13,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from ..errors import EdgekitError
+from ...errors import EdgekitError
 from ..runtime.base import Runner, TensorSpec
 from .results import TOP1_CHECK_TOLERANCE_POINTS
 

@@ -2,7 +2,7 @@
 
 from typing import Dict
 
-from ..lazy import lazy_import
+from ...lazy import lazy_import
 
 
 def cuda_device(index: int = 0) -> Dict[str, object]:

@@ -15,8 +15,8 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from .errors import EdgekitError
-from .recipe import DataConfig
+from ..errors import EdgekitError
+from ..recipe import DataConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

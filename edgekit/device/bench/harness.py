@@ -8,8 +8,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..artifacts import sha256_file
-from ..errors import EdgekitError
+from ...artifacts import sha256_file
+from ...errors import EdgekitError
 from ..runtime.base import Runner
 from . import environment
 from .accuracy import feeding, load_eval_set, merge, score

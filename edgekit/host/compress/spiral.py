@@ -15,10 +15,10 @@ from typing import Any, Callable, Dict, List, Tuple
 
 from torch import nn
 
-from ..artifacts import config_hash, remove_if_exists, write_json_atomic
+from ...artifacts import config_hash, remove_if_exists, write_json_atomic
+from ...recipe import Recipe
 from ..data import DataBundle, evaluate_top1
 from ..models import count_macs_params, load_student, save_student
-from ..recipe import Recipe
 from .distill import distill
 from .prune import UNSTRUCTURED_NOTE, conv_sparsity, keep_masks, prune, prune_unstructured
 

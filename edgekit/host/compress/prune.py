@@ -19,7 +19,7 @@ from typing import Callable, Dict, List
 import torch
 from torch import nn
 
-from ..errors import EdgekitError
+from ...errors import EdgekitError
 from ..models import count_macs_params, width_spec_of
 
 METHODS = ("l1", "l2", "bn_scale")

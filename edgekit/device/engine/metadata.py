@@ -10,11 +10,11 @@ import os
 import time
 from typing import Any, Dict, Optional
 
-from .. import __version__
-from ..artifacts import write_json_atomic
-from ..errors import EdgekitError
+from ... import __version__
+from ...artifacts import write_json_atomic
+from ...errors import EdgekitError
 
-SCHEMA = "edgekit.engine"
+SCHEMA = "edgekit.device.engine"
 SCHEMA_VERSION = 1
 
 

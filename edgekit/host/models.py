@@ -26,7 +26,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .errors import EdgekitError
+from ..errors import EdgekitError
 
 ARCH = "resnet50"
 STUDENT_FORMAT = "edgekit.model/1"  # width spec + state_dict; teacher and students alike
@@ -288,7 +288,7 @@ def _student_from_obj(obj: Dict[str, Any], path: str) -> Tuple[nn.Module, Dict[s
 
 def save_student(path: str, model: nn.Module, meta: Optional[Dict[str, Any]] = None) -> WidthSpec:
     """Save a (pruned) ResNet-50 as width spec + state_dict, atomically."""
-    from .artifacts import atomic_path
+    from ..artifacts import atomic_path
 
     spec = width_spec_of(model)
     obj = {"format": STUDENT_FORMAT, "arch": ARCH, "num_classes": model.fc.out_features,

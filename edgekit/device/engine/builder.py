@@ -16,9 +16,9 @@ import shlex
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from ..artifacts import atomic_path, sha256_file, write_text_atomic
-from ..errors import EdgekitError
-from ..lazy import lazy_import
+from ...artifacts import atomic_path, sha256_file, write_text_atomic
+from ...errors import EdgekitError
+from ...lazy import lazy_import
 from .api import TrtApi
 from .metadata import EngineMetadata, save_metadata
 

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import EdgekitError
+from ..device.runtime.base import Runner, TensorSpec
+from ..errors import EdgekitError
+from ..lazy import lazy_import
 from .export import INPUT_NAME
-from .lazy import lazy_import
-from .runtime.base import Runner, TensorSpec
 
 
 class TorchEagerRunner(Runner):

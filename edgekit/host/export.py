@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .artifacts import atomic_path
-from .errors import EdgekitError
+from ..artifacts import atomic_path
+from ..errors import EdgekitError
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

@@ -5,8 +5,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import EdgekitError
-from ..lazy import lazy_import
+from ...errors import EdgekitError
+from ...lazy import lazy_import
 from .base import Runner, TensorSpec
 
 ORT_DTYPES = {

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from ..errors import EdgekitError
+from ...errors import EdgekitError
 
 Dim = Union[int, str, None]  # a symbolic or unknown dimension is a str or None
 

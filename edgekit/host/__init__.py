@@ -1,0 +1,2 @@
+"""The host side: PyTorch. Training, pruning, distillation, export and quantization, and the stage
+driver that runs them into one artifacts folder."""
