@@ -25,7 +25,7 @@ def test_api_generations():
     assert not xavier.builder_optimization_level and orin.builder_optimization_level
     assert not xavier.parser_error_node_name and x86.parser_error_node_name
     assert not xavier.implicit_int8_deprecated and x86.implicit_int8_deprecated
-    assert xavier.version_tag == "8502" and x86.version_tag == "10300"
+    assert xavier.version_tag == "8502" and x86.version_tag == "100300"
     with pytest.raises(EdgekitError, match="too old: edgekit needs 8.5"):
         TrtApi("8.2.1")
 

@@ -10,11 +10,11 @@ import pytest
 from conftest import REPO, edgekit_cmd
 from onnx import TensorProto, helper, numpy_helper
 
+from edgekit.device.engine.calibcache import read_calibration_cache as read_trt_calibration_cache
+from edgekit.device.engine.calibcache import version_tag
 from edgekit.errors import EdgekitError
 from edgekit.host.compress.quantize import (
     calibration_ranges,
-    read_trt_calibration_cache,
-    trt_version_tag,
     write_trt_calibration_cache,
 )
 from edgekit.trtlint import check_tensorrt_compatible, lint_model
@@ -97,9 +97,11 @@ def test_calibration_cache_holds_the_same_scales(tiny_run, tmp_path):
         assert scales[name] == pytest.approx(max(abs(low), abs(high)) / 127.0, rel=1e-6)
     # the exact text format: "<name>: <8 hex digits of the big-endian float32>"
     path = str(tmp_path / "c.cache")
-    write_trt_calibration_cache(path, {"input": (-2.54, 1.0)}, ["input"], "minmax", "10.3.0")
-    assert open(path).read() == "TRT-10300-MinMaxCalibration\ninput: 3ca3d70a\n"  # 0.02 as float32
-    assert trt_version_tag("8.5.2") == "8502"
+    # TensorRT 10 numbers its tag major*10000 + minor*100 + patch; DLA needs EntropyCalibration2 whatever
+    # method found the ranges (a MinMaxCalibration header would be skipped by an entropy calibrator)
+    write_trt_calibration_cache(path, {"input": (-2.54, 1.0)}, ["input"], "10.3.0")
+    assert open(path).read() == "TRT-100300-EntropyCalibration2\ninput: 3ca3d70a\n"  # 0.02 as float32
+    assert version_tag("8.5.2") == "8502" and version_tag("10.3") == "100300" and version_tag("8.6.1") == "8601"
 
 
 def test_quantization_report_names_layers_worst_first(tiny_run):

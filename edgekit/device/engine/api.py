@@ -56,8 +56,10 @@ class TrtApi(object):
 
     @property
     def version_tag(self) -> str:
-        """The number TensorRT writes into calibration caches: 8.5.2 -> 8502."""
-        return str(self.v[0] * 1000 + self.v[1] * 100 + self.v[2])
+        """The number TensorRT writes into calibration caches: 8.5.2 -> 8502, 10.3.0 -> 100300."""
+        from .calibcache import version_tag
+
+        return version_tag(self.version)
 
     def describe(self) -> dict:
         return {"version": self.version, "explicit_batch_flag": self.explicit_batch_flag,

@@ -18,13 +18,13 @@ import io
 import json
 import logging
 import os
-import struct
 import warnings
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from ...artifacts import atomic_path, write_text_atomic
+from ...artifacts import atomic_path
+from ...device.engine import calibcache
 from ...errors import EdgekitError
 
 METHODS = ("entropy", "percentile", "minmax")
@@ -76,41 +76,11 @@ def calibration_ranges(cache_json: str) -> Dict[str, Tuple[float, float]]:
     return out
 
 
-def trt_version_tag(version: str) -> str:
-    """'8.5.2' -> '8502', as TensorRT writes its calibration cache header."""
-    parts = [int(p) for p in (version.split(".") + ["0", "0"])[:3]]
-    return str(parts[0] * 1000 + parts[1] * 100 + parts[2])
-
-
 def write_trt_calibration_cache(path: str, ranges: Dict[str, Tuple[float, float]], tensors: Iterable[str],
-                                method: str = "entropy", trt_version: str = "8.5.2") -> int:
-    """TensorRT's calibration cache: a header line, then `<tensor>: <big-endian float32 scale hex>`.
-
-    scale = amax / 127 with amax = max(|min|, |max|). Returns the number of tensors written.
-    """
-    algorithm = "MinMaxCalibration" if method == "minmax" else "EntropyCalibration2"
-    lines = ["TRT-{}-{}".format(trt_version_tag(trt_version), algorithm)]
-    for name in tensors:
-        if name not in ranges:
-            continue
-        amax = max(abs(ranges[name][0]), abs(ranges[name][1]))
-        scale = amax / 127.0 if amax > 0 else 1.0 / 127.0
-        lines.append("{}: {}".format(name, struct.pack(">f", scale).hex()))
-    write_text_atomic(path, "\n".join(lines) + "\n")
-    return len(lines) - 1
-
-
-def read_trt_calibration_cache(path: str) -> Tuple[str, Dict[str, float]]:
-    """(header, {tensor: scale}) from a TensorRT calibration cache."""
-    with open(path, encoding="ascii") as f:
-        lines = [line.rstrip("\n") for line in f if line.strip()]
-    if not lines or not lines[0].startswith("TRT-"):
-        raise EdgekitError("{} is not a TensorRT calibration cache (no TRT-<version>-<algorithm> header)".format(path))
-    scales = {}
-    for line in lines[1:]:
-        name, _, value = line.rpartition(": ")
-        scales[name] = struct.unpack(">f", bytes.fromhex(value))[0]
-    return lines[0], scales
+                                trt_version: str = "8.5.2") -> int:
+    """TensorRT's calibration cache for `trt_version` (EntropyCalibration2, the calibrator DLA needs,
+    whatever method found the ranges). Returns the number of tensors written."""
+    return calibcache.write_calibration_cache(path, calibcache.scales_from_ranges(ranges, tensors), trt_version)
 
 
 def _graph_tensors(model) -> List[str]:  # noqa: ANN001
@@ -249,7 +219,7 @@ def quantize(fp32_path: str, out_dir: str, calibration: List[np.ndarray], method
             onnx.checker.check_model(model)
             onnx.save(model, tmp)
     fp32 = onnx.load(fp32_path)
-    tensors = write_trt_calibration_cache(paths["cache"], ranges, _graph_tensors(fp32), method, trt_version)
+    tensors = write_trt_calibration_cache(paths["cache"], ranges, _graph_tensors(fp32), trt_version)
     return {"paths": paths, "method": method, "calibration_samples": int(sum(b.shape[0] for b in calibration)),
             "residual_qdq_added": residuals, "calibrated_tensors": len(ranges), "cache_tensors": tensors}
 

@@ -1,0 +1,188 @@
+"""The artifact layout: the one place that names every file a run writes, ships or measures.
+
+What each exported model is (precision, flavour, the runtimes it is for), which ONNX feeds which engine
+on which placement, which exported model is each engine's accuracy twin, and how result files are
+named and parsed. Every other module asks here instead of spelling a file name.
+
+Python 3.8 clean and torch-free: the host writes this layout, the device reads it.
+"""
+
+import os
+import re
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+from ..errors import EdgekitError
+
+# ---- files of an artifacts folder (host side writes them; the bundle carries some to the device)
+SUMMARY = "summary.json"
+MANIFEST = "manifest.json"
+LOCK = ".edgekit.lock"
+TEACHER = "teacher.pt"
+STUDENT = "student.pt"
+ROUNDS_DIR = "rounds"
+VARIANTS_DIR = "variants"
+COMPARE_DIR = "compare"
+BUNDLE_DIR = "device_bundle"
+EVAL_SET = "eval.npz"
+CALIB_CACHE = "calib.cache"
+CALIB_RANGES = "calib.ranges.json"
+
+# ---- files of a bundle on the device
+TARGET_FILE = "target.yaml"
+JOBS_FILE = "jobs.json"
+ENGINES_DIR = "engines"
+RESULTS_DIR = "results"
+TIMING_CACHE = "timing.cache"
+BUNDLE_STAMP = ".bundle"       # inside results/: the fingerprint of the bundle the results measured
+ERROR_SUFFIX = ".error.json"   # a failed job writes results/<stem>.error.json instead of <stem>.json
+
+
+class ModelFile(NamedTuple):
+    """One exported ONNX model of the student."""
+    name: str                # short name used in summaries: fp32, fp16, int8.qdq, int8.cpu
+    path: str                # file name inside the artifacts folder and the bundle
+    precision: str           # fp32, fp16 or int8
+    flavour: str             # plain, qdq (explicit INT8 for TensorRT), cpu (u8s8 for onnxruntime)
+    runtimes: Tuple[str, ...]
+    description: str
+
+
+MODELS = (
+    ModelFile("fp32", "model.fp32.onnx", "fp32", "plain", ("tensorrt", "onnxruntime"), "tensorrt, onnxruntime"),
+    ModelFile("fp16", "model.fp16.onnx", "fp16", "plain", ("tensorrt", "onnxruntime"), "tensorrt"),
+    ModelFile("int8.qdq", "model.int8.qdq.onnx", "int8", "qdq", ("tensorrt",), "tensorrt (explicit Q/DQ)"),
+    ModelFile("int8.cpu", "model.int8.cpu.onnx", "int8", "cpu", ("onnxruntime",), "onnxruntime cpu"),
+)
+MODELS_BY_NAME = {m.name: m for m in MODELS}
+MODELS_BY_PATH = {m.path: m for m in MODELS}
+
+FP32 = MODELS_BY_NAME["fp32"].path
+FP16 = MODELS_BY_NAME["fp16"].path
+INT8_QDQ = MODELS_BY_NAME["int8.qdq"].path
+INT8_CPU = MODELS_BY_NAME["int8.cpu"].path
+# What TensorRT parses: the lint runs over these.
+TENSORRT_MODELS = tuple(m.path for m in MODELS if "tensorrt" in m.runtimes)
+
+PLACEMENTS = ("cpu", "gpu", "dla0", "dla1")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def model_file(path: str) -> Optional[ModelFile]:
+    """The exported model a file name (or path) is, or None for a variant or a foreign file."""
+    return MODELS_BY_PATH.get(os.path.basename(path))
+
+
+def precision_of(path: str) -> Optional[str]:
+    """The precision a file name says: model.int8.qdq.onnx -> int8, round1.fp32.onnx -> fp32."""
+    known = model_file(path)
+    if known:
+        return known.precision
+    for part in os.path.basename(path).split("."):
+        if part in PRECISIONS:
+            return part
+    return None
+
+
+# ---- which ONNX feeds which engine, and which exported model stands for its accuracy
+def engine_source(placement: str, precision: str) -> Optional[str]:
+    """The exported model a job at (placement, precision) runs or builds its engine from.
+
+    CPU (onnxruntime): each precision's own file, INT8 the u8s8 flavour. GPU: FP32/FP16 from their
+    files, INT8 from the explicit Q/DQ model. DLA: FP16 from the FP16 model; INT8 implicit, from the
+    FP32 graph and the calibration cache (Xavier's DLA takes no explicit Q/DQ); no FP32 on DLA (None).
+    """
+    if placement not in PLACEMENTS or precision not in PRECISIONS:
+        raise EdgekitError("no model for placement {!r} at precision {!r}".format(placement, precision))
+    if placement == "cpu":
+        return {"fp32": FP32, "fp16": FP16, "int8": INT8_CPU}[precision]
+    if placement.startswith("dla"):
+        return {"fp32": None, "fp16": FP16, "int8": FP32}[precision]
+    return {"fp32": FP32, "fp16": FP16, "int8": INT8_QDQ}[precision]
+
+
+def accuracy_twin(placement: str, precision: str) -> str:
+    """The exported model whose host-measured top-1 an engine at (placement, precision) is checked
+    against: the nearest ONNX. DLA INT8 runs the FP32 graph with calib.cache, the same calibration
+    as the Q/DQ model, so the Q/DQ model is its twin."""
+    if precision == "int8":
+        return INT8_CPU if placement == "cpu" else INT8_QDQ
+    return {"fp32": FP32, "fp16": FP16}[precision]
+
+
+def needs_calibration_cache(placement: str, precision: str) -> bool:
+    return placement.startswith("dla") and precision == "int8"
+
+
+def variant_onnx(variant: str) -> str:
+    """A variant (teacher, round<k>) exported as FP32 ONNX, relative to the artifacts folder."""
+    return "{}/{}.fp32.onnx".format(VARIANTS_DIR, variant)
+
+
+def round_checkpoint(k: int, ext: str = "pt") -> str:
+    return "{}/round{}.{}".format(ROUNDS_DIR, k, ext)
+
+
+# ---- jobs, engines and results on the device
+def job_stem(variant: str, precision: str, placement: str) -> str:
+    return "{}.{}.{}".format(variant, precision, placement)
+
+
+def engine_path(stem: str, batch: Optional[int] = None) -> str:
+    """engines/<stem>.engine, or engines/<stem>.b<batch>.engine for one static batch (DLA)."""
+    suffix = ".b{}".format(batch) if batch is not None else ""
+    return "{}/{}{}.engine".format(ENGINES_DIR, stem, suffix)
+
+
+def result_path(stem: str) -> str:
+    return "{}/{}.json".format(RESULTS_DIR, stem)
+
+
+def error_path(stem: str) -> str:
+    return "{}/{}{}".format(RESULTS_DIR, stem, ERROR_SUFFIX)
+
+
+def is_error_file(name: str) -> bool:
+    return name.endswith(ERROR_SUFFIX)
+
+
+_RUN_ID = re.compile(r"^[0-9A-Za-z-]+$")
+
+
+def stored_result_name(recipe: str, stem: str, run_id: str, error: bool = False) -> str:
+    """benchmarks/results/<target>/<recipe>.<variant>.<precision>.<placement>.<run id>[.error].json"""
+    return "{}.{}.{}{}.json".format(recipe, stem, run_id, ".error" if error else "")
+
+
+class ResultLabels(NamedTuple):
+    recipe: str
+    variant: str
+    precision: str
+    placement: str
+    run_id: str
+    error: bool
+
+
+def parse_result_name(name: str) -> Optional[ResultLabels]:
+    """The labels a stored result file's name carries, or None when it is not one of ours.
+
+    The recipe may itself contain dots; the last four fields are fixed, so they are read from the end.
+    """
+    base = os.path.basename(name)
+    if not base.endswith(".json"):
+        return None
+    parts = base[:-5].split(".")
+    error = parts[-1:] == ["error"]
+    if error:
+        parts = parts[:-1]
+    if len(parts) < 5:
+        return None
+    recipe = ".".join(parts[:-4])
+    variant, precision, placement, run_id = parts[-4:]
+    if precision not in PRECISIONS or placement not in PLACEMENTS or not _RUN_ID.match(run_id):
+        return None
+    return ResultLabels(recipe, variant, precision, placement, run_id, error)
+
+
+def describe() -> List[Dict[str, object]]:
+    """The exported models as rows (for `edgekit layout`-style listings and the README table)."""
+    return [dict(m._asdict()) for m in MODELS]
