@@ -89,3 +89,29 @@ def test_make_docker_jetson_tags_the_image_its_target_runs(jetson):
         assert build_args == {} and defaults["L4T"].upper() == target.l4t and defaults["PYTHON"] == target.python
     proc = subprocess.run(["make", "docker-jetson", "JETSON=nano"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode != 0 and "JETSON must be xavier or orin, got 'nano'" in proc.stderr
+
+
+@pytest.mark.parametrize("image", ["jetson", "host", "cpu"])
+def test_dockerfile_usage_lines_are_real_edgekit_commands(image, tmp_path):
+    """Each image's `docker run ... <image> <args>` usage line parses as an edgekit command, and a preset it names
+    is found the way the installed package finds it: from a folder that is not a checkout."""
+    from edgekit.cli import build_parser
+    from edgekit.recipe import load_recipe
+
+    # comment lines, with shell continuations ("\\" at the end) joined
+    text = "".join(line.lstrip("#").strip() + ("\n" if not line.rstrip().endswith("\\") else "")
+                   for line in open(os.path.join(REPO, "docker", image, "Dockerfile")) if line.startswith("#"))
+    usage = [line.replace("\\", " ") for line in text.splitlines() if line.startswith("docker run")]
+    assert usage, "{} has no docker run usage line".format(image)
+    for text in usage:
+        argv = shlex.split(text)
+        tag = next(i for i, a in enumerate(argv) if a.startswith("edgekit/"))
+        args = build_parser().parse_args(argv[tag + 1:])
+        assert args.func is not None
+        if getattr(args, "recipe", None):
+            cwd = os.getcwd()
+            os.chdir(str(tmp_path))
+            try:
+                assert load_recipe(args.recipe, args.set).name == args.recipe
+            finally:
+                os.chdir(cwd)
