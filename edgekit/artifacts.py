@@ -57,6 +57,19 @@ def write_json_atomic(path: str, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def read_json(path: str) -> Any:
+    """A JSON file's content, or one EdgekitError saying it is unreadable or cut short."""
+    from .errors import EdgekitError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except ValueError as exc:
+        raise EdgekitError("{} is not valid JSON ({}); was it cut short?".format(path, exc)) from None
+    except OSError as exc:
+        raise EdgekitError("cannot read {}: {}".format(path, exc.strerror or exc)) from None
+
+
 def remove_if_exists(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)

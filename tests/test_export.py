@@ -65,7 +65,9 @@ def test_tensorrt_qdq_model_follows_the_placement_rules(tiny_run):
             assert producer[node.input[0]].op_type == "DequantizeLinear"  # activation quantized
             assert producer[node.input[1]].op_type == "DequantizeLinear"  # weight quantized
             weight_dq = producer[node.input[1]]
-            assert init[weight_dq.input[1]].size == init[weight_dq.input[0]].shape[0]  # per output channel
+            weight_q = producer[weight_dq.input[0]]  # TensorRT 8.5: FP32 weights behind a Q->DQ pair
+            assert weight_q.op_type == "QuantizeLinear" and init[weight_q.input[0]].dtype == np.float32
+            assert init[weight_dq.input[1]].size == init[weight_q.input[0]].shape[0]  # per output channel
         if node.op_type == "Add":
             kinds = [producer[i].op_type for i in node.input]
             assert kinds == ["Conv", "DequantizeLinear"], (node.name, kinds)  # fusable conv+add
@@ -180,5 +182,5 @@ def test_summary_keeps_the_figures_on_disk(tiny_run):
     with open(os.path.join(out, "summary.json")) as f:
         on_disk = json.load(f)
     assert on_disk["compare"]["rows"] == summary["compare"]["rows"]
-    assert [s["name"] for s in on_disk["stages"]] == ["teacher", "compress", "evaluate", "export", "variants",
-                                                       "evalset", "compare"]
+    assert [s["name"] for s in on_disk["stages"]] == ["teacher", "compress", "evaluate", "export", "quantize",
+                                                       "measure", "variants", "evalset", "compare"]

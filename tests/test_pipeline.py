@@ -9,7 +9,7 @@ from conftest import TINY
 
 from edgekit.artifacts import sha256_file
 from edgekit.host.models import load_student, resnet50, width_spec_of
-from edgekit.host.pipeline import run
+from edgekit.host.pipeline import STAGE_NAMES, run
 from edgekit.recipe import load_recipe
 
 pytestmark = pytest.mark.slow
@@ -25,8 +25,10 @@ def test_summary_holds_the_figures_the_issue_names(tiny_run):
             assert isinstance(on_disk[role][key], (int, float))
     t, s = on_disk["teacher"], on_disk["student"]
     assert s["macs"] <= 0.5 * t["macs"] and s["params"] < t["params"]
-    assert [st["name"] for st in on_disk["stages"]] == ["teacher", "compress", "evaluate", "export", "variants",
-                                                         "evalset", "compare"]
+    assert [st["name"] for st in on_disk["stages"]] == list(STAGE_NAMES) == [
+        "teacher", "compress", "evaluate", "export", "quantize", "measure", "variants", "evalset", "compare"]
+    assert on_disk["schema"] == "edgekit.summary/1" and on_disk["quantization"]["calib_cache"] == "calib.cache"
+    assert [m["name"] for m in on_disk["models"]] == ["fp32", "fp16", "int8.qdq", "int8.cpu"]
     # the Pareto chart's other points: the teacher and the spiral's intermediate round, as FP32 ONNX
     variants = {v["name"]: v for v in on_disk["variants"]}
     assert sorted(variants) == ["round1", "teacher"]
@@ -59,7 +61,7 @@ def test_a_rerun_reuses_finished_stages(tiny_run):
     out, summary, _ = tiny_run
     lines = []
     again = run(load_recipe("digits", TINY), out, log=lines.append)
-    assert [st["reused"] for st in again["stages"]] == [True] * 7
+    assert [st["reused"] for st in again["stages"]] == [True] * len(STAGE_NAMES)
     assert again["student"]["top1"] == summary["student"]["top1"]
     assert any("[compress] up to date, reused" in line for line in lines)
 
@@ -77,6 +79,38 @@ def test_an_interrupted_spiral_resumes_at_the_round_it_lost(tiny_run, tmp_path):
     assert any(line.startswith("round 2/2: prune") for line in lines)
     assert [st["reused"] for st in again["stages"]][:2] == [True, False]
     assert again["student"]["width_spec"] == summary["student"]["width_spec"]  # pruning is deterministic
+
+
+def test_force_stage_teacher_recomputes_everything_after_it(tiny_run, tmp_path):
+    out, summary, _ = tiny_run
+    copy = str(tmp_path / "digits")
+    shutil.copytree(out, copy)
+    lines = []
+    again = run(load_recipe("digits", TINY), copy, force_stages=["teacher"], log=lines.append)
+    assert [st["name"] for st in again["stages"] if not st["reused"]] == list(STAGE_NAMES)
+    assert not any("up to date, reused" in line for line in lines)
+    # the spiral starts over from the new teacher instead of resuming the old one's rounds
+    assert any(line.startswith("round 1/2: prune") for line in lines)
+    assert not any(line.startswith("round 1/2: reused") for line in lines)
+
+
+def test_without_quantization_the_fp32_and_fp16_models_are_still_exported(tiny_run, tmp_path):
+    out, _, _ = tiny_run
+    copy = str(tmp_path / "digits")
+    shutil.copytree(out, copy)
+    for name in ("model.fp32.onnx", "model.fp16.onnx", "summary.json"):
+        os.unlink(os.path.join(copy, name))
+    lines = []
+    summary = run(load_recipe("digits", TINY + ["quantize.enabled=false"]), copy, log=lines.append)
+    ran = {st["name"]: st["reused"] for st in summary["stages"]}
+    assert ran == {"teacher": True, "compress": True, "evaluate": True, "export": False, "measure": False,
+                   "variants": True, "evalset": False}
+    assert os.path.exists(os.path.join(copy, "model.fp32.onnx")) and os.path.exists(os.path.join(copy,
+                                                                                                   "model.fp16.onnx"))
+    assert [m["name"] for m in summary["models"]] == ["fp32", "fp16"]
+    assert summary["quantization"] == {} and summary["compare"] is None
+    assert sorted(summary["eval_set"]["top1"]) == sorted(["model.fp32.onnx", "model.fp16.onnx",
+                                                          "variants/round1.fp32.onnx", "variants/teacher.fp32.onnx"])
 
 
 def _write_image_folder(root, classes=3, train_per_class=16, val_per_class=4):

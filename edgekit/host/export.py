@@ -67,6 +67,37 @@ def verify_onnx(path: str, model: nn.Module, images: torch.Tensor, threads: Opti
             "samples": int(images.shape[0])}
 
 
+# FP32 ONNX vs PyTorch: float reassociation and BatchNorm folding move logits by ~1e-6 of their scale;
+# a wrong export (a dropped layer, a stale weight, a mis-folded BatchNorm) moves them by far more.
+ATOL = 1e-3
+RTOL = 1e-3
+
+
+def check_onnx_matches(path: str, model: nn.Module, images: torch.Tensor, threads: Optional[int] = None,
+                       atol: float = ATOL, rtol: float = RTOL) -> Dict[str, float]:
+    """`verify_onnx`, failing with the numbers when the ONNX disagrees with PyTorch.
+
+    Allowed: max |difference| <= atol + rtol * max |PyTorch logit|. Top-1 disagreements count only
+    where PyTorch's top-1 leads its runner-up by more than twice that (a near tie may flip on noise).
+    """
+    model = model.eval()
+    with torch.no_grad():
+        reference = model(images).numpy()
+    got = onnx_logits(path, [images], threads)
+    diff = float(np.abs(got - reference).max())
+    allowed = atol + rtol * float(np.abs(reference).max())
+    top2 = np.sort(reference, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 2 * allowed
+    flipped = int(((got.argmax(1) != reference.argmax(1)) & clear).sum())
+    result = {"max_abs_diff": diff, "top1_agreement": float((got.argmax(1) == reference.argmax(1)).mean() * 100.0),
+              "samples": int(images.shape[0]), "allowed_abs_diff": allowed}
+    if diff > allowed or flipped:
+        raise EdgekitError("{} disagrees with PyTorch on {} images: max |logit difference| {:.3g} (allowed {:.3g}), "
+                           "top-1 agreement {:.1f}% ({} clear top-1 flips); the export is wrong, not rounded".format(
+                               path, result["samples"], diff, allowed, result["top1_agreement"], flipped))
+    return result
+
+
 def convert_fp16(src: str, dst: str) -> str:
     """FP16 weights and activations, FP32 input/output (so the same feed runs on every model)."""
     import onnx

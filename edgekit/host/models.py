@@ -20,7 +20,7 @@ import os
 import pickle
 import re
 import zipfile
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torchvision
@@ -273,11 +273,11 @@ def load_resnet50_checkpoint(path: str, num_classes: Optional[int] = None,
 
 
 def _student_from_obj(obj: Dict[str, Any], path: str) -> Tuple[nn.Module, Dict[str, Any]]:
-    spec = check_width_spec(obj.get("width_spec"))
+    spec = obj.get("width_spec")
     classes = obj.get("num_classes")
     if not isinstance(classes, int):
         raise EdgekitError("student {} has no num_classes".format(path))
-    model = resnet50_from_width_spec(spec, classes)
+    model = architecture(obj.get("arch") or ARCH).from_width_spec(spec, classes)
     try:
         model.load_state_dict(obj["state_dict"])
     except (KeyError, RuntimeError) as exc:
@@ -309,3 +309,33 @@ def load_student(path: str) -> Tuple[nn.Module, Dict[str, Any]]:
 def widths_summary(spec: WidthSpec) -> List[int]:
     """Stage output widths, for one-line logs."""
     return [spec["stem"]] + [s["out"] for s in spec["stages"]]
+
+
+# --------------------------------------------------------------------------- architectures
+
+class Architecture(NamedTuple):
+    """What the pipeline needs of a model family: the teacher stage builds or loads it, student files
+    rebuild it from their width spec (`model.arch` in the recipe, `arch` in the file)."""
+    name: str
+    build: Callable[..., nn.Module]                         # (num_classes, zero_init_residual=...) -> dense
+    from_width_spec: Callable[[WidthSpec, int], nn.Module]  # (spec, num_classes) -> model, weights random
+    load_checkpoint: Callable[..., Tuple[nn.Module, Dict[str, Any]]]   # (path, num_classes, log=...)
+
+
+ARCHITECTURES: Dict[str, Architecture] = {}
+
+
+def register_architecture(arch: Architecture) -> Architecture:
+    ARCHITECTURES[arch.name] = arch
+    return arch
+
+
+def architecture(name: str) -> Architecture:
+    """The registered architecture `name`, or one line naming the registered ones."""
+    if name not in ARCHITECTURES:
+        raise EdgekitError("unknown model.arch {!r}; registered architectures: {}".format(
+            name, ", ".join(sorted(ARCHITECTURES))))
+    return ARCHITECTURES[name]
+
+
+register_architecture(Architecture(ARCH, resnet50, resnet50_from_width_spec, load_resnet50_checkpoint))
