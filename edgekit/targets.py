@@ -26,11 +26,15 @@ class Target:
     jetpack: Optional[str] = None
     l4t: Optional[str] = None          # the device's /etc/nv_tegra_release must match (R35.4.1)
     tensorrt: Optional[str] = None
-    python: Optional[str] = None
+    python: Optional[str] = None       # major.minor the device's interpreter must be (3.8)
+    python_bin: Optional[str] = None   # the device's interpreter (default python3; deploy --device-python wins)
     cuda_arch: Optional[str] = None
     dla_cores: int = 0
     nvpmodel: Optional[int] = None     # the expected power mode (recorded, never set silently)
     power_rails: List[str] = field(default_factory=list)
+    # How the board's total power is read: "sum" adds the rails (AGX Xavier's six INA3221 rails are the
+    # board), or the name of a rail that already is the total (VDD_IN on Orin, POM_5V_IN on Nano).
+    power_total: str = "sum"
     runtime: str = _choice("native", "native", "docker")
     image: Optional[str] = None        # docker image to run the device side in
     precisions: List[str] = field(default_factory=lambda: ["fp32"])
@@ -51,6 +55,10 @@ class Target:
         need(all(int(p[3:]) < self.dla_cores for p in dla),
              "placements name DLA cores the target does not have (dla_cores: {})".format(self.dla_cores))
         need(self.runtime != "docker" or bool(self.image), "runtime docker needs an image")
+        need(bool(self.power_total) and not any(c.isspace() or c in "\"'$`;" for c in self.power_total),
+             "power_total must be sum or one rail's name (VDD_IN), got {!r}".format(self.power_total))
+        need(self.python_bin is None or (bool(self.python_bin.strip()) and not self.python_bin.startswith("-")),
+             "python_bin must be an interpreter path or name, got {!r}".format(self.python_bin))
         return self
 
     def to_dict(self) -> Dict[str, Any]:

@@ -4,7 +4,6 @@ on loopback, with a throw-away host key and client key (the "device" is this mac
 import getpass
 import json
 import os
-import re
 import shlex
 import shutil
 import socket
@@ -15,10 +14,12 @@ import time
 import pytest
 from conftest import REPO, TINY, edgekit_cmd
 
+from edgekit.deploy import deploy, reach, transport_for
+from edgekit.deploy.transport import Local, Ssh
+from edgekit.device import layout
 from edgekit.device.bench.results import load_result
 from edgekit.errors import EdgekitError
-from edgekit.remote import Ssh, check_device, device_jobs, device_script, docker_command
-from edgekit.targets import load_target
+from edgekit.targets import load_target, resolve_target_path
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -63,11 +64,11 @@ def sshd(tmp_path_factory):
     proc.wait(timeout=10)
 
 
-def _deploy_args(tiny_out, sshd, results, extra=()):
+def _deploy_args(tiny_out, sshd, results, extra=(), python=sys.executable):
     sets = [a for t in TINY for a in ("--set", t)]
-    args = sets + ["--known-hosts", sshd["known_hosts"], "--remote-python", sys.executable, "--seconds", "0.2"]
+    args = sets + ["--known-hosts", sshd["known_hosts"], "--seconds", "0.2"]
     return ["make", "-s", "deploy", "TARGET=cpu", "DEVICE=" + sshd["device"], "SSH_PORT={}".format(sshd["port"]),
-            "SSH_KEY=" + sshd["key"], "OUT=" + tiny_out, "RESULTS=" + results,
+            "SSH_KEY=" + sshd["key"], "OUT=" + tiny_out, "RESULTS=" + results, "DEVICE_PYTHON=" + python,
             "DASHBOARD=" + os.path.join(results, "dashboard.html"),
             "ARGS=" + " ".join(shlex.quote(a) for a in list(args) + list(extra))]
 
@@ -77,9 +78,10 @@ def _fetched(results, target="cpu"):
     folder = os.path.join(results, target)
     found = {}
     for name in sorted(os.listdir(folder)):
-        recipe, variant, precision, placement, run_id, ext = name.split(".")
-        assert (recipe, ext) == ("digits", "json") and len(run_id) == 22, name
-        found["{}.{}.{}".format(variant, precision, placement)] = os.path.join(folder, name)
+        labels = layout.parse_result_name(name)
+        assert labels and labels.recipe == "digits" and len(labels.run_id) == 22, name
+        if not labels.error:
+            found[layout.job_stem(labels.variant, labels.precision, labels.placement)] = os.path.join(folder, name)
     return found
 
 
@@ -154,23 +156,42 @@ def test_make_deploy_without_a_device_runs_the_same_device_script_here(tiny_run,
 
 
 @pytest.mark.slow
-def test_a_failing_job_is_named_and_the_others_are_still_filed(tiny_run, tmp_path):
-    from edgekit.remote import deploy
-    from edgekit.targets import resolve_target_path
-
+def test_a_failing_job_says_why_and_the_others_are_measured_and_stored(tiny_run, tmp_path):
     out, _, _ = tiny_run
     broken = str(tmp_path / "digits")
     shutil.copytree(out, broken, ignore=shutil.ignore_patterns("device_bundle"))
     with open(os.path.join(broken, "model.fp16.onnx"), "wb") as f:
         f.write(b"not an onnx model")
     results = str(tmp_path / "results")
+    target = load_target("cpu")
     lines = []
-    with pytest.raises(EdgekitError, match=r"running the benchmarks failed: jobs failed: student\.fp16\.cpu"):
-        deploy(broken, load_target("cpu"), resolve_target_path("cpu"), results_root=results, seconds=0.05,
-               log=lines.append)
+    reached = reach(target, transport_for(target, "digits", broken, None), sys.executable, log=lines.append)
+    with pytest.raises(EdgekitError, match=r"^1 of 5 job\(s\) failed on here: student\.fp16\.cpu \(reasons above"):
+        deploy(broken, target, resolve_target_path("cpu"), reached, recipe="digits", results_root=results,
+               seconds=0.05, log=lines.append)
+    # the job's own error line, from the bench step that failed on the device
+    assert "[failed] student.fp16.cpu (bench): edgekit: error: model.fp16.onnx is not a valid ONNX model for " \
+           "onnxruntime" in "\n".join(lines)
+    assert any(line.startswith("[fetch] 4 result file(s), 1 failure(s)") for line in lines)
     assert sorted(_fetched(results)) == ["round1.fp32.cpu", "student.fp32.cpu", "student.int8.cpu",
                                          "teacher.fp32.cpu"]
-    assert any(line.startswith("[fetch] 4 result file(s)") for line in lines)
+    (error_file,) = [n for n in os.listdir(os.path.join(results, "cpu")) if n.endswith(".error.json")]
+    assert error_file.startswith("digits.student.fp16.cpu.")
+    assert [n for n in os.listdir(os.path.join(broken, "device_bundle", "results")) if n.endswith(".json")] == []
+    # the failure is in the results store: `edgekit results` and the dashboard's data show it with the reason
+    proc = subprocess.run(edgekit_cmd("results", "--results", results), capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    failed = [line for line in proc.stdout.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1 and " cpu student.fp16.cpu at bench " in failed[0]
+    assert "model.fp16.onnx is not a valid ONNX model" in failed[0] and "4 of 4 runs, 1 failed job(s)" in proc.stdout
+    from edgekit.report.dashboard import page_data
+
+    data = page_data(results)
+    assert len(data["runs"]) == 4 and data["problems"] == []
+    (failure,) = data["failures"]
+    assert (failure["recipe"], failure["variant"], failure["precision"], failure["placement"], failure["stage"]) == (
+        "digits", "student", "fp16", "cpu", "bench")
+    assert failure["message"].startswith("model.fp16.onnx is not a valid ONNX model")
 
 
 @pytest.mark.slow
@@ -204,73 +225,94 @@ def test_unreachable_device_and_missing_docker_are_one_line_and_touch_nothing(ti
     assert sorted(os.listdir(str(results))) == ["cpu"]
 
 
-def test_what_each_target_measures():
-    jobs = {j.stem: j for j in device_jobs(load_target("xavier"), ["teacher", "round1"])}
-    assert sorted(jobs) == ["round1.fp16.gpu", "student.fp16.dla0", "student.fp16.dla1", "student.fp16.gpu",
-                            "student.int8.dla0", "student.int8.dla1", "student.int8.gpu", "teacher.fp16.gpu"]
-    assert jobs["student.int8.gpu"].source == "model.int8.qdq.onnx"  # explicit Q/DQ on the GPU
-    assert jobs["student.int8.dla0"].source == "model.fp32.onnx"  # implicit INT8 + calib.cache on DLA
-    assert jobs["teacher.fp16.gpu"].source == "variants/teacher.fp32.onnx"
-    cpu = [j.stem for j in device_jobs(load_target("cpu"), ["teacher"])]
-    assert cpu == ["student.fp32.cpu", "student.fp16.cpu", "student.int8.cpu", "teacher.fp32.cpu"]
+@pytest.fixture(scope="module")
+def python_without_onnxruntime(tmp_path_factory):
+    """A venv of this Python that sees numpy and pyyaml (linked in via a .pth folder) but no onnxruntime."""
+    home = tmp_path_factory.mktemp("devpy")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(home / "venv")], check=True)
+    shared = home / "shared"
+    shared.mkdir()
+    import numpy
+    import yaml
+
+    for module in (numpy, yaml):
+        folder = os.path.dirname(module.__file__)
+        os.symlink(folder, str(shared / os.path.basename(folder)))
+        libs = folder + ".libs"  # numpy's bundled shared libraries, where the wheel has them
+        if os.path.isdir(libs):
+            os.symlink(libs, str(shared / os.path.basename(libs)))
+    python = str(home / "venv" / "bin" / "python")
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    with open(os.path.join(site, "shared.pth"), "w") as f:
+        f.write(str(shared) + "\n")
+    probe = subprocess.run([python, "-c", "import numpy, yaml\ntry:\n import onnxruntime\nexcept ImportError:\n"
+                            " print('no ort')"], capture_output=True, text=True)
+    assert probe.stdout.strip() == "no ort", probe.stderr
+    return python
 
 
-def test_device_commands_quote_everything():
-    xavier = load_target("xavier")
-    script = device_script(xavier, "edgekit-deploy/my recipe; rm -rf ~", "python3", ["teacher"])
-    assert "cd 'edgekit-deploy/my recipe; rm -rf ~'" in script
-    assert "build-engine model.int8.qdq.onnx --precision int8 --out engines/student.int8.gpu.engine " \
-           "--timing-cache timing.cache --max-batch 32" in script
-    assert "build-engine model.fp32.onnx --precision int8 --out engines/student.int8.dla0.engine --timing-cache " \
-           "timing.cache --max-batch 32 --dla 0 --calib calib.cache" in script
-    assert "build-engine variants/teacher.fp32.onnx --precision fp16 --out engines/teacher.fp16.gpu.engine" in script
-    assert "fp32.dla1" not in script  # DLA runs FP16/INT8 only
-    # an INT8 engine's top-1 is the Q/DQ model's (same calibration); a DLA FP16 engine's the FP16 model's
-    assert "bench engines/student.int8.dla1.engine --summary summary.json --accuracy-from model.int8.qdq.onnx" in script
-    assert "bench engines/student.fp16.dla0.engine --summary summary.json --accuracy-from model.fp16.onnx" in script
-    assert "|| { echo 'edgekit: job student.fp16.gpu failed (above)' >&2; failed=\"$failed \"student.fp16.gpu; }" \
-        in script
-    assert script.endswith('if [ -n "$failed" ]; then echo "jobs failed:$failed" >&2; exit 3; fi')
-    assert "if [ -s results/student.int8.gpu.json ]; then echo '[run] student.int8.gpu already measured, kept'" \
-        in script
-    # Inside the image: the same script, at /work, passed to sh -c as one quoted word.
-    wrapped = docker_command(xavier, "edgekit-deploy/digits", device_script(xavier, "/work", "python3"))
-    cd, remove, run = wrapped.split(" && ", 2)
-    assert cd == "cd edgekit-deploy/digits"
-    # a container left measuring by a dropped connection is removed before the new one starts
-    assert remove == "{ docker rm -f edgekit-digits >/dev/null 2>&1 || true; }"
-    words = shlex.split(run)
-    assert words[:7] == ["docker", "run", "--rm", "--name", "edgekit-digits", "--runtime", "nvidia"]
-    assert words[words.index("--entrypoint") + 1:words.index("--entrypoint") + 4] == [
-        "/bin/sh", "edgekit/jetson:r35.4.1", "-c"]
-    assert words[-1] == device_script(xavier, "/work", "python3")
-    ssh = Ssh("nvidia@xavier.local", 2222, None)
-    assert ssh.ssh("true")[-2:] == ["nvidia@xavier.local", "true"] and "-p" in ssh.ssh("true")
-    with pytest.raises(Exception, match="DEVICE must look like user@host"):
-        Ssh("-oProxyCommand=evil")
+@pytest.mark.slow
+def test_a_device_python_without_onnxruntime_stops_at_check_in_seconds(tiny_run, sshd, tmp_path,
+                                                                       python_without_onnxruntime):
+    out, _, _ = tiny_run
+    results = str(tmp_path / "results")
+    remote_dir = os.path.join(os.path.expanduser("~" + getpass.getuser()), "edgekit-deploy", "digits")
+    shutil.rmtree(remote_dir, ignore_errors=True)
+    started = time.time()
+    args = [a for t in TINY for a in ("--set", t)]
+    proc = subprocess.run(edgekit_cmd("deploy", "--target", "cpu", "--device", sshd["device"], "--ssh-port",
+                                      str(sshd["port"]), "--ssh-key", sshd["key"], "--known-hosts", sshd["known_hosts"],
+                                      "--device-python", python_without_onnxruntime, "--out", out, "--results", results,
+                                      *args), capture_output=True, text=True, cwd=REPO, timeout=300)
+    seconds = time.time() - started
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert errors == ["edgekit: error: {}'s Python ({}) has no onnxruntime: install it there: {} -m pip install "
+                      "onnxruntime (or point --device-python / python_bin at an interpreter that has it)".format(
+                          sshd["device"], python_without_onnxruntime, python_without_onnxruntime)]
+    assert "[check] reaching" in proc.stdout and "[host]" not in proc.stdout and "[bundle]" not in proc.stdout
+    assert not os.path.exists(remote_dir) and not os.path.exists(results)  # nothing copied, nothing fetched
+    assert seconds < 60, seconds  # a cold `edgekit` start included; the check itself is one round trip
 
 
-XAVIER_OK = {"arch": "aarch64", "free_kb": str(20 << 20), "l4t": "# R35 (release), REVISION: 4.1, GCID: 33958178",
-             "nvpmodel": "NV Power Mode: MAXN 0", "docker": '{"io.containerd.runc.v2":{},"nvidia":{"path":"x"}}',
-             "image": "yes", "sha256sum": "yes"}
-
-
-@pytest.mark.parametrize("change, message", [
-    ({"docker": "none"}, "has no Docker; install docker and the nvidia container runtime"),
-    ({"docker": "permission denied while trying to connect"}, "may not use Docker; add it to the docker group"),
-    ({"docker": "down: Cannot connect to the Docker daemon"}, "has Docker but its daemon does not answer"),
-    # `docker info --format` prints null on stdout before the error on stderr: only the error is shown
-    ({"docker": "down: null Cannot connect to the Docker daemon"}, "does not answer (Cannot connect to the Docker"),
-    ({"docker": '{"runc":{}}'}, "Docker has no nvidia runtime; install nvidia-container-toolkit"),
-    ({"l4t": "# R32 (release), REVISION: 7.4"}, "runs # R32 (release), REVISION: 7.4 but target xavier is for L4T "
-                                                "R35.4.1"),
-    ({"l4t": ""}, "runs no L4T but target xavier"),
-    ({"image": "no"}, "has no image edgekit/jetson:r35.4.1; build it there first: make docker-jetson"),
-    ({"free_kb": "102400"}, "has 100 MiB free in its home folder"),
-    ({"arch": "x86_64"}, "target xavier is aarch64 but nvidia@xavier is x86_64"),
-])
-def test_device_checks_refuse_with_the_reason(change, message):
-    xavier = load_target("xavier")
-    check_device(xavier, "nvidia@xavier", XAVIER_OK)  # a ready Xavier passes
-    with pytest.raises(EdgekitError, match=re.escape(message)):
-        check_device(xavier, "nvidia@xavier", dict(XAVIER_OK, **change))
+@pytest.mark.parametrize("kind", ["local", "ssh"])
+def test_local_and_ssh_transports_run_the_same_flow(kind, request, tmp_path):
+    """put (only what changed), run in the work folder, list, fetch and clear results: one code path."""
+    if kind == "ssh":
+        sshd = request.getfixturevalue("sshd")
+        workdir = "edgekit-deploy/transport-test-{}".format(os.getpid())
+        transport = Ssh(sshd["device"], workdir, sshd["port"], sshd["key"], known_hosts=sshd["known_hosts"])
+        there = os.path.join(os.path.expanduser("~" + getpass.getuser()), workdir)
+    else:
+        transport = Local(str(tmp_path / "device"))
+        there = transport.workdir
+    bundle = tmp_path / "bundle"
+    (bundle / "variants").mkdir(parents=True)
+    (bundle / "a.txt").write_text("a")
+    (bundle / "variants" / "b.onnx").write_text("b")
+    files = ["a.txt", "variants/b.onnx"]
+    lines = []
+    try:
+        assert transport.put(str(bundle), files, True, lines.append) == files
+        assert transport.put(str(bundle), files, True, lines.append) == []  # a re-run sends nothing
+        # the host replaces files (atomic writes), so a hard-linked bundle file is not changed in place
+        (bundle / "a.new").write_text("changed")
+        os.replace(str(bundle / "a.new"), str(bundle / "a.txt"))
+        assert transport.put(str(bundle), files, True, lines.append) == ["a.txt"]
+        assert lines[1] == "[copy] {} already has all 2 files".format(transport.label)
+        transport.run("cat a.txt > {0}/x.json && echo e > {0}/x.error.json && echo n > {0}/note.txt".format(
+            layout.RESULTS_DIR), "writing results")
+        names = transport.list_results()
+        assert names == ["results/x.error.json", "results/x.json"]
+        transport.fetch(names, str(tmp_path / "fetched"))
+        assert (tmp_path / "fetched" / "x.json").read_text() == "changed"
+        transport.clear(names)
+        assert sorted(os.listdir(os.path.join(there, "results"))) == ["note.txt"]
+        failed = transport.run("exit 7", "a failing step", check=False)
+        assert failed.returncode == 7
+        with pytest.raises(EdgekitError, match="a failing step failed: exit status 7"):
+            transport.run("exit 7", "a failing step")
+    finally:
+        if kind == "ssh":
+            shutil.rmtree(there, ignore_errors=True)

@@ -28,6 +28,7 @@ from edgekit.report.store import INDEX_NAME, build_index, query_runs, regression
 XSS_VARIANT = '<img src=x onerror="window.__pwned=1">'
 XSS_RECIPE = "digits</script><script>window.__pwned=2</script>"
 XSS_MODEL = '<svg onload="window.__pwned=3">.int8.onnx'  # a legal file name
+XSS_FAILURE = 'model.fp16.onnx is not a valid ONNX model <img src=x onerror="window.__pwned=4">'
 VALID_RUNS = 7
 
 
@@ -85,6 +86,14 @@ def results(tmp_path_factory):
         json.dump(wrong, f)
     with open(os.path.join(root, "cpu", "truncated.json"), "w") as f:
         f.write(text[: len(text) // 2])
+    # a device job that failed (what `edgekit run-jobs` writes and deploy fetches): listed, not a problem
+    failure = {"schema": "edgekit.job-error", "schema_version": 1, "run_id": "20260101-000000-f00f00",
+               "created": "2026-01-01T00:00:00+00:00", "stem": "student.fp16.cpu", "stage": "bench",
+               "message": XSS_FAILURE, "command": ["python3", "-m", "edgekit.cli", "bench"], "exit_code": 2,
+               "labels": {"variant": "student", "precision": "fp16", "placement": "cpu", "target": "cpu",
+                          "recipe": "digits"}}
+    with open(os.path.join(root, "cpu", "digits.student.fp16.cpu.20260101-000000-f00f00.error.json"), "w") as f:
+        json.dump(failure, f)
     return root
 
 
@@ -104,7 +113,15 @@ def test_store_indexes_every_valid_file_and_reports_the_bad_ones(results):
     assert rails == {"GPU", "CPU", "SOC", "CV", "VDDRQ", "SYS5V"}
     watts = con.execute("SELECT total_w, mj_per_inference, power_mode FROM runs WHERE target = 'xavier'").fetchall()
     assert all(w[0] == pytest.approx(0.456 + 0.918 + 1.530 + 0 + 0.459 + 1.550, rel=0.01) and w[1] > 0 for w in watts)
+    # the failed device job: in its own table, with the reason; not a run, not a problem
+    assert con.execute("SELECT target, recipe, variant, precision, placement, stage, message, exit_code "
+                       "FROM failures").fetchall() == [("cpu", "digits", "student", "fp16", "cpu", "bench",
+                                                        XSS_FAILURE, 2)]
     con.close()
+    from edgekit.report.store import query_failures
+
+    assert len(query_failures(index["path"], target="cpu", precision="fp16")) == 1
+    assert query_failures(index["path"], target="xavier") == []
 
     # The JSON files are the source of truth: the index can go and come back the same.
     os.unlink(index["path"])
@@ -153,7 +170,9 @@ def test_results_command_filters_and_writes_csv(results):
     proc = subprocess.run(edgekit_cmd("results", "--results", results, "--target", "cpu"), capture_output=True,
                           text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
-    assert "5 of {} runs".format(VALID_RUNS) in proc.stdout
+    assert "5 of {} runs, 1 failed job(s)".format(VALID_RUNS) in proc.stdout
+    (failed,) = [line for line in proc.stdout.splitlines() if line.startswith("FAILED")]
+    assert "cpu student.fp16.cpu at bench (20260101-000000-f00f00): " + XSS_FAILURE in failed
     assert proc.stderr.count("edgekit: skipped") == 2 and "wrong-version.json" in proc.stderr
 
     proc = subprocess.run(edgekit_cmd("results", "--results", results, "--csv", "--precision", "fp16"),
@@ -247,6 +266,9 @@ def test_dashboard_renders_in_headless_chromium_without_errors_or_network(result
             rows = page.locator("#runs-table tbody tr.run")
             assert rows.count() == VALID_RUNS
             assert page.locator("#problems li").count() == 2
+            assert page.locator("#failures-section").is_visible()
+            failed = page.locator("#failures-table tbody td").all_text_contents()
+            assert XSS_FAILURE in failed and "bench" in failed  # the reason, as text
             cells = page.locator("#runs-table tbody td").all_text_contents()
             assert XSS_VARIANT in cells and XSS_RECIPE in cells  # shown as text, not run
             assert XSS_VARIANT in page.locator("#chart-pareto").text_content()  # chart labels too

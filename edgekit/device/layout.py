@@ -133,6 +133,15 @@ def engine_path(stem: str, batch: Optional[int] = None) -> str:
     return "{}/{}{}.engine".format(ENGINES_DIR, stem, suffix)
 
 
+# DLA engines are static, one per batch: `edgekit bench` opens them from this pattern, one per swept batch.
+BATCH_PLACEHOLDER = "{batch}"
+
+
+def engine_pattern(stem: str) -> str:
+    """engines/<stem>.b{batch}.engine: engine_path(stem, B) for each batch B."""
+    return "{}/{}.b{}.engine".format(ENGINES_DIR, stem, BATCH_PLACEHOLDER)
+
+
 def result_path(stem: str) -> str:
     return "{}/{}.json".format(RESULTS_DIR, stem)
 

@@ -59,6 +59,23 @@
     });
   }
 
+  // ---- failed device jobs: what failed, at which step, and the job's own error line (text only)
+  var failures = DATA.failures || [];
+  if (failures.length) {
+    document.getElementById("failures-section").hidden = false;
+    var ftable = document.getElementById("failures-table");
+    var fhead = ftable.tHead.insertRow();
+    var FCOLUMNS = [["created", "created"], ["target", "target"], ["recipe", "recipe"], ["variant", "variant"],
+      ["precision", "precision"], ["placement", "placement"], ["stage", "failed at"], ["message", "reason"],
+      ["run_id", "run"]];
+    FCOLUMNS.forEach(function (c) { fhead.appendChild(el("th", c[1])); });
+    failures.forEach(function (f) {
+      var tr = ftable.tBodies[0].insertRow();
+      tr.className = "failed";
+      FCOLUMNS.forEach(function (c) { tr.appendChild(el("td", f[c[0]] == null ? "-" : String(f[c[0]]))); });
+    });
+  }
+
   // ---- runs table: sortable, filterable, details row with the environment
   var COLUMNS = [
     ["created", "created"], ["target", "target"], ["recipe", "recipe"], ["variant", "variant"],

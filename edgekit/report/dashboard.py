@@ -67,6 +67,7 @@ def page_data(results_root: str, threshold: float = 0.10, index_path: Optional[s
         "edgekit": __version__, "results_root": os.path.abspath(results_root), "index": index["path"],
         "threshold": threshold, "metrics": [{"key": k, "better": d, "label": label} for k, d, label in METRICS],
         "series_keys": list(SERIES), "runs": runs, "problems": index["problems"], "regressions": flagged,
+        "failures": index["failures"],
     })
 
 
@@ -93,7 +94,7 @@ def write_dashboard(results_root: str, out_path: str, threshold: float = 0.10,
     """Index the results, write the page atomically; return {path, runs, problems, regressions}."""
     data = page_data(results_root, threshold, index_path)
     write_text_atomic(out_path, render(data))
-    return {"path": out_path, "runs": len(data["runs"]), "problems": data["problems"],
+    return {"path": out_path, "runs": len(data["runs"]), "problems": data["problems"], "failures": data["failures"],
             "regressions": data["regressions"], "index": data["index"]}
 
 
@@ -101,6 +102,9 @@ def describe(summary: Dict[str, Any]) -> List[str]:
     lines = ["dashboard: {} runs -> {} (index {})".format(summary["runs"], summary["path"], summary["index"])]
     for problem in summary["problems"]:
         lines.append("skipped {}: {}".format(problem["file"], problem["reason"]))
+    for failure in summary.get("failures", []):
+        lines.append("failed: {} {}.{}.{} at {}: {}".format(failure["target"], failure["variant"], failure["precision"],
+                                                          failure["placement"], failure["stage"], failure["message"]))
     for f in summary["regressions"]:
         if f["metric"] == "top1_vs_host":
             lines.append("accuracy: run {} scored {}% on the eval images, {:.2f} points below the host's {}% for "

@@ -16,6 +16,8 @@ import tempfile
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..device.bench.results import TOP1_CHECK_TOLERANCE_POINTS, load_result, result_rows
+from ..device.jobs import load_error
+from ..device.layout import is_error_file
 from ..errors import EdgekitError
 
 INDEX_NAME = "index.sqlite"
@@ -32,7 +34,14 @@ RUN_COLUMNS = [
     ("p90_ms", "REAL"), ("p95_ms", "REAL"), ("p99_ms", "REAL"), ("max_ms", "REAL"), ("mean_ms", "REAL"),
     ("qps", "REAL"), ("best_batch", "INTEGER"), ("best_throughput", "REAL"), ("total_w", "REAL"),
     ("idle_w", "REAL"), ("mj_per_inference", "REAL"), ("inferences_per_joule", "REAL"), ("power_status", "TEXT"),
+    ("throttled", "INTEGER"),  # a measured window's clocks dropped or a zone reached a trip point (1), none (0)
     ("environment", "TEXT"),
+]
+# A device job that failed (results/<stem>.error.json, fetched by deploy): what and why.
+FAILURE_COLUMNS = [
+    ("run_id", "TEXT PRIMARY KEY"), ("file", "TEXT"), ("created", "TEXT"), ("target", "TEXT"), ("recipe", "TEXT"),
+    ("variant", "TEXT"), ("precision", "TEXT"), ("placement", "TEXT"), ("stage", "TEXT"), ("message", "TEXT"),
+    ("command", "TEXT"), ("exit_code", "INTEGER"),
 ]
 MEASUREMENT_COLUMNS = [
     ("run_id", "TEXT"), ("scenario", "TEXT"), ("batch", "INTEGER"), ("queries", "INTEGER"), ("p50_ms", "REAL"),
@@ -115,6 +124,7 @@ def flatten(result: Dict[str, Any], file: str, folder_target: Optional[str] = No
         "mj_per_inference": power.get("mj_per_inference"),
         "inferences_per_joule": power.get("inferences_per_joule"),
         "power_status": power.get("status") or ("unavailable" if not result.get("power_source") else None),
+        "throttled": {True: 1, False: 0}.get(result.get("throttled")),  # type: ignore[arg-type]
         "environment": json.dumps(env, sort_keys=True, default=str),
     }
 
@@ -129,6 +139,8 @@ def scan(results_root: str) -> Tuple[List[Tuple[str, Dict[str, Any]]], List[Dict
         rel = os.path.relpath(path, results_root)
         if any(part.startswith(".") for part in rel.split(os.sep)):
             continue  # staging folders of a fetch in progress
+        if is_error_file(rel):
+            continue  # a failed job's error file: scan_failures reads those
         try:
             result = load_result(path)
         except EdgekitError as exc:
@@ -140,6 +152,58 @@ def scan(results_root: str) -> Tuple[List[Tuple[str, Dict[str, Any]]], List[Dict
         seen[result["run_id"]] = rel
         found.append((rel, result))
     return found, problems
+
+
+def failure_row(error: Dict[str, Any], file: str, folder_target: Optional[str] = None) -> Dict[str, Any]:
+    labels = error.get("labels") or {}
+    command = error.get("command")
+    return {
+        "run_id": error["run_id"], "file": file, "created": error.get("created"),
+        "target": labels.get("target") or folder_target or "local", "recipe": labels.get("recipe") or "",
+        "variant": labels.get("variant"), "precision": labels.get("precision"), "placement": labels.get("placement"),
+        "stage": error.get("stage"), "message": error.get("message"),
+        "command": " ".join(str(c) for c in command) if isinstance(command, list) else _text(command),
+        "exit_code": error.get("exit_code") if isinstance(error.get("exit_code"), int) else None,
+    }
+
+
+def scan_failures(results_root: str) -> Tuple[List[Dict[str, Any]], List[Dict[str, str]]]:
+    """Every failed job's error file under `results_root`: ([failure rows], [{file, reason}])."""
+    failures: List[Dict[str, Any]] = []
+    problems: List[Dict[str, str]] = []
+    for path in sorted(glob.glob(os.path.join(results_root, "**", "*.json"), recursive=True)):
+        rel = os.path.relpath(path, results_root)
+        if not is_error_file(rel) or any(part.startswith(".") for part in rel.split(os.sep)):
+            continue
+        try:
+            failures.append(failure_row(load_error(path), rel, _folder_target(rel)))
+        except EdgekitError as exc:
+            problems.append({"file": rel, "reason": str(exc).replace(path, "").strip(" :") or str(exc)})
+    return failures, problems
+
+
+def query_failures(db_path: str, target: Optional[str] = None, variant: Optional[str] = None,
+                   precision: Optional[str] = None, recipe: Optional[str] = None) -> List[Dict[str, Any]]:
+    """Failed device jobs from the index, oldest first, filtered like `query_runs`."""
+    where, args = [], []
+    for column, value in (("target", target), ("variant", variant), ("precision", precision), ("recipe", recipe)):
+        if value:
+            where.append("{} = ?".format(column))
+            args.append(value)
+    con = sqlite3.connect(pathlib.Path(db_path).resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        con.row_factory = sqlite3.Row
+        sql = "SELECT * FROM failures{} ORDER BY created, run_id".format(
+            " WHERE " + " AND ".join(where) if where else "")
+        return [dict(row) for row in con.execute(sql, args)]
+    finally:
+        con.close()
+
+
+def format_failures(failures: Iterable[Dict[str, Any]]) -> str:
+    return "\n".join("FAILED {} {} {}.{}.{} at {} ({}): {}".format(
+        _cell(f.get("created")), f.get("target"), f.get("variant"), f.get("precision"), f.get("placement"),
+        f.get("stage"), f.get("run_id"), f.get("message")) for f in failures)
 
 
 def _folder_target(rel: str) -> Optional[str]:
@@ -154,6 +218,8 @@ def build_index(results_root: str, db_path: Optional[str] = None) -> Dict[str, A
         raise EdgekitError("no results folder {}: run make deploy (or edgekit bench --out) first".format(
             results_root))
     scanned, problems = scan(results_root)
+    failures, unreadable = scan_failures(results_root)
+    problems += unreadable
     found, runs, measured = [], [], []
     for rel, result in scanned:
         try:  # the schema check covers what is read below; anything it missed skips one file, not all
@@ -180,6 +246,11 @@ def build_index(results_root: str, db_path: Optional[str] = None) -> Dict[str, A
                 ", ".join("{} {}".format(n, t) for n, t in MEASUREMENT_COLUMNS)))
             con.execute("CREATE TABLE rails (run_id TEXT, scenario TEXT, batch INTEGER, rail TEXT, watts REAL)")
             con.execute("CREATE TABLE problems (file TEXT, reason TEXT)")
+            con.execute("CREATE TABLE failures ({})".format(
+                ", ".join("{} {}".format(n, t) for n, t in FAILURE_COLUMNS)))
+            fnames = [n for n, _ in FAILURE_COLUMNS]
+            con.executemany("INSERT OR REPLACE INTO failures VALUES ({})".format(", ".join("?" * len(fnames))),
+                            [[f[n] for n in fnames] for f in failures])
             con.execute("CREATE INDEX runs_series ON runs ({}, created)".format(", ".join(SERIES)))
             con.executemany("INSERT INTO meta VALUES (?, ?)", [
                 ("index_version", str(INDEX_VERSION)), ("results_root", os.path.abspath(results_root)),
@@ -203,7 +274,8 @@ def build_index(results_root: str, db_path: Optional[str] = None) -> Dict[str, A
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return {"runs": runs, "problems": problems, "path": db_path, "results": dict((r["run_id"], r) for _, r in found)}
+    return {"runs": runs, "problems": problems, "path": db_path, "results": dict((r["run_id"], r) for _, r in found),
+            "failures": failures}
 
 
 def measurement_rows(result: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -309,7 +381,7 @@ def regressions(runs: Sequence[Dict[str, Any]], threshold: float = 0.10,
 
 
 TABLE_COLUMNS = ("created", "target", "recipe", "variant", "precision", "placement", "runner", "top1", "p50_ms",
-                 "p99_ms", "best_throughput", "total_w", "mj_per_inference", "power_mode", "run_id")
+                 "p99_ms", "best_throughput", "total_w", "mj_per_inference", "power_mode", "throttled", "run_id")
 
 
 def format_table(runs: Iterable[Dict[str, Any]], flagged: Sequence[Dict[str, Any]] = ()) -> str:

@@ -1,0 +1,115 @@
+"""What a target measures, as jobs: each a variant at a precision on a placement, with its steps.
+
+The plan is data (jobs.json): the device's runner (`edgekit run-jobs`, edgekit.device.jobs) executes
+it step by step. File names come from edgekit.device.layout only.
+
+GPU jobs build one engine with a dynamic batch profile (--max-batch). DLA jobs build one static
+engine per batch size: TensorRT's DLA wants min = opt = max, and with a dynamic profile every DLA
+layer falls back to the GPU. Their bench step gets the engines as a `{batch}` pattern.
+"""
+
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set
+
+from ..device import layout
+from ..device.jobs import JOBS_SCHEMA, SCHEMA_VERSION
+from ..targets import Target
+
+
+class Job(NamedTuple):
+    variant: str
+    precision: str
+    placement: str
+    source: str          # the ONNX it runs (CPU) or builds its engine(s) from
+    accuracy_from: str   # the exported model whose top-1 stands for this job's
+
+    @property
+    def stem(self) -> str:
+        return layout.job_stem(self.variant, self.precision, self.placement)
+
+    @property
+    def on_dla(self) -> bool:
+        return self.placement.startswith("dla")
+
+    def engines(self, batches: Sequence[int]) -> List[Optional[int]]:
+        """The static batch of each engine this job builds ([None]: one dynamic engine; []: none)."""
+        if self.placement == "cpu":
+            return []
+        return sorted(set(batches)) if self.on_dla else [None]
+
+    def model(self) -> str:
+        """What the bench step opens: the ONNX, the engine, or the per-batch engine pattern."""
+        if self.placement == "cpu":
+            return self.source
+        if self.on_dla:
+            return layout.engine_pattern(self.stem)
+        return layout.engine_path(self.stem)
+
+
+def plan_jobs(target: Target, variants: Sequence[str] = ()) -> List[Job]:
+    """The student at each precision on each placement, plus the teacher and the spiral's intermediate
+    rounds (`variants`) at one precision on the first placement, for the accuracy/latency chart.
+
+    Variants have no calibration of their own: the CPU measures them in FP32, accelerators in FP16.
+    """
+    jobs: List[Job] = []
+    for placement in target.placements:
+        for precision in target.precisions:
+            source = layout.engine_source(placement, precision)
+            if source is None:
+                continue  # DLA runs FP16 and INT8 only
+            jobs.append(Job("student", precision, placement, source, layout.accuracy_twin(placement, precision)))
+    if variants and jobs:
+        placement = jobs[0].placement
+        precision = "fp32" if placement == "cpu" else "fp16"
+        for variant in variants:
+            onnx = layout.variant_onnx(variant)
+            jobs.append(Job(variant, precision, placement, onnx, onnx))
+    return jobs
+
+
+def build_argv(job: Job, target: Target, batch: Optional[int]) -> List[str]:
+    argv = ["build-engine", job.source, "--precision", job.precision,
+            "--out", layout.engine_path(job.stem, batch), "--timing-cache", layout.TIMING_CACHE]
+    if batch is None:
+        argv += ["--max-batch", str(max(target.batches))]
+    else:
+        argv += ["--batch", str(batch)]
+    if job.on_dla:
+        argv += ["--dla", job.placement[3:]]
+        if layout.needs_calibration_cache(job.placement, job.precision):
+            argv += ["--calib", layout.CALIB_CACHE]
+    return argv
+
+
+def bench_argv(job: Job, target: Target, seconds: float, power_total_flag: bool = True) -> List[str]:
+    argv = ["bench", job.model(), "--summary", layout.SUMMARY, "--accuracy-from", job.accuracy_from,
+            "--precision", job.precision, "--seconds", str(seconds),
+            "--batches", ",".join(str(b) for b in target.batches), "--variant", job.variant,
+            "--target", target.name, "--placement", job.placement, "--eval", layout.EVAL_SET,
+            "--out", layout.result_path(job.stem)]
+    if power_total_flag:
+        argv += ["--power-total", target.power_total]
+    return argv
+
+
+def job_steps(job: Job, target: Target, seconds: float, power_total_flag: bool = True) -> List[Dict[str, Any]]:
+    steps = [{"stage": "build", "argv": build_argv(job, target, batch)} for batch in job.engines(target.batches)]
+    steps.append({"stage": "bench", "argv": bench_argv(job, target, seconds, power_total_flag)})
+    return steps
+
+
+def jobs_document(target: Target, jobs: Sequence[Job], recipe: str, fingerprint: str, seconds: float,
+                  power_total_flag: bool = True) -> Dict[str, Any]:
+    """jobs.json's content: what `edgekit run-jobs` executes on the device."""
+    return {
+        "schema": JOBS_SCHEMA, "schema_version": SCHEMA_VERSION, "fingerprint": fingerprint,
+        "target": target.name, "recipe": recipe,
+        "jobs": [{"stem": job.stem, "labels": {"variant": job.variant, "precision": job.precision,
+                                               "placement": job.placement},
+                  "steps": job_steps(job, target, seconds, power_total_flag)} for job in jobs],
+    }
+
+
+def runtimes_needed(jobs: Sequence[Job]) -> Set[str]:
+    """The device runtimes the planned jobs use: onnxruntime (CPU) and/or tensorrt (GPU, DLA)."""
+    return {"onnxruntime" if job.placement == "cpu" else "tensorrt" for job in jobs}
