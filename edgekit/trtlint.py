@@ -5,8 +5,10 @@ Rules (TensorRT 8.5, the last for AGX Xavier; from onnx-tensorrt's operator matr
 - every op in the parser's supported list (`UNSUPPORTED` ones are named with the node);
 - no INT64 initializer whose values do not fit INT32 (TensorRT casts INT64 down and clamps) and
   no DOUBLE initializer;
-- Q/DQ: int8 only (no uint8), zero points 0, positive scales, weight DequantizeLinear per-channel
-  on axis 0 of a convolution's weights, and every Add that a convolution feeds reads its other
+- Q/DQ: int8 only (no uint8), zero points 0, positive scales, weights FP32 behind a Q->DQ pair
+  (an INT8 weight initializer read by DequantizeLinear alone is onnxruntime's layout, which the 8.x
+  developer guide does not ask for), weight Q/DQ per-channel on axis 0 of a convolution's weights,
+  and every Add that a convolution feeds reads its other
   (residual) input through a DequantizeLinear, or TensorRT cannot fuse it and runs it in FP16.
 
 Needs only the `onnx` package (no torch): the device can lint before it builds. Python 3.8 clean.
@@ -114,7 +116,17 @@ def lint_model(model) -> List[Violation]:  # noqa: ANN001, C901 - one pass per r
             violations.append(Violation(node_name(node), "qdq-constant", "scale must be a constant"))
         elif np.any(scale <= 0):
             violations.append(Violation(node_name(node), "qdq-scale", "scales must be positive"))
-        if node.op_type == "DequantizeLinear" and node.input[0] in init and scale is not None and scale.size > 1:
+        if node.op_type == "DequantizeLinear" and node.input[0] in init and init[node.input[0]].data_type in (
+                onnx.TensorProto.INT8, onnx.TensorProto.UINT8):
+            violations.append(Violation(node_name(node), "qdq-weight-pair", "weight {} is stored quantized and read by "
+                                        "DequantizeLinear alone: TensorRT 8.5 takes FP32 weights behind a "
+                                        "QuantizeLinear->DequantizeLinear pair (onnxruntime's AddQDQPairToWeight)"
+                                        .format(node.input[0])))
+        source = producer.get(node.input[0])
+        on_weight = node.input[0] in init or (
+            node.op_type == "DequantizeLinear" and getattr(source, "op_type", None) == "QuantizeLinear"
+            and source.input[0] in init)  # type: ignore[union-attr]
+        if on_weight and scale is not None and scale.size > 1:
             axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
             if axis != 0:
                 violations.append(Violation(node_name(node), "qdq-axis", "per-channel weight scales must be on "

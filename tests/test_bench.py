@@ -77,6 +77,18 @@ def test_power_unavailable_says_why(tiny, tmp_path):
     assert result["power_unavailable_reasons"]
 
 
+def test_a_total_rail_the_board_lacks_leaves_power_unavailable_not_the_latency(tiny, tmp_path):
+    """An AGX Xavier has no VDD_IN: a target asking for it gets latency, and power "unavailable" with why."""
+    jetpack5_tree(str(tmp_path / "sys-root"))
+    result = benchmark(tiny, None, scenarios=["single_stream"], warmup=1, min_queries=5, min_seconds=0.05,
+                       power_root=str(tmp_path / "sys-root"), power_total="VDD_IN", idle_seconds=0.05,
+                       progress=False, log=lambda m: None)
+    power = result["scenarios"]["single_stream"]["power"]
+    assert power["status"] == "unavailable" and "VDD_IN is not on this board" in power["reason"]
+    assert result["scenarios"]["single_stream"]["latency"]["count"] >= 5
+    assert result["power_total"]["rule"] == "none"
+
+
 def test_result_files_are_validated(tmp_path):
     good = tmp_path / "good.json"
     latency = {"p50_ms": 1.0, "p90_ms": 1.1, "p99_ms": 1.5, "max_ms": 2.0, "mean_ms": 1.05}

@@ -11,7 +11,7 @@ from onnx_fixtures import linear_classifier
 
 from edgekit.artifacts import sha256_file
 from edgekit.device.engine.api import TrtApi, parse_version
-from edgekit.device.engine.builder import BuildConfig, plan_build, reusable_engine, trtexec_command
+from edgekit.device.engine.builder import BuildConfig, check_build, plan_build, reusable_engine, trtexec_command
 from edgekit.device.engine.dla_report import parse_dla_log, summarize
 from edgekit.device.engine.metadata import EngineMetadata, check_compatible, load_metadata, save_metadata
 from edgekit.errors import EdgekitError
@@ -23,7 +23,9 @@ def test_api_generations():
     assert xavier.explicit_batch_flag and not x86.explicit_batch_flag
     assert xavier.memory_pool_limit and x86.memory_pool_limit
     assert not xavier.builder_optimization_level and orin.builder_optimization_level
-    assert not xavier.parser_error_node_name and x86.parser_error_node_name
+    # IParserError.node_name() arrived in 9.1: JetPack 6.0's 8.6.2 has only node()
+    assert not xavier.parser_error_node_name and not orin.parser_error_node_name and x86.parser_error_node_name
+    assert TrtApi("9.0.1").parser_error_node_name is False and TrtApi("9.1.0").parser_error_node_name is True
     assert not xavier.implicit_int8_deprecated and x86.implicit_int8_deprecated
     assert xavier.version_tag == "8502" and x86.version_tag == "100300"
     with pytest.raises(EdgekitError, match="too old: edgekit needs 8.5"):
@@ -42,9 +44,10 @@ def test_build_plans_and_their_refusals(models):
     qdq, fp32 = str(models / "model.int8.qdq.onnx"), str(models / "model.fp32.onnx")
     fp16 = str(models / "model.fp16.onnx")
     calib = str(models / "calib.cache")
-    assert plan_build(BuildConfig(qdq, precision="int8"))["mode"] == "int8-explicit"
-    plan = plan_build(BuildConfig(fp32, precision="int8", dla_core=0, calibration_cache=calib))
-    assert plan == {"mode": "int8-implicit", "device": "dla0", "engine_path": str(models / "model.int8.dla0.engine")}
+    assert check_build(BuildConfig(qdq, precision="int8")) == "int8-explicit"
+    plan = plan_build(BuildConfig(fp32, precision="int8", dla_core=0, calibration_cache=calib), [3, 8, 8])
+    assert {k: plan[k] for k in ("mode", "device", "engine_path")} == {
+        "mode": "int8-implicit", "device": "dla0", "engine_path": str(models / "model.int8.dla0.b1.engine")}
     assert BuildConfig(fp16).engine_path == str(models / "model.fp16.gpu.engine")
     refusals = [
         (BuildConfig(str(models / "model.int8.cpu.onnx"), precision="int8"), "onnxruntime CPU flavour"),
@@ -54,25 +57,31 @@ def test_build_plans_and_their_refusals(models):
         (BuildConfig(fp32, precision="fp32", dla_core=0), "DLA runs FP16 or INT8 only"),
         (BuildConfig(qdq, precision="fp16"), "build it with --precision int8"),
         (BuildConfig(fp16, min_batch=4, opt_batch=2), "min <= opt <= max"),
+        (BuildConfig(fp32, precision="int8", dla_core=0, max_batch=8, calibration_cache=calib), "static batch"),
+        (BuildConfig(fp16, dla_core=1, min_batch=1, opt_batch=4, max_batch=4), "pass --batch B"),
         (BuildConfig(str(models / "none.onnx")), "ONNX model not found"),
     ]
     for cfg, message in refusals:
         with pytest.raises(EdgekitError, match=message):
-            plan_build(cfg)
+            check_build(cfg)
 
 
 def test_trtexec_lines_for_xavier(models):
     qdq = str(models / "model.int8.qdq.onnx")
-    gpu = trtexec_command(BuildConfig(qdq, precision="int8", max_batch=16, timing_cache="/data/timing.cache"))
+    gpu = trtexec_command(BuildConfig(qdq, precision="int8", max_batch=16, timing_cache="/data/timing.cache"),
+                          [3, 224, 224])
+    # INT8 on the GPU: the API sets FP16 beside INT8, so the line says --fp16 too
     assert gpu == ("/usr/src/tensorrt/bin/trtexec --onnx={0}/model.int8.qdq.onnx "
                    "--saveEngine={0}/model.int8.gpu.engine "
                    "--minShapes=input:1x3x224x224 --optShapes=input:1x3x224x224 --maxShapes=input:16x3x224x224 "
-                   "--int8 --memPoolSize=workspace:1024 --timingCacheFile=/data/timing.cache --verbose").format(models)
+                   "--int8 --fp16 --memPoolSize=workspace:1024 --timingCacheFile=/data/timing.cache "
+                   "--verbose").format(models)
     dla = trtexec_command(BuildConfig(str(models / "model.fp32.onnx"), precision="int8", dla_core=0, static_batch=32,
                                       calibration_cache=str(models / "calib.cache")), [3, 32, 32])
-    assert dla == ("/usr/src/tensorrt/bin/trtexec --onnx={0}/model.fp32.onnx --saveEngine={0}/model.int8.dla0.engine "
-                   "--shapes=input:32x3x32x32 --int8 --calib={0}/calib.cache --fp16 --useDLACore=0 "
-                   "--allowGPUFallback --memPoolSize=workspace:1024 --verbose").format(models)
+    assert dla == ("/usr/src/tensorrt/bin/trtexec --onnx={0}/model.fp32.onnx "
+                   "--saveEngine={0}/model.int8.dla0.b32.engine --shapes=input:32x3x32x32 --int8 --fp16 "
+                   "--calib={0}/calib.cache --useDLACore=0 --allowGPUFallback --memPoolSize=workspace:1024 "
+                   "--verbose").format(models)
 
 
 def _meta(**over):
@@ -119,11 +128,12 @@ def test_an_engine_from_the_same_onnx_and_settings_is_reused(tmp_path):
     # DLA INT8: the calibration cache is part of what was built
     calib = tmp_path / "calib.cache"
     calib.write_text("TRT-8502-EntropyCalibration2\ninput: 3c010a14\n")
-    dla = BuildConfig(onnx_path, precision="int8", dla_core=0, max_batch=32, calibration_cache=str(calib))
+    dla = BuildConfig(onnx_path, precision="int8", dla_core=0, static_batch=32, calibration_cache=str(calib))
     with open(dla.engine_path, "wb") as f:
         f.write(b"serialized")
     save_metadata(dla.engine_path, _meta(dla_core=0, precision="int8", onnx_sha256=sha256_file(onnx_path),
-                                         profile=meta["profile"], flags={"gpu_fallback": True,
+                                         profile={"input": "input", "min": [32, 3, 8, 8], "opt": [32, 3, 8, 8],
+                                                  "max": [32, 3, 8, 8]}, flags={"gpu_fallback": True,
                                                                          "calibration_cache_sha256": sha256_file(
                                                                              str(calib))}))
     assert reusable_engine(dla, "8.5.2.2") is not None
@@ -218,6 +228,59 @@ def test_engine_output_matches_onnxruntime(tmp_path):
         first, again = graphed.infer(one), graphed.infer(one)  # capture, then replay
     np.testing.assert_allclose(first["output"], want["output"][:1], rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(again["output"], first["output"])
+
+
+@pytest.mark.tensorrt
+def test_cuda_graph_across_batches_one_eight_one(tmp_path):
+    """Graphs captured at batch 1, then batch 8 reallocates every buffer, then batch 1 again: the
+    replay must read the new buffers (issue 12, defect 2), with the split and the profiler real."""
+    from edgekit.device.engine.builder import build_engine
+    from edgekit.device.runtime import OnnxRuntimeRunner
+    from edgekit.device.runtime.tensorrt import TensorRTRunner
+
+    onnx_path = tmp_path / "model.fp32.onnx"
+    linear_classifier(onnx_path)
+    build_engine(BuildConfig(str(onnx_path), precision="fp32", max_batch=8), log=lambda m: None)
+    engine = str(tmp_path / "model.fp32.gpu.engine")
+    rng = np.random.RandomState(1)
+    with TensorRTRunner(engine, cuda_graph=True, spin_wait=True) as graphed, \
+            OnnxRuntimeRunner(str(onnx_path)) as reference:
+        for batch in (1, 8, 1, 8):
+            feed = {"input": rng.standard_normal((batch, 3, 8, 8)).astype(np.float32)}
+            np.testing.assert_allclose(graphed.infer(feed)["output"], reference.infer(feed)["output"],
+                                       rtol=1e-3, atol=1e-3)
+            split = graphed.last_timings()
+            assert all(split[k] >= 0 for k in ("enqueue", "h2d", "compute", "d2h"))
+        report = graphed.profile_layers(feed, runs=3)
+    assert report[0] == {"count": 3} and len(report) > 1 and all("averageMs" in r for r in report[1:])
+
+
+@pytest.mark.tensorrt
+def test_int8_engines_for_the_gpu_and_a_static_dla_batch(tmp_path):
+    """GPU INT8 from Q/DQ; DLA INT8 from the FP32 model and calib.cache at one static batch (skipped
+    where the device has no DLA). The metadata keeps the plan the build followed."""
+    from edgekit.device.engine.builder import build_engine
+    from edgekit.device.engine.calibcache import format_cache
+    from edgekit.device.engine.device import dla_cores
+    from edgekit.host.compress.quantize import quantize
+
+    fp32 = str(tmp_path / "model.fp32.onnx")
+    linear_classifier(fp32)
+    calibration = [np.random.RandomState(0).standard_normal((4, 3, 8, 8)).astype(np.float32)]
+    import tensorrt
+
+    quantize(fp32, str(tmp_path), calibration, trt_version=tensorrt.__version__)
+    gpu = build_engine(BuildConfig(str(tmp_path / "model.int8.qdq.onnx"), precision="int8"), log=lambda m: None)
+    assert gpu["plan"]["flags"] == ["INT8", "FP16"]
+    if dla_cores() == 0:
+        pytest.skip("no DLA on this device: the GPU INT8 engine was built; the DLA one needs a Jetson")
+    cache = tmp_path / "calib.cache"
+    assert cache.read_text().startswith(format_cache({}, tensorrt.__version__))
+    dla = build_engine(BuildConfig(fp32, precision="int8", dla_core=0, static_batch=2, calibration_cache=str(cache)),
+                       log=lambda m: None)
+    assert dla["profile"]["min"] == dla["profile"]["opt"] == dla["profile"]["max"] == [2, 3, 8, 8]
+    assert dla["plan"]["calibrator"]["class"] == "IInt8EntropyCalibrator2"
+    assert not dla["dla_report"].get("dynamic_shapes")
 
 
 @pytest.mark.gpu

@@ -4,12 +4,14 @@ torch-tensorrt compiles the student directly (no ONNX, no engine file); it is op
 imported only when that runner activates, with an error that says what to install.
 """
 
+import copy
 from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..device.runtime import registry
 from ..device.runtime.base import Runner, TensorSpec
 from ..errors import EdgekitError
 from ..lazy import lazy_import
@@ -55,6 +57,7 @@ class TorchTensorRTRunner(TorchEagerRunner):
     """The student compiled by torch-tensorrt (FP16 or FP32) on a CUDA GPU; compute time from CUDA events."""
 
     name = "torch-tensorrt"
+    device = "cuda"
 
     def __init__(self, model: nn.Module, image_size: int, precision: str = "fp16", max_batch: int = 8) -> None:
         super(TorchTensorRTRunner, self).__init__(model, image_size)
@@ -65,10 +68,11 @@ class TorchTensorRTRunner(TorchEagerRunner):
 
     def activate_impl(self) -> None:
         torch_tensorrt = lazy_import("torch_tensorrt")
-        if not torch.cuda.is_available():
+        if self.device == "cuda" and not torch.cuda.is_available():
             raise EdgekitError("torch-tensorrt needs a CUDA GPU; none is visible here")
         dtype = torch.half if self.precision == "fp16" else torch.float
-        model = self.model.eval().cuda().to(dtype)
+        # A copy: .to() converts a module in place, and the caller's FP32 model must stay as it was.
+        model = copy.deepcopy(self.model).eval().to(self.device, dtype)
         shape = [3, self.image_size, self.image_size]
         self.dtype = dtype
         self.compiled = torch_tensorrt.compile(
@@ -78,7 +82,7 @@ class TorchTensorRTRunner(TorchEagerRunner):
         self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
     def infer_impl(self, feed: Dict[str, np.ndarray]):  # noqa: ANN201
-        x = torch.from_numpy(feed[INPUT_NAME]).cuda().to(self.dtype)
+        x = torch.from_numpy(feed[INPUT_NAME]).to(self.device, self.dtype)
         with torch.inference_mode():
             self.start.record()
             out = self.compiled(x)
@@ -89,3 +93,24 @@ class TorchTensorRTRunner(TorchEagerRunner):
     def runtime_info(self) -> Dict[str, str]:
         return {"runner": self.name, "runtime": "torch-tensorrt", "precision": self.precision,
                 "torch": torch.__version__}
+
+
+def _checkpoint_model(path: str) -> nn.Module:
+    from .models import load_resnet50_checkpoint
+
+    return load_resnet50_checkpoint(path, log=lambda message: None)[0]
+
+
+def _eager(path: str, **options: object) -> Runner:
+    return TorchEagerRunner(_checkpoint_model(path), int(options.get("image_size") or 224),  # type: ignore[arg-type]
+                            threads=options.get("threads"))  # type: ignore[arg-type]
+
+
+def _torch_tensorrt(path: str, **options: object) -> Runner:
+    return TorchTensorRTRunner(_checkpoint_model(path), int(options.get("image_size") or 224))  # type: ignore[arg-type]
+
+
+registry.register("pytorch", _eager, (".pt", ".pth"), lambda: torch.__version__,
+                  "a ResNet-50 checkpoint in PyTorch eager mode (host)")
+registry.register("torch-tensorrt", _torch_tensorrt, (".pt", ".pth"), None,
+                  "a ResNet-50 checkpoint compiled by torch-tensorrt (x86 CUDA hosts)")

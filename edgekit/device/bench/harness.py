@@ -1,4 +1,5 @@
-"""`benchmark`: one model, its runner, the scenarios, power, the environment, one result file."""
+"""`benchmark`: one model (or one static engine per batch), its runner, the scenarios, power, thermal
+and clocks, the environment, one result file; `benchmark_concurrent`: several engines at once."""
 
 import os
 import sys
@@ -8,25 +9,39 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ...artifacts import sha256_file
+from ...artifacts import sha256_file, write_json_atomic
 from ...errors import EdgekitError
+from ..runtime import registry
 from ..runtime.base import Runner
 from . import environment
 from .accuracy import feeding, load_eval_set, merge, score
-from .power import PowerSampler, PowerSource, PowerTrace, detect_power_source, summarize_power  # noqa: F401
+from .power import (  # noqa: F401
+    PowerSampler,
+    PowerSource,
+    PowerTrace,
+    PowerUnavailable,
+    detect_power_source,
+    summarize_power,
+    total_rule,
+)
 from .results import save_result
-from .scenarios import Window, offline, single_stream
+from .scenarios import Window, Windows, concurrent_offline, export_times, offline, single_stream
+from .thermal import ThermalWindow
+
+BATCH_PLACEHOLDER = "{batch}"
 
 
 class PowerWindow(Window):
-    """Samples power over each measured window; idle baseline taken once before the first."""
+    """Samples power over each measured window; idle baseline taken once before the first.
+    `total`: the board-total rule ("sum" or the rail that is the total, see power.total_rule)."""
 
     def __init__(self, source: Optional[PowerSource], reasons: List[str], hz: float = 20.0,
-                 idle_seconds: float = 2.0) -> None:
+                 idle_seconds: float = 2.0, total: str = "sum") -> None:
         self.source = source
         self.reasons = reasons
         self.hz = hz
         self.idle_seconds = idle_seconds
+        self.total = total
         self.idle: Optional[PowerTrace] = None
         self.sampler: Optional[PowerSampler] = None
 
@@ -41,9 +56,9 @@ class PowerWindow(Window):
 
     def stop(self, inferences: int, seconds: float) -> Dict[str, object]:
         if self.source is None or self.sampler is None:
-            return {"status": "unavailable", "reason": "; ".join(self.reasons) or "no power source"}
+            return {"power": {"status": "unavailable", "reason": "; ".join(self.reasons) or "no power source"}}
         trace = self.sampler.stop()
-        return summarize_power(trace, inferences, seconds, self.idle)
+        return {"power": summarize_power(trace, inferences, seconds, self.idle, self.total)}
 
     def close(self) -> None:
         if self.source is not None:
@@ -67,19 +82,18 @@ def engine_for(onnx_path: str) -> Optional[str]:
 
 
 def choose_runner(model_path: str, runner: str = "auto") -> Tuple[str, str, str]:
-    """(runtime, path to run, why): TensorRT when it is here and an engine exists, else onnxruntime."""
-    if runner not in ("auto", "onnxruntime", "tensorrt"):
-        raise EdgekitError("unknown runner {!r}; choose auto, tensorrt or onnxruntime".format(runner))
+    """(runtime, path to run, why): TensorRT when it is here and an engine exists, else onnxruntime;
+    any other registered runner (runtime/registry.py) when asked for by name."""
+    if runner != "auto":
+        registry.get(runner)  # an unknown name fails here, listing the registered ones
     is_engine = model_path.endswith((".engine", ".plan"))
     if is_engine:
-        if runner == "onnxruntime":
-            raise EdgekitError("{} is a TensorRT engine: onnxruntime cannot run it".format(model_path))
+        if runner not in ("auto", "tensorrt"):
+            raise EdgekitError("{} is a TensorRT engine: {} cannot run it".format(model_path, runner))
         return "tensorrt", model_path, "a TensorRT engine"
-    if runner == "onnxruntime":
-        return "onnxruntime", model_path, "asked for"
-    from ..runtime.tensorrt import tensorrt_available
-
-    version = tensorrt_available()
+    if runner not in ("auto", "tensorrt"):
+        return runner, model_path, "asked for"
+    version = registry.get("tensorrt").available()  # type: ignore[misc]
     engine = engine_for(model_path) if os.path.isfile(model_path) else None
     if version and engine:
         return "tensorrt", engine, "TensorRT {} is here and {} was built from this ONNX".format(
@@ -92,16 +106,10 @@ def choose_runner(model_path: str, runner: str = "auto") -> Tuple[str, str, str]
 
 
 def make_runner(model_path: str, runner: str = "auto", threads: Optional[int] = None,
-                cuda_graph: bool = False) -> Runner:
-    """The runner `choose_runner` picks, constructed (cheap: nothing is loaded before `activate`)."""
+                cuda_graph: bool = False, spin_wait: bool = False) -> Runner:
+    """The runner `choose_runner` picks, made by its registry entry (cheap: nothing loads before `activate`)."""
     runtime, path, _ = choose_runner(model_path, runner)
-    if runtime == "tensorrt":
-        from ..runtime.tensorrt import TensorRTRunner
-
-        return TensorRTRunner(path, cuda_graph=cuda_graph)
-    from ..runtime.onnxrt import OnnxRuntimeRunner
-
-    return OnnxRuntimeRunner(path, threads=threads)
+    return registry.create(runtime, path, threads=threads, cuda_graph=cuda_graph, spin_wait=spin_wait)
 
 
 def random_feed(runner: Runner, batch: int, seed: int = 0) -> Dict[str, np.ndarray]:
@@ -125,6 +133,71 @@ def _progress_printer(stream=sys.stderr) -> Callable[[str, int, float], None]:  
     return show
 
 
+class _Runners(object):
+    """The runner of each batch: one runner for a model path, or one per batch for a path with a
+    `{batch}` placeholder (static-batch DLA engines, one per batch size); opened on first use, all
+    closed at the end."""
+
+    def __init__(self, model_path: str, runner: str, threads: Optional[int], cuda_graph: bool,
+                 spin_wait: bool) -> None:
+        self.model_path = model_path
+        self.per_batch = BATCH_PLACEHOLDER in model_path
+        self.options = dict(runner=runner, threads=threads, cuda_graph=cuda_graph, spin_wait=spin_wait)
+        self.open: Dict[str, Runner] = {}
+        self.chosen: Dict[str, Tuple[str, str, str]] = {}
+
+    def path(self, batch: int) -> str:
+        return self.model_path.replace(BATCH_PLACEHOLDER, str(batch)) if self.per_batch else self.model_path
+
+    def choose(self, batch: int) -> Tuple[str, str, str]:
+        path = self.path(batch)
+        if path not in self.chosen:
+            if self.per_batch and not os.path.exists(path):
+                raise EdgekitError("{} names one engine per batch, but {} (batch {}) does not exist: build it "
+                                   "with edgekit build-engine --batch {}".format(self.model_path, path, batch, batch))
+            self.chosen[path] = choose_runner(path, str(self.options["runner"]))
+        return self.chosen[path]
+
+    def __call__(self, batch: int) -> Runner:
+        path = self.path(batch)
+        if path not in self.open:
+            self.choose(batch)
+            made = make_runner(path, str(self.options["runner"]), self.options["threads"],  # type: ignore[arg-type]
+                               bool(self.options["cuda_graph"]), bool(self.options["spin_wait"]))
+            self.open[path] = made.activate()
+        return self.open[path]
+
+    def close(self) -> None:
+        for made in self.open.values():
+            made.deactivate()
+        self.open.clear()
+
+
+def _power_window(power: bool, power_root: str, power_total: Optional[str],
+                  idle_seconds: float) -> Tuple["PowerWindow", str, str]:
+    """The power sampler for the measured windows, and the rule that makes its board total.
+
+    A total rule this board cannot follow (a named input rail it lacks) leaves power "unavailable" with
+    that reason: a total from the wrong rails is no number at all, and the latency is still worth having.
+    """
+    source, reasons = detect_power_source(power_root) if power else (None, ["disabled (--no-power)"])
+    rule, rule_why = "sum", "no power source"
+    if source is not None:
+        try:
+            rule, rule_why = total_rule(source.rails(), power_total)
+        except PowerUnavailable as exc:
+            source.close()
+            source, reasons = None, [str(exc)]
+            rule, rule_why = "none", str(exc)
+    return PowerWindow(source, reasons, idle_seconds=idle_seconds, total=rule), rule, rule_why
+
+
+def _power_label(window: "PowerWindow") -> str:
+    if window.source is not None:
+        return window.source.name
+    return "unavailable ({})".format(window.reasons[-1] if window.reasons else "none")
+
+
 def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "auto",
               threads: Optional[int] = None, scenarios: Sequence[str] = ("single_stream", "offline"),
               batches: Sequence[int] = (1, 2, 4, 8), warmup: int = 10, min_queries: int = 100,
@@ -132,12 +205,18 @@ def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "au
               power_root: str = "/", idle_seconds: float = 2.0, precision: Optional[str] = None,
               accuracy: Optional[Dict[str, object]] = None, cuda_graph: bool = False, progress: bool = True,
               labels: Optional[Dict[str, Optional[str]]] = None, eval_set: Optional[str] = None,
-              log: Callable[[str], None] = print) -> Dict[str, object]:
+              log: Callable[[str], None] = print, warmup_ms: float = 0.0, spin_wait: bool = False,
+              power_total: Optional[str] = None, soak_seconds: float = 0.0, export_times_path: Optional[str] = None,
+              export_profile_path: Optional[str] = None, thermal_root: Optional[str] = None) -> Dict[str, object]:
     """Measure `model_path` and (if `out_path`) write the result JSON atomically; return it.
 
-    `labels` (variant, target, placement, recipe) say what was measured where; the results store
-    and the dashboard group runs by them. Missing ones are derived from the file name and runner.
-    `eval_set` (the host's eval.npz): this runner also scores those images, see `accuracy.merge`.
+    `model_path` may hold `{batch}` (e.g. engines/student.int8.dla0.b{batch}.engine): each batch of the
+    sweep then runs its own static engine, SingleStream the batch-1 one. `labels` (variant, target,
+    placement, recipe) say what was measured where. `eval_set` (the host's eval.npz): this runner also
+    scores those images, see `accuracy.merge`. `power_total`: "sum", a rail name, or None (auto, see
+    power.total_rule). `soak_seconds`: run the model this long first, so the measured windows see a
+    warm chip. `export_times_path` / `export_profile_path`: trtexec's --exportTimes (the SingleStream
+    queries, else the first Offline batch's) and --exportProfile (TensorRT's per-layer profile) files.
     """
     unknown = [s for s in scenarios if s not in ("single_stream", "offline")]
     if unknown:
@@ -145,62 +224,189 @@ def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "au
     if any(b < 1 for b in batches):
         raise EdgekitError("batch sizes must be positive, got {}".format(list(batches)))
     evaluation = load_eval_set(eval_set) if eval_set else None  # a bad file fails before minutes of timing
-    runtime_name, run_path, why = choose_runner(model_path, runner)
+    runners = _Runners(model_path, runner, threads, cuda_graph, spin_wait)
+    first_batch = 1 if "single_stream" in scenarios or not batches else batches[0]
+    runtime_name, run_path, why = runners.choose(first_batch)
+    for batch in (batches if "offline" in scenarios else []):
+        runners.choose(batch)  # every engine of the sweep exists before anything is timed
     log("runner: {} ({})".format(runtime_name, why))
-    model_runner = make_runner(model_path, runner, threads, cuda_graph)
-    if power:
-        source, reasons = detect_power_source(power_root)
-    else:
-        source, reasons = None, ["disabled (--no-power)"]
-    window = PowerWindow(source, reasons, idle_seconds=idle_seconds)
+    power_window, rule, rule_why = _power_window(power, power_root, power_total, idle_seconds)
+    window = Windows([power_window, ThermalWindow(thermal_root or power_root)])
     show = _progress_printer() if progress else None
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    exported: List[Tuple[str, List[Dict[str, float]]]] = []
+
+    def keep_times(label: str, records: List[Dict[str, float]]) -> None:
+        if not exported:
+            exported.append((label, records))
+
+    soak = None
+    profile = None
     try:
-        with model_runner:
-            info = model_runner.runtime_info()
-            log("benchmark {} with {} {} ({}); power: {}".format(
-                model_path, info.get("runtime", info["runner"]), info.get("runtime_version", ""),
-                info.get("providers", ""), source.name if source else "unavailable ({})".format(
-                    reasons[-1] if reasons else "none")))
-            specs = model_runner.input_specs()
-            eval_batch = min(32, max(batches)) if "offline" in scenarios else 1
-            if evaluation is not None:
-                feeding(model_runner, evaluation[0], eval_batch)
-            results: Dict[str, object] = {}
-            if "single_stream" in scenarios:
-                results["single_stream"] = single_stream(
-                    model_runner, random_feed(model_runner, 1), warmup=warmup, min_queries=min_queries,
-                    min_seconds=min_seconds, max_seconds=max_seconds, progress=show, window=window)
-            if "offline" in scenarios:
-                results["offline"] = offline(
-                    model_runner, lambda b: random_feed(model_runner, b), batches, warmup=max(1, warmup // 3),
-                    min_queries=max(5, min_queries // 5), min_seconds=min_seconds, max_seconds=max_seconds,
-                    progress=show, window=window)
-            if evaluation is not None:
-                # Outside the timed windows; the largest swept batch the engine was built for, at most 32.
-                measured = score(model_runner, evaluation[0], evaluation[1], batch=eval_batch)
-                accuracy = merge(accuracy, measured, info.get("runtime", info["runner"]))
-                check = accuracy["device_check"]
-                log("top-1 scored by this runner: {:.2f}% on {} images{}".format(
-                    measured["top1"], measured["images"], "" if check.get("reference_top1") is None else
-                    " (host {}: {:.2f}%, {:+.2f} points)".format(check["reference_model"], check["reference_top1"],
-                                                                check["delta_points"])))
+        first = runners(first_batch)
+        info = first.runtime_info()
+        log("benchmark {} with {} {} ({}); power: {} (total: {})".format(
+            model_path, info.get("runtime", info["runner"]), info.get("runtime_version", ""),
+            info.get("providers", ""), _power_label(power_window), rule))
+        specs = first.input_specs()
+        eval_batch = 1
+        if "offline" in scenarios and batches:
+            fitting = [b for b in batches if b <= 32]
+            eval_batch = max(fitting) if runners.per_batch and fitting else min(32, max(batches))
+        if evaluation is not None:
+            feeding(runners(eval_batch), evaluation[0], eval_batch)
+        if soak_seconds > 0:
+            soak_feed = random_feed(first, first_batch)
+            soak_started, queries = time.perf_counter(), 0
+            while time.perf_counter() - soak_started < soak_seconds:
+                first.infer(soak_feed, check=False)
+                queries += 1
+            soak = {"seconds": round(time.perf_counter() - soak_started, 3), "queries": queries, "batch": first_batch}
+            log("soaked {} queries over {:.1f} s before measuring".format(queries, soak["seconds"]))
+        results: Dict[str, object] = {}
+        if "single_stream" in scenarios:
+            results["single_stream"] = single_stream(
+                runners(1), random_feed(runners(1), 1), warmup=warmup, min_queries=min_queries,
+                min_seconds=min_seconds, max_seconds=max_seconds, progress=show, window=window,
+                warmup_ms=warmup_ms, times=keep_times)
+        if "offline" in scenarios:
+            results["offline"] = offline(
+                None, lambda b: random_feed(runners(b), b), batches, warmup=max(1, warmup // 3),
+                min_queries=max(5, min_queries // 5), min_seconds=min_seconds, max_seconds=max_seconds,
+                progress=show, window=window, warmup_ms=warmup_ms, times=keep_times, runner_for=runners)
+        if export_profile_path:
+            profile = _profile(first, first_batch, export_profile_path, log)
+        if evaluation is not None:
+            # Outside the timed windows; the largest swept batch the engine was built for, at most 32.
+            measured = score(runners(eval_batch), evaluation[0], evaluation[1], batch=eval_batch)
+            accuracy = merge(accuracy, measured, info.get("runtime", info["runner"]))
+            check = accuracy["device_check"]
+            log("top-1 scored by this runner: {:.2f}% on {} images{}".format(
+                measured["top1"], measured["images"], "" if check.get("reference_top1") is None else
+                " (host {}: {:.2f}%, {:+.2f} points)".format(check["reference_model"], check["reference_top1"],
+                                                            check["delta_points"])))
+            if runners.per_batch:
+                accuracy["device_check"]["engine"] = runners.path(eval_batch)
     finally:
-        window.close()
+        runners.close()
+        power_window.close()
+    times_file = None
+    if export_times_path and exported:
+        write_json_atomic(export_times_path, export_times(exported[0][1]))
+        times_file = {"path": export_times_path, "window": exported[0][0], "queries": len(exported[0][1])}
+        log("wrote {} ({} queries of {}, trtexec --exportTimes layout)".format(
+            export_times_path, len(exported[0][1]), exported[0][0]))
+    model = {"path": model_path, "ran": run_path, "sha256": sha256_file(run_path),
+             "precision": precision or _precision(model_path), "inputs": [repr(s) for s in specs]}
+    if runners.per_batch:
+        model["engines"] = {str(b): {"path": runners.path(b), "sha256": sha256_file(runners.path(b))}
+                            for b in sorted({first_batch, *(batches if "offline" in scenarios else [])})}
     result = {
         "run_id": time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6],
         "created": started,
-        "model": {"path": model_path, "ran": run_path, "sha256": sha256_file(run_path),
-                  "precision": precision or _precision(model_path), "inputs": [repr(s) for s in specs]},
+        "model": model,
         "accuracy": accuracy,
         "labels": _labels(model_path, runtime_name, labels or {}),
         "runtime": info,
         "environment": environment.collect(threads=threads, runtime=info, precision=precision),
         "scenarios": results,
-        "power_source": source.name if source else None,
-        "power_unavailable_reasons": reasons if source is None else [],
-        "settings": {"warmup": warmup, "min_queries": min_queries, "min_seconds": min_seconds,
-                     "max_seconds": max_seconds, "batches": list(batches)},
+        "power_source": power_window.source.name if power_window.source else None,
+        "power_unavailable_reasons": power_window.reasons if power_window.source is None else [],
+        "power_total": {"rule": rule, "why": rule_why},
+        "throttled": _throttled(results),
+        "soak": soak,
+        "profile": profile,
+        "times_file": times_file,
+        "settings": {"warmup": warmup, "warmup_ms": warmup_ms, "min_queries": min_queries,
+                     "min_seconds": min_seconds, "max_seconds": max_seconds, "batches": list(batches),
+                     "spin_wait": spin_wait, "cuda_graph": cuda_graph, "soak_seconds": soak_seconds,
+                     "power_total": power_total or "auto"},
+    }
+    if out_path:
+        save_result(out_path, result)
+        log("wrote {}".format(out_path))
+    return result
+
+
+def _profile(runner: Runner, batch: int, path: str, log: Callable[[str], None]) -> Dict[str, object]:
+    """TensorRT's per-layer profile into `path` (trtexec's --exportProfile layout); the 10 slowest
+    layers go into the result. A runtime without a profiler records why."""
+    from ..runtime.tensorrt import slowest_layers
+
+    report = runner.profile_layers(random_feed(runner, batch), runs=10)
+    if report is None:
+        return {"status": "unavailable", "reason": "{} has no per-layer profiler (TensorRT's IProfiler only)".format(
+            runner.name)}
+    write_json_atomic(path, report)
+    log("wrote {} (per-layer profile of {} layers, trtexec --exportProfile layout)".format(path, len(report) - 1))
+    return {"path": path, "batch": batch, "runs": report[0]["count"], "slowest": slowest_layers(report, 10)}
+
+
+def _throttled(results: Dict[str, object]) -> Optional[bool]:
+    """True when any measured window was throttled, False when none was, None when none could tell."""
+    flags = []
+    for scenario in results.values():
+        windows = [scenario] + list(scenario.get("rows", [])) if isinstance(scenario, dict) else []
+        for window in windows:
+            thermal = window.get("thermal") if isinstance(window, dict) else None
+            if isinstance(thermal, dict):
+                flags.append(thermal.get("throttled"))
+    if any(flag is True for flag in flags):
+        return True
+    return False if any(flag is False for flag in flags) else None
+
+
+def benchmark_concurrent(model_paths: Sequence[str], out_path: Optional[str] = None, runner: str = "auto",
+                         threads: Optional[int] = None, batch: int = 1, warmup: int = 3, min_seconds: float = 3.0,
+                         power: bool = True, power_root: str = "/", idle_seconds: float = 2.0,
+                         power_total: Optional[str] = None, thermal_root: Optional[str] = None,
+                         labels: Optional[Dict[str, Optional[str]]] = None, progress: bool = True,
+                         log: Callable[[str], None] = print) -> Dict[str, object]:
+    """Offline on several models at once (e.g. the GPU engine, DLA0's and DLA1's), one thread each;
+    each model's share, the combined throughput, and the power of them all together."""
+    if len(model_paths) < 2:
+        raise EdgekitError("--concurrent needs two or more models, comma-separated (e.g. gpu.engine,dla0.engine)")
+    if batch < 1:
+        raise EdgekitError("batch must be positive, got {}".format(batch))
+    paths = [p.replace(BATCH_PLACEHOLDER, str(batch)) for p in model_paths]
+    chosen = [choose_runner(p, runner) for p in paths]
+    power_window, rule, rule_why = _power_window(power, power_root, power_total, idle_seconds)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    opened: Dict[str, Runner] = {}
+    try:
+        for i, (path, (runtime, run_path, _)) in enumerate(zip(paths, chosen)):
+            name = path if path not in opened else "{}#{}".format(path, i + 1)  # the same model twice
+            opened[name] = registry.create(runtime, run_path, threads=threads).activate()
+        log("concurrent offline: {} at batch {} together".format(", ".join(opened), batch))
+        feeds = {name: random_feed(r, batch) for name, r in opened.items()}
+        info = {name: r.runtime_info() for name, r in opened.items()}
+        measured = concurrent_offline(opened, feeds, min_seconds=min_seconds, warmup=warmup,
+                                      window=Windows([power_window, ThermalWindow(thermal_root or power_root)]),
+                                      progress=_progress_printer() if progress else None)
+    finally:
+        for r in opened.values():
+            r.deactivate()
+        power_window.close()
+    first_info = next(iter(info.values()))
+    result = {
+        "run_id": time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6],
+        "created": started,
+        "model": {"path": ",".join(model_paths), "ran": [c[1] for c in chosen],
+                  "sha256": sha256_file(chosen[0][1]), "precision": _precision(paths[0]),
+                  "concurrent": [{"path": c[1], "sha256": sha256_file(c[1]), "runtime": c[0]} for c in chosen]},
+        "accuracy": None,
+        "labels": dict(_labels(paths[0], chosen[0][0], labels or {}),
+                       placement=(labels or {}).get("placement") or "concurrent"),
+        "runtime": first_info,
+        "runtimes": info,
+        "environment": environment.collect(threads=threads, runtime=first_info),
+        "scenarios": {"concurrent_offline": measured},
+        "power_source": power_window.source.name if power_window.source else None,
+        "power_unavailable_reasons": power_window.reasons if power_window.source is None else [],
+        "power_total": {"rule": rule, "why": rule_why},
+        "throttled": _throttled({"concurrent_offline": measured}),
+        "settings": {"warmup": warmup, "min_seconds": min_seconds, "batch": batch,
+                     "power_total": power_total or "auto"},
     }
     if out_path:
         save_result(out_path, result)

@@ -12,8 +12,11 @@ Sources, the first that works is used:
 5. Linux powercap / Intel RAPL (`/sys/class/powercap/intel-rapl:<N>/energy_uj`, package zones);
 
 otherwise the result says `unavailable` and why: never a made-up number. Bus and hwmon numbers
-are globbed, never hard-coded. On AGX Xavier the six rails (GPU, CPU, SOC, CV, VDDRQ, SYS5V) have
-no total among them: board power is their sum.
+are globbed, never hard-coded.
+
+The board total (`total_rule`): on AGX Xavier the six rails (GPU, CPU, SOC, CV, VDDRQ, SYS5V) have
+no total among them, so board power is their sum; on Orin NX/Nano, Xavier NX and Nano an input rail
+(VDD_IN, POM_5V_IN) already is the board total and summing would count the other rails twice.
 
 Python 3.8 clean, no torch. Every reader takes a `root` so tests run on a fake sysfs tree.
 """
@@ -270,6 +273,38 @@ def detect_power_source(root: str = "/", tegrastats: str = "tegrastats", use_nvm
     return None, reasons
 
 
+# An input rail measures the whole board: when one is there, it is the total (never added to the others).
+INPUT_RAILS = ("VDD_IN", "POM_5V_IN")
+
+
+def total_rule(rails: List[str], requested: Optional[str] = None) -> Tuple[str, str]:
+    """(rule, why): "sum" (add every rail) or the name of the rail that is the board total.
+
+    `requested`: "sum", a rail name (the target's `power_total`, `--power-total`), or None/"auto":
+    an input rail (VDD_IN on Orin NX/Nano and Xavier NX, POM_5V_IN on Nano) when present, else the sum.
+    AGX Orin's VIN_SYS_5V0 is not such a rail: it feeds the system 5 V domain beside the GPU/SOC and
+    CPU/CV supplies, so on an AGX Orin the rails add up. A named rail that this board
+    does not have raises PowerUnavailable: a total from the wrong rails is no number at all.
+    """
+    if requested in (None, "", "auto"):
+        for rail in rails:
+            upper = rail.upper()
+            if upper in INPUT_RAILS:
+                return rail, "auto: {} is the board's input rail, already the total".format(rail)
+        return "sum", "auto: no input rail among {}: the rails add up to the board".format(", ".join(rails) or "none")
+    if requested == "sum":
+        return "sum", "given: the rails add up to the board"
+    for rail in rails:
+        if rail.upper() == requested.upper():
+            return rail, "given: {} is the board total".format(rail)
+    raise PowerUnavailable("power total rail {} is not on this board (rails: {}); use --power-total sum or one of "
+                           "them".format(requested, ", ".join(rails) or "none"))
+
+
+def board_total(rails_w: Reading, rule: str = "sum") -> float:
+    return sum(rails_w.values()) if rule == "sum" else rails_w.get(rule, 0.0)
+
+
 class PowerTrace(object):
     def __init__(self, source: str, rails: List[str]) -> None:
         self.source = source
@@ -332,23 +367,25 @@ class PowerSampler(object):
 
 
 def summarize_power(trace: PowerTrace, inferences: int, seconds: float,
-                    idle: Optional[PowerTrace] = None) -> Dict[str, object]:
-    """Average watts per rail and total, idle baseline, mJ per inference, inferences per joule."""
+                    idle: Optional[PowerTrace] = None, total_rule: str = "sum") -> Dict[str, object]:
+    """Average watts per rail and the board total (`total_rule`: "sum" or the total's rail), idle
+    baseline, mJ per inference, inferences per joule."""
     if not trace.samples:
         reason = trace.errors[0] if trace.errors else "no samples in the measured window"
         return {"status": "unavailable", "source": trace.source, "reason": reason}
     rails = trace.mean_watts()
-    total = sum(rails.values())
+    total = board_total(rails, total_rule)
     hz = (len(trace.times) - 1) / trace.duration() if trace.duration() > 0 else None
     out = {"status": "ok", "source": trace.source, "samples": len(trace.samples),
            "sample_hz": round(hz, 2) if hz else None,
-           "rails_w": {k: round(v, 4) for k, v in rails.items()}, "total_w": round(total, 4)}
+           "rails_w": {k: round(v, 4) for k, v in rails.items()}, "total_w": round(total, 4),
+           "total_rule": total_rule}
     if inferences > 0 and seconds > 0 and total > 0:
         joules = total * seconds
         out["mj_per_inference"] = round(1000.0 * joules / inferences, 4)
         out["inferences_per_joule"] = round(inferences / joules, 4)
     if idle is not None and idle.samples:
-        idle_total = sum(idle.mean_watts().values())
+        idle_total = board_total(idle.mean_watts(), total_rule)
         out["idle_w"] = round(idle_total, 4)
         above = total - idle_total
         if inferences > 0 and seconds > 0:

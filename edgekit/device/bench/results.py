@@ -2,10 +2,9 @@
 
 import csv
 import io
-import json
 from typing import Any, Dict, List
 
-from ...artifacts import write_json_atomic, write_text_atomic
+from ...artifacts import read_json, write_json_atomic, write_text_atomic
 from ...errors import EdgekitError
 
 # accuracy.device_check: a run that scored the host's eval images more than this many points below
@@ -22,13 +21,7 @@ def save_result(path: str, result: Dict[str, Any]) -> None:
 
 
 def load_result(path: str) -> Dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except ValueError as exc:
-        raise EdgekitError("{} is not valid JSON ({}); was it cut short?".format(path, exc)) from None
-    except OSError as exc:
-        raise EdgekitError("cannot read {}: {}".format(path, exc.strerror or exc)) from None
+    data = read_json(path)
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise EdgekitError("{} is not an edgekit benchmark result".format(path))
     if data.get("schema_version") != SCHEMA_VERSION:
@@ -54,9 +47,18 @@ def schema_problem(data: Dict[str, Any]) -> str:
     if not isinstance(model, dict) or not isinstance(model.get("path"), str):
         return "no model.path"
     scenarios = data.get("scenarios")
-    if not isinstance(scenarios, dict) or not (scenarios.get("single_stream") or scenarios.get("offline")):
+    if not isinstance(scenarios, dict) or not (scenarios.get("single_stream") or scenarios.get("offline")
+                                               or scenarios.get("concurrent_offline")):
         return "no scenario results"
     latencies = []
+    concurrent = scenarios.get("concurrent_offline")
+    if concurrent:
+        if not isinstance(concurrent, dict) or not _number(concurrent.get("throughput")) or not isinstance(
+                concurrent.get("engines"), list) or not concurrent["engines"]:
+            return "concurrent_offline has no throughput or engines"
+        for engine in concurrent["engines"]:
+            if not isinstance(engine, dict) or not all(_number(engine.get(k)) for k in ("queries", "throughput")):
+                return "a concurrent_offline engine lacks queries or throughput"
     ss = scenarios.get("single_stream")
     if ss:
         if not isinstance(ss, dict) or not _number(ss.get("batch")) or not _number(ss.get("queries")):
@@ -79,9 +81,19 @@ def schema_problem(data: Dict[str, Any]) -> str:
     accuracy = data.get("accuracy")
     if accuracy is not None and (not isinstance(accuracy, dict) or not _number(accuracy.get("top1"))):
         return "accuracy.top1 is not a number"
-    for key in ("labels", "environment", "runtime"):
+    for key in ("labels", "environment", "runtime", "power_total", "soak", "profile", "times_file"):
         if data.get(key) is not None and not isinstance(data[key], dict):
             return "{} is not an object".format(key)
+    if data.get("throttled") not in (None, True, False):
+        return "throttled is not true, false or null"
+    windows = [ss] if ss else []
+    windows += list(off["rows"]) if off else []
+    windows += [concurrent] if concurrent else []
+    for window in windows:
+        thermal = window.get("thermal")
+        if thermal is not None and (not isinstance(thermal, dict)
+                                    or thermal.get("throttled") not in (None, True, False)):
+            return "a window's thermal record has no throttled flag"
     return ""
 
 

@@ -46,8 +46,9 @@ class TrtApi(object):
 
     @property
     def parser_error_node_name(self) -> bool:
-        """`IParserError.node_name()` appeared in 8.6; 8.5 has only the node index (`node()`)."""
-        return self.v[:2] >= (8, 6)
+        """`IParserError.node_name()` appeared in 9.1 (not 8.6: JetPack 6.0's 8.6.2 lacks it);
+        8.5 and 8.6 have only the node index (`node()`)."""
+        return self.v[:2] >= (9, 1)
 
     @property
     def implicit_int8_deprecated(self) -> bool:

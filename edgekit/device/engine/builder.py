@@ -14,12 +14,14 @@ both are pure and tested without TensorRT.
 import os
 import shlex
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ...artifacts import atomic_path, sha256_file, write_text_atomic
 from ...errors import EdgekitError
 from ...lazy import lazy_import
 from .api import TrtApi
+from .calibcache import DLA_ALGORITHM
+from .calibcache import header as cache_header_for
 from .metadata import EngineMetadata, save_metadata
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -28,8 +30,9 @@ PRECISIONS = ("fp32", "fp16", "int8")
 class BuildConfig(object):
     def __init__(self, onnx_path: str, engine_path: Optional[str] = None, precision: str = "fp16",
                  dla_core: Optional[int] = None, gpu_fallback: bool = True, workspace_mb: int = 1024,
-                 optimization_level: Optional[int] = None, min_batch: int = 1, opt_batch: int = 1,
-                 max_batch: int = 8, static_batch: Optional[int] = None, timing_cache: Optional[str] = None,
+                 optimization_level: Optional[int] = None, min_batch: Optional[int] = None,
+                 opt_batch: Optional[int] = None, max_batch: Optional[int] = None,
+                 static_batch: Optional[int] = None, timing_cache: Optional[str] = None,
                  calibration_cache: Optional[str] = None, input_name: str = "input",
                  input_shape: Optional[List[int]] = None) -> None:
         self.onnx_path = onnx_path
@@ -51,6 +54,11 @@ class BuildConfig(object):
             if stem.endswith(suffix):
                 stem = stem[: -len(suffix)]
                 break
+        if dla_core is not None:
+            # one static engine per batch size on DLA (batch 1 when none is given, as batch_profile says)
+            implied = 1 if min_batch is None and opt_batch is None and max_batch is None else None
+            batch = static_batch if static_batch is not None else implied
+            device += ".b{}".format(batch) if batch is not None else ""
         self.engine_path = engine_path or os.path.join(os.path.dirname(onnx_path) or ".",
                                                        "{}.{}.{}.engine".format(stem, precision, device))
 
@@ -58,8 +66,8 @@ class BuildConfig(object):
         return dict(self.__dict__)
 
 
-def plan_build(cfg: BuildConfig) -> Dict[str, Any]:
-    """Check a build request before TensorRT sees it; return the resolved plan or raise EdgekitError."""
+def check_build(cfg: BuildConfig) -> str:
+    """Check a build request before TensorRT sees it; return the INT8 mode (or the precision) or raise."""
     if cfg.precision not in PRECISIONS:
         raise EdgekitError("precision must be one of {}, got {!r}".format(", ".join(PRECISIONS), cfg.precision))
     if not os.path.isfile(cfg.onnx_path):
@@ -93,56 +101,147 @@ def plan_build(cfg: BuildConfig) -> Dict[str, Any]:
             raise EdgekitError("dla core must be 0 or 1 (Xavier and Orin have two), got {}".format(cfg.dla_core))
         if cfg.precision == "fp32":
             raise EdgekitError("DLA runs FP16 or INT8 only: use --precision fp16 or int8 with --dla")
-    if cfg.static_batch is None and not (1 <= cfg.min_batch <= cfg.opt_batch <= cfg.max_batch):
-        raise EdgekitError("batch profile must satisfy 1 <= min <= opt <= max, got {}/{}/{}".format(
-            cfg.min_batch, cfg.opt_batch, cfg.max_batch))
+    batch_profile(cfg)
     if cfg.workspace_mb < 16:
         raise EdgekitError("workspace must be at least 16 MiB, got {}".format(cfg.workspace_mb))
-    return {"mode": mode, "device": "dla{}".format(cfg.dla_core) if cfg.dla_core is not None else "gpu",
-            "engine_path": cfg.engine_path}
+    return mode
+
+
+def batch_profile(cfg: BuildConfig) -> Tuple[int, int, int]:
+    """(min, opt, max) batch of the one optimization profile.
+
+    DLA takes only static shapes: with min < max TensorRT moves every DLA layer to the GPU ("does not
+    support dynamic shapes"), so a DLA build is one static batch, `--batch B` (batch 1 when none given),
+    one engine per batch size.
+    """
+    if cfg.static_batch is not None:
+        if cfg.static_batch < 1:
+            raise EdgekitError("--batch must be at least 1, got {}".format(cfg.static_batch))
+        return cfg.static_batch, cfg.static_batch, cfg.static_batch
+    given = [b for b in (cfg.min_batch, cfg.opt_batch, cfg.max_batch) if b is not None]
+    if cfg.dla_core is not None:
+        if not given:
+            return 1, 1, 1
+        if len(given) == 3 and len(set(given)) == 1:
+            return given[0], given[0], given[0]
+        raise EdgekitError("DLA engines need a static batch (min = opt = max; a dynamic profile runs every DLA "
+                           "layer on the GPU): pass --batch B and build one engine per batch size")
+    low = cfg.min_batch if cfg.min_batch is not None else 1
+    opt = cfg.opt_batch if cfg.opt_batch is not None else low
+    high = cfg.max_batch if cfg.max_batch is not None else max(8, opt)
+    if not 1 <= low <= opt <= high:
+        raise EdgekitError("batch profile must satisfy 1 <= min <= opt <= max, got {}/{}/{}".format(low, opt, high))
+    return low, opt, high
+
+
+def plan_build(cfg: BuildConfig, input_shape: Optional[List[int]] = None,
+               input_name: Optional[str] = None) -> Dict[str, Any]:
+    """The one build plan: `build_engine` configures TensorRT from it and `trtexec_command` prints it.
+
+    `input_shape` ([C, H, W]) and `input_name`: the network's (build_engine passes what the parser
+    found); otherwise `cfg.input_shape`, else read from the ONNX file with `onnx`.
+    """
+    mode = check_build(cfg)
+    onnx_input = None
+    if input_shape is None and cfg.input_shape is None:
+        onnx_input = _onnx_input(cfg.onnx_path)
+    elif input_name is None:
+        try:  # the shape was given: the ONNX only names the input, and may be unreadable here
+            onnx_input = _onnx_input(cfg.onnx_path)
+        except EdgekitError:
+            onnx_input = None
+    chw = input_shape or cfg.input_shape or (onnx_input[1] if onnx_input else None)
+    if not chw:
+        raise EdgekitError("cannot read the input shape of {} ({}): pass --input-shape CxHxW".format(
+            cfg.onnx_path, "the onnx package is not installed" if onnx_input is None else "its dims are dynamic"))
+    name = input_name or (onnx_input[0] if onnx_input else cfg.input_name)
+    low, opt, high = batch_profile(cfg)
+    flags = []
+    if cfg.precision == "fp16":
+        flags.append("FP16")
+    elif cfg.precision == "int8":
+        # FP16 beside INT8: a layer without an INT8 kernel falls back to FP16, not FP32
+        flags += ["INT8", "FP16"]
+    device = "dla{}".format(cfg.dla_core) if cfg.dla_core is not None else "gpu"
+    if cfg.dla_core is not None and cfg.gpu_fallback:
+        flags.append("GPU_FALLBACK")
+    calibrator = None
+    if mode == "int8-implicit":
+        # TensorRT requires the entropy calibrator (v2) for DLA; edgekit's caches all carry its header.
+        calibrator = {"class": "IInt8EntropyCalibrator2", "algorithm": DLA_ALGORITHM,
+                      "cache": cfg.calibration_cache, "cache_header": _cache_header(str(cfg.calibration_cache))}
+    return {"onnx": cfg.onnx_path, "engine_path": cfg.engine_path, "precision": cfg.precision, "mode": mode,
+            "device": device, "dla_core": cfg.dla_core,
+            "gpu_fallback": cfg.gpu_fallback if cfg.dla_core is not None else None,
+            "flags": flags, "calibrator": calibrator,
+            "profiles": [{"input": name, "min": [low] + list(chw), "opt": [opt] + list(chw),
+                          "max": [high] + list(chw)}],
+            "static": low == opt == high, "workspace_mb": cfg.workspace_mb,
+            "optimization_level": cfg.optimization_level, "timing_cache": cfg.timing_cache}
+
+
+_TRTEXEC_FLAGS = {"FP16": "--fp16", "INT8": "--int8", "GPU_FALLBACK": "--allowGPUFallback"}
+
+
+def trtexec_args(plan: Dict[str, Any]) -> List[str]:
+    """The trtexec line of a plan (a Jetson user can paste it; trtexec lives in /usr/src/tensorrt/bin)."""
+    args = ["/usr/src/tensorrt/bin/trtexec", "--onnx=" + plan["onnx"], "--saveEngine=" + plan["engine_path"]]
+
+    def dims(shape: List[int]) -> str:
+        return "x".join(str(d) for d in shape)
+
+    if plan["static"]:
+        args.append("--shapes=" + ",".join("{}:{}".format(p["input"], dims(p["opt"])) for p in plan["profiles"]))
+    else:
+        for key in ("min", "opt", "max"):
+            args.append("--{}Shapes=".format(key) + ",".join(
+                "{}:{}".format(p["input"], dims(p[key])) for p in plan["profiles"]))
+    args += [_TRTEXEC_FLAGS[f] for f in plan["flags"] if f != "GPU_FALLBACK"]
+    if plan["calibrator"]:
+        args.append("--calib=" + str(plan["calibrator"]["cache"]))
+    if plan["dla_core"] is not None:
+        args.append("--useDLACore={}".format(plan["dla_core"]))
+        if "GPU_FALLBACK" in plan["flags"]:
+            args.append("--allowGPUFallback")
+    args.append("--memPoolSize=workspace:{}".format(plan["workspace_mb"]))  # MiB (TensorRT 8.4+)
+    if plan["optimization_level"] is not None:
+        args.append("--builderOptimizationLevel={}".format(plan["optimization_level"]))
+    if plan["timing_cache"]:
+        args.append("--timingCacheFile=" + plan["timing_cache"])
+    args.append("--verbose")
+    return args
 
 
 def trtexec_command(cfg: BuildConfig, input_shape: Optional[List[int]] = None) -> str:
-    """The equivalent trtexec line (a Jetson user can paste it; trtexec lives in /usr/src/tensorrt/bin)."""
-    plan = plan_build(cfg)
-    shape = input_shape or cfg.input_shape or [3, 224, 224]
-    dims = "x".join(str(d) for d in shape)
-    args = ["/usr/src/tensorrt/bin/trtexec", "--onnx=" + cfg.onnx_path, "--saveEngine=" + cfg.engine_path]
-    if cfg.static_batch is not None:
-        args.append("--shapes={}:{}x{}".format(cfg.input_name, cfg.static_batch, dims))
-    else:
-        args += ["--minShapes={}:{}x{}".format(cfg.input_name, cfg.min_batch, dims),
-                 "--optShapes={}:{}x{}".format(cfg.input_name, cfg.opt_batch, dims),
-                 "--maxShapes={}:{}x{}".format(cfg.input_name, cfg.max_batch, dims)]
-    if cfg.precision == "fp16":
-        args.append("--fp16")
-    elif cfg.precision == "int8":
-        args.append("--int8")
-        if plan["mode"] == "int8-implicit":
-            args.append("--calib=" + str(cfg.calibration_cache))
-        if cfg.dla_core is not None:
-            args.append("--fp16")  # layers DLA cannot run in INT8 stay in FP16 rather than FP32
-    if cfg.dla_core is not None:
-        args.append("--useDLACore={}".format(cfg.dla_core))
-        if cfg.gpu_fallback:
-            args.append("--allowGPUFallback")
-    args.append("--memPoolSize=workspace:{}".format(cfg.workspace_mb))  # MiB (TensorRT 8.4+)
-    if cfg.timing_cache:
-        args.append("--timingCacheFile=" + cfg.timing_cache)
-    args.append("--verbose")
-    return " ".join(shlex.quote(a) for a in args)
+    """The trtexec line of `plan_build(cfg, input_shape)`: the very build `build_engine` makes."""
+    return " ".join(shlex.quote(a) for a in trtexec_args(plan_build(cfg, input_shape)))
 
 
-def _onnx_input_chw(path: str, name: str) -> Optional[List[int]]:
+def _cache_header(path: str) -> Optional[str]:
+    try:
+        with open(path, "rb") as f:
+            return f.readline().decode("ascii", "replace").strip()
+    except OSError:
+        return None
+
+
+def _onnx_input(path: str) -> Optional[Tuple[str, Optional[List[int]]]]:
+    """(first input's name, [C, H, W] or None when dynamic) from the ONNX file; None without `onnx`."""
     try:
         onnx = lazy_import("onnx")
     except EdgekitError:
         return None
-    model = onnx.load(path, load_external_data=False)
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and friends
+        raise EdgekitError("{} is not a readable ONNX file ({}); pass --input-shape CxHxW or re-export it".format(
+            path, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__)) from None
+    initializers = {i.name for i in model.graph.initializer}
     for value in model.graph.input:
-        if value.name == name:
-            dims = [d.dim_value for d in value.type.tensor_type.shape.dim[1:]]
-            return dims if all(d > 0 for d in dims) else None
+        if value.name in initializers:
+            continue
+        dims = [d.dim_value for d in value.type.tensor_type.shape.dim[1:]]
+        return value.name, (dims if dims and all(d > 0 for d in dims) else None)
     return None
 
 
@@ -159,7 +258,7 @@ def reusable_engine(cfg: BuildConfig, tensorrt_version: str) -> Optional[Dict[st
         return None
     profile = meta.get("profile") or {}
     flags = meta.get("flags") or {}
-    shapes = [cfg.static_batch] * 3 if cfg.static_batch is not None else [cfg.min_batch, cfg.opt_batch, cfg.max_batch]
+    shapes = list(batch_profile(cfg))
     calib = sha256_file(cfg.calibration_cache) if cfg.calibration_cache else None
     same = (meta.get("onnx_sha256") == sha256_file(cfg.onnx_path) and meta.get("tensorrt_version") == tensorrt_version
             and meta.get("precision") == cfg.precision and meta.get("dla_core") == cfg.dla_core
@@ -175,7 +274,7 @@ def build_engine(cfg: BuildConfig, log: Callable[[str], None] = print, force: bo
     An engine already built from the same ONNX with the same settings is kept (`force` rebuilds):
     a re-run of a deploy resumes instead of spending minutes per engine again.
     """
-    plan = plan_build(cfg)
+    check_build(cfg)  # a bad request fails before TensorRT is imported
     trt = lazy_import("tensorrt")
     api = TrtApi(trt.__version__)
     existing = None if force else reusable_engine(cfg, trt.__version__)
@@ -202,48 +301,18 @@ def build_engine(cfg: BuildConfig, log: Callable[[str], None] = print, force: bo
     with open(cfg.onnx_path, "rb") as f:
         parsed = parser.parse(f.read(), cfg.onnx_path)
     if not parsed:
-        problems = []
-        for i in range(parser.num_errors):
-            error = parser.get_error(i)
-            where = error.node_name() if api.parser_error_node_name else "node #{}".format(error.node())
-            problems.append("{}: {}".format(where, error.desc()))
+        problems = [parser_error_text(api, parser.get_error(i)) for i in range(parser.num_errors)]
         raise EdgekitError("TensorRT {} cannot parse {}: {}{}".format(
             trt.__version__, cfg.onnx_path, problems[0] if problems else "unknown error",
             " (and {} more)".format(len(problems) - 1) if len(problems) > 1 else ""))
 
-    config = builder.create_builder_config()
-    if api.memory_pool_limit:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mb << 20)
-    else:  # pragma: no cover - 8.5 is the floor, kept for clarity
-        config.max_workspace_size = cfg.workspace_mb << 20
-    if cfg.optimization_level is not None and api.builder_optimization_level:
-        config.builder_optimization_level = cfg.optimization_level
-    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    if cfg.precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif cfg.precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.set_flag(trt.BuilderFlag.FP16)  # what cannot run in INT8 falls back to FP16, not FP32
-        if plan["mode"] == "int8-implicit":
-            config.int8_calibrator = _cache_calibrator(trt, cfg.calibration_cache)
-    if cfg.dla_core is not None:
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = cfg.dla_core
-        if cfg.gpu_fallback:
-            config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-
     tensor = network.get_input(0)
     chw = list(tensor.shape)[1:]
-    if cfg.static_batch is not None:
-        shapes = [cfg.static_batch] * 3
-    else:
-        shapes = [cfg.min_batch, cfg.opt_batch, cfg.max_batch]
     if any(d < 0 for d in chw):
         raise EdgekitError("input {} has dynamic spatial dims {}; edgekit exports fixed image sizes".format(
             tensor.name, chw))
-    profile = builder.create_optimization_profile()
-    profile.set_shape(tensor.name, [shapes[0]] + chw, [shapes[1]] + chw, [shapes[2]] + chw)
-    config.add_optimization_profile(profile)
+    plan = plan_build(cfg, chw, tensor.name)
+    config = configure(trt, api, builder, plan)
 
     cache_bytes = b""
     if cfg.timing_cache and os.path.exists(cfg.timing_cache):
@@ -278,12 +347,13 @@ def build_engine(cfg: BuildConfig, log: Callable[[str], None] = print, force: bo
     meta = EngineMetadata.create(
         tensorrt_version=trt.__version__, device_name=device["name"], compute_capability=device["compute_capability"],
         dla_core=cfg.dla_core, precision=cfg.precision,
-        profile={"input": tensor.name, "min": [shapes[0]] + chw, "opt": [shapes[1]] + chw, "max": [shapes[2]] + chw},
+        profile=dict(plan["profiles"][0]),
         onnx_path=cfg.onnx_path, onnx_sha256=sha256_file(cfg.onnx_path), build_seconds=round(seconds, 1),
         flags={"mode": plan["mode"], "gpu_fallback": cfg.gpu_fallback, "optimization_level": cfg.optimization_level,
                "timing_cache": cfg.timing_cache, "calibration_cache": cfg.calibration_cache,
                "calibration_cache_sha256": sha256_file(cfg.calibration_cache) if cfg.calibration_cache else None},
         workspace_mb=cfg.workspace_mb, l4t=l4t_release())
+    meta["plan"] = plan
     if cfg.dla_core is not None:
         from .dla_report import parse_dla_log, summarize
 
@@ -296,12 +366,51 @@ def build_engine(cfg: BuildConfig, log: Callable[[str], None] = print, force: bo
     return meta
 
 
-def _cache_calibrator(trt: Any, cache_path: str) -> Any:
-    """An entropy calibrator that only serves edgekit's calib.cache (no calibration data on the device)."""
+def configure(trt: Any, api: TrtApi, builder: Any, plan: Dict[str, Any]) -> Any:
+    """An IBuilderConfig set from `plan` alone: flags, calibrator, device, profile, workspace."""
+    config = builder.create_builder_config()
+    if api.memory_pool_limit:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan["workspace_mb"] << 20)
+    else:  # pragma: no cover - 8.5 is the floor, kept for clarity
+        config.max_workspace_size = plan["workspace_mb"] << 20
+    if plan["optimization_level"] is not None and api.builder_optimization_level:
+        config.builder_optimization_level = plan["optimization_level"]
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    for flag in plan["flags"]:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    if plan["calibrator"]:
+        config.int8_calibrator = _cache_calibrator(trt, plan["calibrator"]["cache"], api.version)
+    if plan["dla_core"] is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = plan["dla_core"]
+    profile = builder.create_optimization_profile()
+    for p in plan["profiles"]:
+        profile.set_shape(p["input"], p["min"], p["opt"], p["max"])
+    config.add_optimization_profile(profile)
+    return config
+
+
+def parser_error_text(api: TrtApi, error: Any) -> str:
+    """'<node>: <message>' of an IParserError: its node name where the version has node_name() (9.1+)."""
+    where = error.node_name() if api.parser_error_node_name else "node #{}".format(error.node())
+    return "{}: {}".format(where or "node #{}".format(error.node()), error.desc())
+
+
+def _cache_calibrator(trt: Any, cache_path: str, trt_version: str) -> Any:
+    """An IInt8EntropyCalibrator2 that only serves edgekit's calib.cache (no calibration data on the device).
+
+    TensorRT requires the entropy calibrator (v2) for DLA, and it silently ignores a cache whose
+    header names another version or algorithm (the engine then has no INT8 scales): refuse that here.
+    """
     with open(cache_path, "rb") as f:
         cache = f.read()
-    header = cache.split(b"\n", 1)[0].decode("ascii", "replace")
-    base = trt.IInt8MinMaxCalibrator if header.endswith("MinMaxCalibration") else trt.IInt8EntropyCalibrator2
+    found = cache.split(b"\n", 1)[0].decode("ascii", "replace").strip()
+    wanted = cache_header_for(trt_version)
+    if found != wanted:
+        raise EdgekitError("{} starts with {!r} but TensorRT {} reads only {!r} caches and would ignore it, "
+                           "building without INT8 scales: re-tag it for this TensorRT (edgekit's device bundle "
+                           "does, calibcache.retag_calibration_cache)".format(cache_path, found, trt_version, wanted))
+    base = trt.IInt8EntropyCalibrator2
 
     class CacheCalibrator(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:

@@ -13,8 +13,10 @@ def cuda_device(index: int = 0) -> Dict[str, object]:
     return {"name": device.name(), "compute_capability": "{}.{}".format(major, minor)}
 
 
-def dla_cores() -> int:
-    """DLA cores TensorRT sees here (0 on GPUs without DLA)."""
-    trt = lazy_import("tensorrt")
-    builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
-    return int(getattr(builder, "num_DLA_cores", 0))
+def dla_cores(runtime: object = None) -> int:
+    """DLA cores TensorRT sees here (0 on GPUs without DLA), from a `trt.Runtime` (the caller's when
+    given): a Builder is heavy, and creating one per runner activation is what the runner must not do."""
+    if runtime is None:
+        trt = lazy_import("tensorrt")
+        runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
+    return int(getattr(runtime, "num_DLA_cores", 0))

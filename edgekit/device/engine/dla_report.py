@@ -15,7 +15,8 @@ TensorRT prints the placement after a DLA build in two generations of format:
 and says why a layer left DLA in warnings such as "Default DLA is enabled but layer X is not
 supported on DLA, falling back to GPU.", "Layer 'X' (TYPE): Unsupported on DLA. Switching this
 layer's device type to GPU." or "DLA supports only 8 subgraphs per DLA core. Switching to GPU for
-layer X". Python 3.8 clean, no TensorRT needed.
+layer X", and for a dynamic profile "DLA Layer X does not support dynamic shapes in any dimension."
+(every layer then runs on the GPU: DLA engines must have min = opt = max). Python 3.8 clean, no TensorRT needed.
 """
 
 import re
@@ -33,7 +34,10 @@ _FALLBACKS = [
                r"device type to GPU"),
     re.compile(r"(?P<reason>DLA supports only \d+ subgraphs per DLA core)\. Switching to GPU for layer "
                r"(?P<layer>\S+)"),
+    # a dynamic profile (min < max): every layer leaves DLA; the engine must be rebuilt with one static batch
+    re.compile(r"DLA Layer (?P<layer>.+?) (?P<reason>does not support dynamic shapes)(?: in any dimension)?\.?$"),
 ]
+DYNAMIC_SHAPES = "does not support dynamic shapes"
 _REASON_BEFORE = re.compile(r"^(?P<layer>[^\s:]+): (?P<reason>.*DLA.*)$")
 
 
@@ -85,6 +89,8 @@ def parse_dla_log(text: str) -> Dict[str, object]:
                 layer = found.group("layer").strip()
                 reason = found.groupdict().get("reason") or last_reason.get(layer) or "not supported on DLA"
                 fallbacks[layer] = reason.strip()
+                if found.groupdict().get("reason"):
+                    last_reason[layer] = reason.strip()  # the "Default DLA ... falling back" line that follows
                 matched = True
                 break
         if matched:
@@ -103,7 +109,8 @@ def parse_dla_log(text: str) -> Dict[str, object]:
     for reason in fallbacks.values():
         reasons[reason] = reasons.get(reason, 0) + 1
     return {"dla": dla, "gpu": gpu, "fallbacks": fallbacks,
-            "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1]))}
+            "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+            "dynamic_shapes": DYNAMIC_SHAPES in reasons}
 
 
 def summarize(report: Dict[str, object], limit: int = 5) -> str:
@@ -114,6 +121,9 @@ def summarize(report: Dict[str, object], limit: int = 5) -> str:
     for reason, count in list(reasons.items())[:limit]:
         examples = [layer for layer, r in report["fallbacks"].items() if r == reason][:3]
         lines.append("  {} x {} (e.g. {})".format(count, reason, ", ".join(examples)))
+    if report.get("dynamic_shapes"):
+        lines.append("  the engine has a dynamic batch profile, so DLA ran nothing: rebuild it with one static "
+                     "batch (--batch B)")
     if gpu and not reasons:
         lines.append("  on the GPU: {}".format(", ".join(gpu[:limit])))
     return "\n".join(lines)

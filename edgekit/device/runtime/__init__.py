@@ -7,5 +7,7 @@
 
 from .base import Runner, TensorSpec
 from .onnxrt import OnnxRuntimeRunner
+from .registry import create, register
+from .registry import names as runner_names
 
-__all__ = ["Runner", "TensorSpec", "OnnxRuntimeRunner"]
+__all__ = ["Runner", "TensorSpec", "OnnxRuntimeRunner", "create", "register", "runner_names"]

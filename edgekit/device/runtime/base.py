@@ -54,11 +54,19 @@ class Runner(object):
     `input_specs_impl` and may report device compute time from `infer_impl`."""
 
     name = "runner"
+    # trtexec's per-query split: which parts this runtime measures, and why the others are missing
+    SPLIT_PARTS = ("enqueue", "h2d", "compute", "d2h")
+    split_not_applicable: Dict[str, str] = {"enqueue": "this runtime does not separate the enqueue",
+                                            "h2d": "this runtime does not time the copies",
+                                            "compute": "this runtime does not time the device",
+                                            "d2h": "this runtime does not time the copies"}
 
     def __init__(self) -> None:
         self.is_active = False
         self._inference_time: Optional[float] = None
         self._compute_time: Optional[float] = None
+        self._started: Optional[float] = None
+        self._split: Dict[str, float] = {}
 
     # -- lifecycle
     def activate(self) -> "Runner":
@@ -99,9 +107,11 @@ class Runner(object):
         self._require_active()
         if check:
             self.check_feed(feed)
+        self._split = {}
         start = time.perf_counter()
         outputs, compute = self.infer_impl(feed)
         self._inference_time = time.perf_counter() - start
+        self._started = start
         self._compute_time = compute
         return outputs
 
@@ -132,6 +142,23 @@ class Runner(object):
     def last_compute_time(self) -> Optional[float]:
         """Device compute seconds of the last `infer`, or None where the runtime cannot separate it."""
         return self._compute_time
+
+    def last_timings(self) -> Dict[str, float]:
+        """The last `infer` split as trtexec splits a query, in seconds: `start` (host perf_counter),
+        `end_to_end`, and those of enqueue/h2d/compute/d2h this runtime measures (`gpu_start`: the
+        query's first GPU event since the runner's epoch, where there is one)."""
+        out = dict(self._split)
+        if self._compute_time is not None:
+            out.setdefault("compute", self._compute_time)
+        if self._inference_time is not None:
+            out["end_to_end"] = self._inference_time
+        if self._started is not None:
+            out["start"] = self._started
+        return out
+
+    def profile_layers(self, feed: Dict[str, np.ndarray], runs: int = 10) -> Optional[List[Dict[str, object]]]:
+        """Per-layer times in trtexec's --exportProfile layout, or None where the runtime has no profiler."""
+        return None
 
     # -- to implement
     def activate_impl(self) -> None:

@@ -210,8 +210,11 @@ def quantize(fp32_path: str, out_dir: str, calibration: List[np.ndarray], method
                             # Q/DQ on convolution inputs only: an output Q/DQ between a convolution and
                             # the Add it feeds blocks TensorRT's conv+add fusion; biases stay FP32
                             # (TensorRT 8.5 dequantizes int8 only, not the int32 biases ORT would write).
+                            # Weights stay FP32 behind a Q->DQ pair, as TensorRT 8.x's developer guide asks
+                            # (an INT8 initializer read by DequantizeLinear alone is ORT's layout, not 8.5's);
+                            # the values are the same, so the model's top-1 is too.
                             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                           "QuantizeBias": False,
+                                           "QuantizeBias": False, "AddQDQPairToWeight": True,
                                            "OpTypesToExcludeOutputQuantization": ["Conv"]})
             model = onnx.load(tmp)
             ranges = calibration_ranges(ranges_path)
