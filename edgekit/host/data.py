@@ -8,12 +8,12 @@ normalization, the layout torchvision's ImageFolder expects.
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 
 from ..errors import EdgekitError
 from ..recipe import DataConfig
@@ -39,13 +39,30 @@ class DataBundle:
     # Training images as evaluation sees them (no random crops or flips), for INT8 calibration.
     calibration_set: Optional[Dataset] = None
 
-    def train_loader(self, generator: torch.Generator) -> DataLoader:
-        return DataLoader(self.train, batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.workers, generator=generator)
+    prefetch_factor: int = 4
 
-    def val_loader(self, batch_size: Optional[int] = None) -> DataLoader:
-        return DataLoader(self.val, batch_size=batch_size or self.batch_size * 2, shuffle=False,
-                          num_workers=self.workers)
+    def _worker_args(self, pin_memory: bool) -> dict:
+        args = {"num_workers": self.workers, "pin_memory": pin_memory}
+        if self.workers > 0:
+            # Workers live as long as the loader (one per stage), each keeping batches in flight.
+            args.update(persistent_workers=True, prefetch_factor=self.prefetch_factor)
+        return args
+
+    def train_loader(self, generator: torch.Generator, sampler: Optional[Sampler] = None,
+                     pin_memory: bool = False) -> DataLoader:
+        """Shuffled by `generator` (reseed it per epoch), or by `sampler` (a DistributedSampler)."""
+        return DataLoader(self.train, batch_size=self.batch_size, shuffle=sampler is None, sampler=sampler,
+                          drop_last=True, generator=generator, **self._worker_args(pin_memory))
+
+    def val_loader(self, batch_size: Optional[int] = None, shard: Optional[Tuple[int, int]] = None,
+                   pin_memory: bool = False) -> DataLoader:
+        """The val split in order; `shard=(rank, world_size)` takes every world_size-th image from
+        rank, so the shards of all ranks are the split exactly (no padding, unlike DistributedSampler)."""
+        dataset = self.val
+        if shard is not None and shard[1] > 1:
+            dataset = Subset(dataset, range(shard[0], len(dataset), shard[1]))  # type: ignore[arg-type]
+        return DataLoader(dataset, batch_size=batch_size or self.batch_size * 2, shuffle=False,
+                          **self._worker_args(pin_memory))
 
     def calibration_batches(self, samples: int, batch_size: int = 32, seed: int = 0) -> Iterator[torch.Tensor]:
         """Batches of up to `samples` real training images, a fixed random subset (for INT8)."""
@@ -139,7 +156,73 @@ def _safe_image_loader(path: str):  # noqa: ANN202 (PIL type only when torchvisi
         raise EdgekitError("cannot read image {}: {}".format(path, exc)) from None
 
 
-def _image_folder(path: str, transform: Callable, split: str) -> Dataset:
+def _lazy_image_loader(path: str):  # noqa: ANN202
+    """The opened file, header read, pixels not yet decoded: the transform decides at what scale."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(path)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise EdgekitError("cannot read image {}: {}".format(path, exc)) from None
+
+
+def _decode_at_least(image, width: int, height: int):  # noqa: ANN001, ANN202
+    """Decode `image` as RGB at the smallest JPEG DCT scale (1, 1/2, 1/4, 1/8) that keeps it at
+    least width x height (PIL's draft mode: libjpeg skips the work for the dropped resolution)."""
+    try:
+        if getattr(image, "format", None) == "JPEG":
+            image.draft("RGB", (width, height))
+        return image.convert("RGB")
+    except OSError as exc:
+        raise EdgekitError("cannot read image {}: {}".format(getattr(image, "filename", "?"), exc)) from None
+
+
+def _tensor_image_loader(path: str) -> torch.Tensor:
+    """uint8 CHW RGB through torchvision.io (libjpeg-turbo straight into a tensor); PIL for what it
+    cannot decode."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+    from torchvision.transforms.functional import pil_to_tensor
+
+    try:
+        return decode_image(read_file(path), mode=ImageReadMode.RGB)
+    except RuntimeError:
+        return pil_to_tensor(_safe_image_loader(path))
+
+
+def tensor_train_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> Callable:
+    """RandomResizedCrop + flip on the uint8 tensor (torchvision v2's vectorised antialiased resize),
+    then float and normalisation: the same augmentation as the PIL pipeline, without PIL's slow
+    resize and ToTensor."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(),
+                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+
+
+class DraftRandomResizedCrop:
+    """torchvision's RandomResizedCrop (same crop distribution), for a lazily opened image: the
+    crop is drawn from the header's size first, the JPEG is then decoded at the smallest scale that
+    still gives the crop `size` pixels a side, and the crop is resized straight from that (one
+    antialiased bilinear resize, as torchvision's). Big photos decode at 1/2..1/8 of the work."""
+
+    def __init__(self, size: int, scale: Tuple[float, float] = (0.08, 1.0),
+                 ratio: Tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)) -> None:
+        self.size, self.scale, self.ratio = size, scale, ratio
+
+    def __call__(self, image):  # noqa: ANN001, ANN204
+        from PIL import Image
+        from torchvision import transforms
+
+        full_w, full_h = image.size
+        top, left, h, w = transforms.RandomResizedCrop.get_params(image, list(self.scale), list(self.ratio))
+        image = _decode_at_least(image, -(-full_w * self.size // w), -(-full_h * self.size // h))
+        fx, fy = image.size[0] / float(full_w), image.size[1] / float(full_h)
+        box = (left * fx, top * fy, (left + w) * fx, (top + h) * fy)
+        return image.resize((self.size, self.size), Image.BILINEAR, box=box)
+
+
+def _image_folder(path: str, transform: Callable, split: str,
+                  loader: Callable = _safe_image_loader) -> Dataset:
     from torchvision.datasets import ImageFolder
 
     if not os.path.isdir(path):
@@ -148,7 +231,7 @@ def _image_folder(path: str, transform: Callable, split: str) -> Dataset:
     if not os.access(path, os.R_OK | os.X_OK):
         raise EdgekitError("image folder {} is not readable (permissions)".format(path))
     try:
-        return ImageFolder(path, transform=transform, loader=_safe_image_loader)
+        return ImageFolder(path, transform=transform, loader=loader)
     except (FileNotFoundError, PermissionError) as exc:
         raise EdgekitError("image folder {}: {} (expected <class>/<image> files inside)".format(
             path, str(exc).splitlines()[0].rstrip("."))) from None
@@ -163,11 +246,23 @@ def load_imagefolder_bundle(cfg: DataConfig, seed: int) -> DataBundle:
         raise EdgekitError("image folder root {} does not exist or is not a folder".format(cfg.root))
     size = cfg.image_size
     normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train_tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
-                                   transforms.ToTensor(), normalize])
+    # Measured here (2 loader workers, 224x224 crops): from 500x375 JPEGs full 1,000 img/s, draft
+    # 960, tensor 1,345; from 1600x1200 photos 119, 217, 223. Tensor is never slower, so it is the
+    # default (benchmarks/train_throughput.py --folder --decode measures yours).
+    if cfg.decode == "tensor":
+        train_loader: Callable = _tensor_image_loader
+        train_tf = tensor_train_transform(size, IMAGENET_MEAN, IMAGENET_STD)
+    else:
+        if cfg.decode == "draft":
+            train_loader, crop = _lazy_image_loader, DraftRandomResizedCrop(size)
+        else:
+            train_loader, crop = _safe_image_loader, transforms.RandomResizedCrop(size)
+        train_tf = transforms.Compose([crop, transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize])
     val_tf = transforms.Compose([transforms.Resize(int(round(size * 256 / 224))), transforms.CenterCrop(size),
                                  transforms.ToTensor(), normalize])
-    train = _image_folder(os.path.join(cfg.root, "train"), train_tf, "train")
+    # Validation (and calibration) keep torchvision's exact full-resolution preprocessing: the
+    # accuracy a checkpoint is known by, and the images the device scores engines on.
+    train = _image_folder(os.path.join(cfg.root, "train"), train_tf, "train", train_loader)
     val = _image_folder(os.path.join(cfg.root, "val"), val_tf, "val")
     if train.classes != val.classes:  # type: ignore[attr-defined]
         raise EdgekitError("train/ and val/ under {} have different class folders ({} vs {})".format(
@@ -177,6 +272,7 @@ def load_imagefolder_bundle(cfg: DataConfig, seed: int) -> DataBundle:
     return DataBundle(train=_cap(train, cfg.max_train_samples, seed), val=_cap(val, cfg.max_val_samples, seed),
                       num_classes=len(classes), class_names=classes, image_size=size,
                       mean=IMAGENET_MEAN, std=IMAGENET_STD, batch_size=cfg.batch_size, workers=cfg.workers,
+                      prefetch_factor=cfg.prefetch_factor,
                       calibration_set=_cap(calibration, cfg.max_train_samples, seed))
 
 
@@ -186,14 +282,57 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
     return load_imagefolder_bundle(cfg, seed)
 
 
-def evaluate_top1(model: torch.nn.Module, loader: Sequence) -> float:
-    """Top-1 accuracy in percent over a loader of (images, labels)."""
+def evaluate_counts(model: torch.nn.Module, loader: Iterable, device: Optional[torch.device] = None,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> Tuple[int, int]:
+    """(correct, total) top-1 over a loader of (images, labels), in fp32 on `device` (default: where
+    the model is, which must be there already). One host sync, at the end."""
     model.eval()
-    correct = total = 0
-    with torch.no_grad():
+    device = device or next(model.parameters()).device
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    total = 0
+    with torch.inference_mode():
         for images, labels in loader:
-            correct += int((model(images).argmax(1) == labels).sum())
+            images = images.to(device, non_blocking=True, memory_format=memory_format)
+            labels = labels.to(device, non_blocking=True)
+            correct += (model(images).argmax(1) == labels).sum()
             total += int(labels.numel())
+    return int(correct), total
+
+
+def predict_logits(model: torch.nn.Module, loader: Iterable, device: Optional[torch.device] = None) -> np.ndarray:
+    """FP32 logits of every image a loader of (images, labels) yields, as one CPU array, computed on the
+    device `edgekit.host.dist.setup` chose (or `device`); the model comes back where it was."""
+    from .dist import current
+
+    home = next(model.parameters()).device
+    device = device or current().device or home
+    model.eval()
+    model.to(device)
+    try:
+        chunks = []
+        with torch.inference_mode():
+            for images, _ in loader:
+                chunks.append(model(images.to(device, non_blocking=True)).float().cpu())
+    finally:
+        model.to(home)
+    return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), dtype=np.float32)
+
+
+def evaluate_top1(model: torch.nn.Module, loader: Iterable, device: Optional[torch.device] = None) -> float:
+    """Top-1 accuracy in percent over a loader of (images, labels); on `device` when given, else on
+    the device `edgekit.host.dist.setup` chose, else where the model is (the model goes there and
+    comes back)."""
+    from .dist import current
+
+    home = next(model.parameters()).device
+    device = device or current().device
+    if device is not None and device != home:
+        model.to(device)
+    try:
+        correct, total = evaluate_counts(model, loader, device)
+    finally:
+        if device is not None and device != home:
+            model.to(home)
     if total == 0:
         raise EdgekitError("the validation split is empty")
     return 100.0 * correct / total
