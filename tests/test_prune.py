@@ -122,3 +122,14 @@ def test_unstructured_reports_sparsity_keeps_shapes_and_masks_survive_training(t
     opt.step()
     keep_masks(masks)(model)
     assert conv_sparsity(model) == pytest.approx(0.6, abs=0.01)
+
+
+def test_the_recipe_accepts_exactly_the_registered_importances():
+    """prune.method is checked when the recipe loads (torch-free); the registry is where methods live."""
+    import dataclasses
+
+    from edgekit.host.compress.prune import IMPORTANCES
+    from edgekit.recipe import PruneConfig
+
+    (method,) = [f for f in dataclasses.fields(PruneConfig) if f.name == "method"]
+    assert set(method.metadata["choices"]) == set(IMPORTANCES) | {"unstructured"}

@@ -7,6 +7,8 @@ conv's input follow), an importance scores the channels of a group (L1 or L2 fil
 BatchNorm scale), and the policy here picks how many to remove: the smallest channel sparsity
 whose pruned model meets the MACs target, found by bisection on trial copies. The classifier is
 never pruned; channel counts are rounded to a multiple (`round_to`) that the target's kernels like.
+Importances are a registry keyed by name (`IMPORTANCES`, `register_importance`). A latency budget
+instead of a MACs one is `compress/latency.py` (the table's knapsack on the same groups).
 
 Unstructured magnitude pruning is offered for comparison only: it zeroes weights but keeps every
 channel, so MACs, ONNX size and TensorRT latency stay those of the dense model.
@@ -22,19 +24,56 @@ from torch import nn
 from ...errors import EdgekitError
 from ..models import count_macs_params, width_spec_of
 
-METHODS = ("l1", "l2", "bn_scale")
+# Importance methods, keyed by name (Torch-Pruning's importance classes). Adding one is one entry here
+# and its name in recipe.PruneConfig.method's choices.
+IMPORTANCES: Dict[str, Callable[[], object]] = {}
+
+
+def register_importance(name: str) -> Callable[[Callable[[], object]], Callable[[], object]]:
+    def add(factory: Callable[[], object]) -> Callable[[], object]:
+        IMPORTANCES[name] = factory
+        return factory
+    return add
+
+
+@register_importance("l1")
+def _l1():  # noqa: ANN202
+    import torch_pruning as tp
+    return tp.importance.MagnitudeImportance(p=1)
+
+
+@register_importance("l2")
+def _l2():  # noqa: ANN202
+    import torch_pruning as tp
+    return tp.importance.MagnitudeImportance(p=2)
+
+
+@register_importance("bn_scale")
+def _bn_scale():  # noqa: ANN202
+    import torch_pruning as tp
+    return tp.importance.BNScaleImportance()
+
+
+@register_importance("lamp")
+def _lamp():  # noqa: ANN202
+    import torch_pruning as tp
+    return tp.importance.LAMPImportance(p=2)
+
+
+@register_importance("fpgm")
+def _fpgm():  # noqa: ANN202
+    import torch_pruning as tp
+    return tp.importance.FPGMImportance(p=2)
+
+
+METHODS = tuple(IMPORTANCES)
 
 
 def make_importance(method: str):  # noqa: ANN201
-    import torch_pruning as tp
-
-    if method == "l1":
-        return tp.importance.MagnitudeImportance(p=1)
-    if method == "l2":
-        return tp.importance.MagnitudeImportance(p=2)
-    if method == "bn_scale":
-        return tp.importance.BNScaleImportance()
-    raise EdgekitError("unknown structured pruning method {!r}; choose one of {}".format(method, ", ".join(METHODS)))
+    if method not in IMPORTANCES:
+        raise EdgekitError("unknown structured pruning method {!r}; choose one of {}".format(
+            method, ", ".join(IMPORTANCES)))
+    return IMPORTANCES[method]()
 
 
 def _pruner(model: nn.Module, image_size: int, method: str, ratio: float, allocation: str,
@@ -49,6 +88,13 @@ def _pruner(model: nn.Module, image_size: int, method: str, ratio: float, alloca
         ignored_layers=[model.fc])  # the classifier's outputs are the classes: never pruned
 
 
+def _pruned(model: nn.Module, image_size: int, method: str, ratio: float, allocation: str, round_to: int,
+            max_layer_ratio: float) -> nn.Module:
+    candidate = copy.deepcopy(model)
+    _pruner(candidate, image_size, method, ratio, allocation, round_to, max_layer_ratio).step()
+    return candidate
+
+
 @dataclass
 class PruneResult:
     model: nn.Module
@@ -59,10 +105,21 @@ class PruneResult:
     channel_sparsity: float
     width_spec: Dict = field(default_factory=dict)
     trials: List[Dict[str, float]] = field(default_factory=list)
+    latency: Dict = field(default_factory=dict)  # latency target: measured and predicted latency of the result
 
     @property
     def macs_ratio(self) -> float:
         return self.macs_after / float(self.macs_before)
+
+
+def pruned_result(before: nn.Module, after: nn.Module, image_size: int, latency: Dict) -> PruneResult:
+    """A PruneResult for a model pruned by another policy (the latency allocation)."""
+    macs_before, params_before = count_macs_params(before, image_size)
+    macs, params = count_macs_params(after, image_size)
+    channels = sum(m.out_channels for m in before.modules() if isinstance(m, nn.Conv2d))
+    kept = sum(m.out_channels for m in after.modules() if isinstance(m, nn.Conv2d))
+    return PruneResult(after, macs_before, macs, params_before, params, 1.0 - kept / float(channels),
+                       width_spec_of(after), latency=latency)
 
 
 def prune(model: nn.Module, target_macs: int, image_size: int, method: str = "l1",
@@ -94,6 +151,14 @@ def prune(model: nn.Module, target_macs: int, image_size: int, method: str = "l1
     candidate, macs, params = trial(hi)
     trials.append({"channel_sparsity": hi, "macs": macs})
     if macs > target_macs:
+        # Rounding keeps whole multiples: with round_to 32/64 small layers cannot shrink, whatever the
+        # ratio. Re-trying without rounding tells which limit bites.
+        if round_to > 1 and count_macs_params(_pruned(model, image_size, method, hi, allocation, 1,
+                                                      max_layer_ratio), image_size)[0] <= target_macs:
+            raise EdgekitError(
+                "prune: cannot reach {:.1f}% of the MACs with channel counts rounded to multiples of {} "
+                "(reached {:.1f}%: small layers cannot go below one multiple); lower prune.round_to or raise "
+                "the target".format(100.0 * target_macs / macs_before, round_to, 100.0 * macs / macs_before))
         raise EdgekitError(
             "prune: cannot reach {:.1f}% of the MACs with at most {:.0%} of any layer removed "
             "(reached {:.1f}%); raise prune.max_layer_ratio or the target".format(

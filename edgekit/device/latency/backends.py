@@ -1,0 +1,193 @@
+"""Latency backends: where a layer or a whole model is timed. A registry keyed by name.
+
+Each backend times an ONNX ModelProto (a layer from `layers.layer_onnx` or a whole network) at a
+static batch and returns milliseconds (the 10th percentile of the timed runs), and names the device and runtime
+version that the table's cache key records. `onnxruntime-cpu` runs here; `tensorrt` runs on the
+device (Python 3.8, no torch); `torch-cuda` is registered by `edgekit.host.latency_torch` because
+it needs PyTorch.
+"""
+
+import os
+import platform
+import tempfile
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from ...errors import EdgekitError
+from ...lazy import lazy_import
+
+BACKENDS: Dict[str, Callable[..., "Backend"]] = {}
+
+
+def register_backend(name: str) -> Callable[[Any], Any]:
+    def add(cls: Any) -> Any:
+        BACKENDS[name] = cls
+        cls.name = name
+        return cls
+    return add
+
+
+def get_backend(name: str, **kwargs: Any) -> "Backend":
+    if name == "torch-cuda" and name not in BACKENDS:
+        try:  # registered by the host side; absent on a torch-free device
+            __import__("edgekit.host.latency_torch")
+        except ImportError:
+            pass
+    if name not in BACKENDS:
+        raise EdgekitError("unknown latency backend {!r}; choose one of {}".format(
+            name, ", ".join(sorted(set(BACKENDS) | {"torch-cuda"}))))
+    return BACKENDS[name](**kwargs)
+
+
+def _fast_ms(run: Callable[[], Any], warmup: int, min_runs: int, min_seconds: float,
+               sync: Callable[[], None] = lambda: None) -> float:
+    for _ in range(warmup):
+        run()
+    sync()
+    times: List[float] = []
+    started = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - started < min_seconds:
+        t0 = time.perf_counter()
+        run()
+        sync()
+        times.append(time.perf_counter() - t0)
+    # The fast tail, not the median: on a shared machine other processes only ever add time, and a
+    # table and the runs it is checked against must not depend on who else was busy.
+    return float(np.percentile(times, 10) * 1000.0)
+
+
+class Backend(object):
+    name = "backend"
+    precisions = ("fp32",)
+
+    def __init__(self, precision: str = "fp32", threads: Optional[int] = None, warmup: int = 3,
+                 min_runs: int = 10, min_seconds: float = 0.05) -> None:
+        if precision not in self.precisions:
+            raise EdgekitError("latency backend {} times {} only, not {}; set prune.latency_precision".format(
+                self.name, " or ".join(self.precisions), precision))
+        self.precision, self.threads = precision, threads
+        self.warmup, self.min_runs, self.min_seconds = warmup, min_runs, min_seconds
+
+    def device(self) -> str:
+        raise NotImplementedError
+
+    def runtime_version(self) -> str:
+        raise NotImplementedError
+
+    def time_model(self, model: Any, feeds: Dict[str, np.ndarray]) -> float:
+        """Milliseconds (10th percentile of the timed runs) of one inference of `model` (ModelProto) on `feeds`."""
+        raise NotImplementedError
+
+    def timer(self, model: Any, feeds: Dict[str, np.ndarray]) -> Callable[[], float]:
+        """A callable that times one more window of `model` each call (for interleaved A/B timing)."""
+        raise NotImplementedError
+
+    def time_layer(self, kind: Any, cin: int, cout: int, batch: int) -> float:
+        """One layer kind at (cin, cout); backends that do not run ONNX (torch-cuda) override this."""
+        from .layers import layer_onnx
+
+        model = layer_onnx(kind, cin, cout, batch)
+        return self.time_model(model, feeds_for(model))
+
+    def time_network(self, groups: Dict[str, int], image_size: int, batch: int) -> float:
+        from .layers import resnet_onnx
+
+        model = resnet_onnx(groups, image_size, batch)
+        return self.time_model(model, feeds_for(model))
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@register_backend("onnxruntime-cpu")
+class OnnxRuntimeCpuBackend(Backend):
+    precisions = ("fp32",)
+
+    def device(self) -> str:
+        return "{} x{} threads".format(_cpu_name(), self.threads or os.cpu_count())
+
+    def runtime_version(self) -> str:
+        return "onnxruntime " + lazy_import("onnxruntime").__version__
+
+    def _session(self, model: Any) -> Any:
+        ort = lazy_import("onnxruntime")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        if self.threads:
+            options.intra_op_num_threads = int(self.threads)
+            options.inter_op_num_threads = 1
+        data = model if isinstance(model, (bytes, str)) else model.SerializeToString()
+        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+    def time_model(self, model: Any, feeds: Dict[str, np.ndarray]) -> float:
+        return self.timer(model, feeds)()
+
+    def timer(self, model: Any, feeds: Dict[str, np.ndarray]) -> Callable[[], float]:
+        session = self._session(model)
+        first = [True]
+
+        def window() -> float:
+            warm = self.warmup if first[0] else 1
+            first[0] = False
+            return _fast_ms(lambda: session.run(None, feeds), warm, self.min_runs, self.min_seconds)
+        return window
+
+
+@register_backend("tensorrt")
+class TensorRTBackend(Backend):
+    """Builds one engine per layer (static shape) and times it with the TensorRT runner. On the device only."""
+    precisions = ("fp32", "fp16")
+
+    def device(self) -> str:
+        from ..engine.device import cuda_device
+
+        info = cuda_device()
+        return "{} (sm {})".format(info["name"], info["compute_capability"])
+
+    def runtime_version(self) -> str:
+        return "tensorrt " + lazy_import("tensorrt").__version__
+
+    def timer(self, model: Any, feeds: Dict[str, np.ndarray]) -> Callable[[], float]:
+        from ..engine.builder import BuildConfig, build_engine
+        from ..runtime.tensorrt import TensorRTRunner
+
+        folder = tempfile.mkdtemp(prefix="edgekit-latency-")
+        onnx_path = os.path.join(folder, "layer.fp32.onnx")
+        with open(onnx_path, "wb") as f:
+            f.write(model.SerializeToString())
+        batch = next(iter(feeds.values())).shape[0]
+        # INT8 is not offered: a random-weight layer has no calibration ranges to build it with.
+        cfg = BuildConfig(onnx_path, precision=self.precision,
+                          static_batch=batch, timing_cache=os.path.join(os.getcwd(), "latency.timing.cache"))
+        build_engine(cfg, log=lambda _msg: None)
+        runner = TensorRTRunner(cfg.engine_path, cuda_graph=True)
+        runner.activate()
+
+        def window() -> float:
+            return _fast_ms(lambda: runner.infer(feeds, check=False), self.warmup, self.min_runs,
+                              self.min_seconds)
+        return window
+
+    def time_model(self, model: Any, feeds: Dict[str, np.ndarray]) -> float:
+        return self.timer(model, feeds)()
+
+
+def feeds_for(model: Any, seed: int = 0) -> Dict[str, np.ndarray]:
+    """Random float32 inputs matching a static-shaped ModelProto's inputs."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for value in model.graph.input:
+        dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
+        feeds[value.name] = rng.standard_normal(dims).astype(np.float32)
+    return feeds
