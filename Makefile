@@ -12,13 +12,17 @@ DASHBOARD ?= benchmarks/dashboard/index.html
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.edgekit-installed
 OUT_ARG := $(if $(OUT),--out $(OUT),)
+# The device's interpreter that runs the jobs (default: the target's python_bin, else python3 there).
+DEVICE_PYTHON_ARG := $(if $(DEVICE_PYTHON),--device-python $(DEVICE_PYTHON),)
 ART     := $(if $(OUT),$(OUT),artifacts/$(RECIPE))
 
 .PHONY: deploy dashboard test test-device lint venv clean help compare docker-jetson docker-host docker-cpu
 
 help:
 	@echo "make deploy [TARGET=cpu] [RECIPE=digits] [OUT=dir]   run the main job here"
-	@echo "make deploy TARGET=xavier DEVICE=user@host [SSH_PORT=22] [SSH_KEY=~/.ssh/id]   measure on a device"
+	@echo "make deploy TARGET=xavier DEVICE=user@host [SSH_PORT=22] [SSH_KEY=~/.ssh/id] [DEVICE_PYTHON=path]"
+	@echo "                                                    measure on a device (its Python: DEVICE_PYTHON)"
+	@echo "make deploy GPUS=N [RUN_ARGS=...]                  host stages on N GPUs (torchrun), then the deploy"
 	@echo "make dashboard                                     benchmarks/dashboard/index.html from every result"
 	@echo "make test                                          run the test suite"
 	@echo "make lint                                          ruff + the Python 3.8 check of device-side code"
@@ -31,12 +35,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[host,device,dev]'
 	@touch $@
 
+# GPUS=N: the host stages first run under torchrun, one process per GPU (RUN_ARGS: extra `edgekit run`
+# arguments, e.g. --set train.precision=bf16); the deploy below then reuses every finished stage.
+GPUS     ?=
+RUN_ARGS ?=
+
 deploy: $(STAMP)
+ifdef GPUS
+	$(BIN)/torchrun --standalone --nproc_per_node=$(GPUS) -m edgekit.cli run --recipe $(RECIPE) $(OUT_ARG) $(RUN_ARGS)
+endif
 ifdef DEVICE
 	$(BIN)/edgekit deploy --target $(TARGET) --device $(DEVICE) $(if $(SSH_PORT),--ssh-port $(SSH_PORT),) \
-	  $(if $(SSH_KEY),--ssh-key $(SSH_KEY),) --recipe $(RECIPE) $(OUT_ARG) --results $(RESULTS) $(ARGS)
+	  $(if $(SSH_KEY),--ssh-key $(SSH_KEY),) $(DEVICE_PYTHON_ARG) --recipe $(RECIPE) $(OUT_ARG) --results $(RESULTS) \
+	  $(ARGS)
 else
-	$(BIN)/edgekit deploy --target $(TARGET) --recipe $(RECIPE) $(OUT_ARG) --results $(RESULTS) $(ARGS)
+	$(BIN)/edgekit deploy --target $(TARGET) $(DEVICE_PYTHON_ARG) --recipe $(RECIPE) $(OUT_ARG) --results $(RESULTS) \
+	  $(ARGS)
 endif
 	$(BIN)/edgekit dashboard --results $(RESULTS) --out $(DASHBOARD)
 

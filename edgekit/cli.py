@@ -28,8 +28,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides.append("threads={}".format(args.threads))
     recipe = load_recipe(args.recipe, overrides)
     out = default_out_dir(recipe, args.out)
-    _log("edgekit {}: recipe {} -> {}".format(__version__, recipe.name, out))
-    run(recipe, out, force=args.force, force_stages=args.force_stage or (), log=_log)
+    from .host.dist import setup
+
+    # Under torchrun: join the job; rank 0 alone writes and talks. Otherwise one process.
+    world = setup(recipe)
+    log = _log if world.is_writer else (lambda message: None)
+    log("edgekit {}: recipe {} -> {}{}".format(__version__, recipe.name, out, " ({} processes, {})".format(
+        world.world_size, world.backend) if world.distributed else ""))
+    try:
+        run(recipe, out, force=args.force, force_stages=args.force_stage or (), log=log, world=world)
+    finally:
+        world.cleanup()
     return 0
 
 
@@ -54,31 +63,50 @@ def _cmd_build_engine(args: argparse.Namespace) -> int:
                       optimization_level=args.optimization_level, min_batch=args.min_batch,
                       opt_batch=args.opt_batch, max_batch=args.max_batch, static_batch=args.batch,
                       timing_cache=args.timing_cache, calibration_cache=args.calib)
+    shape = None
+    if args.input_shape:
+        try:
+            shape = [int(d) for d in args.input_shape.lower().split("x")]
+        except ValueError:
+            raise EdgekitError("--input-shape expects CxHxW, e.g. 3x224x224, got {!r}".format(
+                args.input_shape)) from None
+    if args.print_plan:
+        print(json.dumps(plan_build(cfg, shape), indent=2))
     if args.print_trtexec:
-        print(trtexec_command(cfg, args.input_shape and [int(d) for d in args.input_shape.split("x")]))
+        print(trtexec_command(cfg, shape))
+    if args.print_plan or args.print_trtexec:
         return 0
-    plan_build(cfg)
     build_engine(cfg, log=_log, force=args.force)
     return 0
 
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
+    from .deploy import deploy, device_python, reach, transport_for
     from .host.pipeline import default_out_dir, run
     from .recipe import load_recipe
-    from .remote import deploy, reach
     from .targets import load_target, resolve_target_path
 
     target = load_target(args.target)
-    target_file = resolve_target_path(args.target)
     recipe = load_recipe(args.recipe, args.set)
     out = default_out_dir(recipe, args.out)
+    transport = transport_for(target, recipe.name, out, args.device, args.ssh_port, args.ssh_key, args.known_hosts)
     # The device first: an unreachable host or a missing runtime should cost seconds, not the host stages.
-    reached = reach(target, args.device, args.ssh_port, args.ssh_key, args.known_hosts, log=_log)
+    reached = reach(target, transport, device_python(target, args.device, args.device_python), log=_log)
     _log("[host] stages of recipe {} -> {}".format(recipe.name, out))
     run(recipe, out, log=_log)
-    deploy(out, target, target_file, args.device, ssh_port=args.ssh_port, ssh_key=args.ssh_key,
-           python=args.remote_python, results_root=args.results, known_hosts=args.known_hosts,
-           seconds=args.seconds, log=_log, reached=reached)
+    deploy(out, target, resolve_target_path(args.target), reached, recipe=recipe.name, results_root=args.results,
+           seconds=args.seconds, log=_log)
+    return 0
+
+
+def _cmd_run_jobs(args: argparse.Namespace) -> int:
+    from .device.jobs import run_jobs
+
+    errors = run_jobs(args.jobs, log=_log)
+    if errors:
+        print("edgekit: {} job(s) failed: {} (results/*.error.json say why)".format(
+            len(errors), ", ".join(e["stem"] for e in errors)), file=sys.stderr, flush=True)
+        return 3
     return 0
 
 
@@ -105,61 +133,36 @@ def _cmd_show_recipe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _accuracy_from_summary(summary_path: str, model_path: str, accuracy_from: Optional[str] = None) -> dict:
-    """The top-1 that `edgekit run` measured for this exported model, so speed never goes without it.
-
-    An engine takes the top-1 of `accuracy_from` (the exported model nearest to it), else of the ONNX
-    file it was built from (its metadata says which); the result records which model that was.
-    """
-    try:
-        with open(summary_path, encoding="utf-8") as f:
-            summary = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise EdgekitError("cannot read summary {}: {}".format(summary_path, exc)) from None
-    name = os.path.basename(accuracy_from or model_path)
-    if not accuracy_from and model_path.endswith((".engine", ".plan")):
-        from .device.engine.metadata import load_metadata
-
-        name = os.path.basename(load_metadata(model_path).get("onnx_path") or model_path)
-    known = list(summary.get("models", [])) + list(summary.get("variants", []))
-    for entry in known:
-        if os.path.basename(entry.get("path", "")) == name:
-            found = {"top1": entry["top1"], "dataset": summary.get("recipe"), "summary": summary_path,
-                     "split": "val", "measured_on": entry.get("path"),
-                     "runtime": entry.get("runtime", "pytorch" if entry in summary.get("variants", []) else None)}
-            for key in ("macs", "params", "macs_ratio"):
-                if key in entry:
-                    found[key] = entry[key]
-            eval_set = summary.get("eval_set") or {}
-            if entry.get("path") in eval_set.get("top1", {}):  # the host's top-1 on eval.npz's images
-                found["eval_top1"], found["eval_of"] = eval_set["top1"][entry["path"]], eval_set.get("of")
-            if "macs" not in found and entry in summary.get("models", []) and "student" in summary:
-                found.update({k: summary["student"][k] for k in ("macs", "params", "macs_ratio")
-                              if k in summary["student"]})
-            return found
-    raise EdgekitError("{} lists no accuracy for {} (models: {})".format(
-        summary_path, name, ", ".join(os.path.basename(m.get("path", "?")) for m in known) or "none"))
-
-
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .device.bench.harness import benchmark
     from .device.bench.results import save_csv
+    from .summary import accuracy_for
 
     try:
         batches = [int(b) for b in args.batches.split(",") if b.strip()]
     except ValueError:
         raise EdgekitError("--batches expects comma-separated integers, e.g. 1,2,4,8") from None
+    if args.concurrent:
+        return _bench_concurrent(args, batches)
+    if not args.model:
+        raise EdgekitError("bench needs a model (an ONNX file or engine; {batch} for one engine per batch) or "
+                           "--concurrent A,B")
     out = args.out or os.path.join("benchmarks", "results", "local",
-                                   os.path.basename(args.model).rsplit(".", 1)[0] + ".json")
+                                   os.path.basename(args.model).replace("{batch}", "bN").rsplit(".", 1)[0] + ".json")
     scenarios = args.scenario or ("single_stream", "offline")
-    accuracy = _accuracy_from_summary(args.summary, args.model, args.accuracy_from) if args.summary else None
+    accuracy = accuracy_for(args.summary, args.model, args.accuracy_from) if args.summary else None
     result = benchmark(args.model, out, runner=args.runner, threads=args.threads, scenarios=scenarios,
                        batches=batches, warmup=args.warmup, min_queries=args.queries, min_seconds=args.seconds,
                        power=not args.no_power, idle_seconds=args.idle_seconds, accuracy=accuracy,
                        cuda_graph=args.cuda_graph, precision=args.precision,
                        labels={"variant": args.variant, "target": args.target, "placement": args.placement,
                                "recipe": accuracy["dataset"] if accuracy else None},
-                       eval_set=args.eval, log=_log)
+                       eval_set=args.eval, log=_log, warmup_ms=args.warmup_ms, spin_wait=args.use_spin_wait,
+                       power_total=args.power_total, soak_seconds=args.soak_seconds,
+                       export_times_path=args.export_times, export_profile_path=args.export_profile)
+    if result.get("throttled"):
+        _log("warning: a measured window was throttled (clocks dropped or a trip point was reached): see "
+             "\"thermal\" in {}".format(out))
     accuracy = result["accuracy"]
     if args.csv:
         save_csv(args.csv, [result])
@@ -184,8 +187,31 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_concurrent(args: argparse.Namespace, batches: List[int]) -> int:
+    from .device.bench.harness import benchmark_concurrent
+
+    models = [m.strip() for m in args.concurrent.split(",") if m.strip()]
+    if args.model:
+        models.insert(0, args.model)
+    out = args.out or os.path.join("benchmarks", "results", "local", "concurrent-{}.json".format(
+        "+".join(os.path.basename(m).rsplit(".", 1)[0] for m in models)[:150]))
+    result = benchmark_concurrent(models, out, runner=args.runner, threads=args.threads, batch=max(batches or [1]),
+                                  warmup=args.warmup, min_seconds=args.seconds, power=not args.no_power,
+                                  idle_seconds=args.idle_seconds, power_total=args.power_total,
+                                  labels={"variant": args.variant, "target": args.target, "placement": args.placement},
+                                  log=_log)
+    measured = result["scenarios"]["concurrent_offline"]
+    for engine in measured["engines"]:
+        _log("  {:<40} {:>9.1f} img/s ({:.0%} of the images)".format(engine["model"], engine["throughput"],
+                                                                   engine["share"] or 0.0))
+    power = measured.get("power") or {}
+    _log("together: {:.1f} img/s{}".format(measured["throughput"], ", {:.2f} W, {:.3f} mJ/image".format(
+        power["total_w"], power.get("mj_per_inference", float("nan"))) if power.get("status") == "ok" else ""))
+    return 0
+
+
 def _cmd_results(args: argparse.Namespace) -> int:
-    from .report.store import build_index, format_table, query_runs, regressions
+    from .report.store import build_index, format_failures, format_table, query_failures, query_runs, regressions
 
     index = build_index(args.results)
     for problem in index["problems"]:
@@ -206,11 +232,24 @@ def _cmd_results(args: argparse.Namespace) -> int:
         for run in runs:
             writer.writerow([run[c] for c in columns] + [" ".join(marks.get(run["run_id"], []))])
         return 0
-    if not runs:
+    failures = query_failures(index["path"], target=args.target, variant=args.variant, precision=args.precision,
+                              recipe=args.recipe)
+    if not runs and not failures:
         print("no runs match ({} indexed in {})".format(len(index["runs"]), index["path"]))
         return 0
-    print(format_table(runs, flagged))
-    print("{} of {} runs; index {}".format(len(runs), len(index["runs"]), index["path"]))
+    if runs:
+        print(format_table(runs, flagged))
+    if failures:
+        print(format_failures(failures))
+    print("{} of {} runs{}; index {}".format(len(runs), len(index["runs"]), ", {} failed job(s)".format(
+        len(failures)) if failures else "", index["path"]))
+    return 0
+
+
+def _cmd_latency_table(args: argparse.Namespace) -> int:
+    from .device.latency.command import run
+
+    run(args, log=_log)
     return 0
 
 
@@ -240,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="artifacts folder (default: artifacts/<recipe name>)")
     p.add_argument("--force", action="store_true", help="recompute every stage instead of reusing finished ones")
     p.add_argument("--force-stage", action="append", metavar="STAGE",
-                   help="recompute one stage (teacher, compress, evaluate, export, compare); repeatable")
+                   help="recompute one stage and every stage after it that uses it (teacher, compress, evaluate, "
+                   "export, quantize, measure, variants, evalset, compare); repeatable")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     p.set_defaults(func=_cmd_run)
 
@@ -251,18 +291,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("bench", help="measure latency, throughput and power of an ONNX model (device side)")
-    p.add_argument("model", help="an ONNX file")
+    p.add_argument("model", nargs="?", help="an ONNX file or a TensorRT engine; '{batch}' in the path (e.g. "
+                   "engines/student.int8.dla0.b{batch}.engine) runs one static engine per batch")
     p.add_argument("--out", help="result JSON (default: benchmarks/results/local/<model>.json)")
     p.add_argument("--csv", help="also write the rows as CSV here")
     p.add_argument("--summary", help="summary.json of the run that exported the model: records its top-1")
-    p.add_argument("--runner", default="auto", help="auto (TensorRT when there, else onnxruntime) or onnxruntime")
+    p.add_argument("--runner", default="auto", help="auto (TensorRT when there, else onnxruntime), or a registered "
+                   "runner: onnxruntime, tensorrt, pytorch, torch-tensorrt")
     p.add_argument("--threads", type=int, help="runtime CPU threads (default: the runtime's choice)")
     p.add_argument("--scenario", action="append", choices=["single_stream", "offline"],
                    help="repeatable; default both")
     p.add_argument("--batches", default="1,2,4,8", help="offline batch sweep (default 1,2,4,8)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--queries", type=int, default=100, help="minimum measured queries (single-stream)")
-    p.add_argument("--seconds", type=float, default=3.0, help="minimum measured seconds per scenario/batch")
+    p.add_argument("--seconds", "--duration", type=float, default=3.0, dest="seconds",
+                   help="minimum measured seconds per scenario/batch (trtexec's --duration)")
+    p.add_argument("--warmup-ms", type=float, default=0.0, help="also warm up for at least this long (trtexec's "
+                   "--warmUp)")
+    p.add_argument("--use-spin-wait", action="store_true", help="TensorRT: spin on the last event instead of a "
+                   "blocking synchronize (trtexec's --useSpinWait)")
+    p.add_argument("--power-total", metavar="sum|RAIL", help="the board total: 'sum' adds every rail (AGX Xavier), "
+                   "a rail name is already the total (VDD_IN on Orin, POM_5V_IN on Nano); default: that input rail "
+                   "when present, else the sum")
+    p.add_argument("--soak-seconds", type=float, default=0.0, help="run the model this long before measuring, so "
+                   "the windows see a warm chip (thermal and clocks are recorded either way)")
+    p.add_argument("--export-times", metavar="FILE", help="per-query times in trtexec's --exportTimes JSON layout "
+                   "(the single-stream queries)")
+    p.add_argument("--export-profile", metavar="FILE", help="TensorRT per-layer profile in trtexec's "
+                   "--exportProfile JSON layout; the 10 slowest layers go into the result")
+    p.add_argument("--concurrent", metavar="A,B,...", help="offline on these models at once, one thread each (GPU + "
+                   "DLA0 + DLA1 engines), at the largest --batches size: each one's share and the combined "
+                   "throughput and energy")
     p.add_argument("--idle-seconds", type=float, default=2.0, help="idle power baseline before measuring")
     p.add_argument("--no-power", action="store_true", help="do not sample power")
     p.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay a captured CUDA graph per shape")
@@ -290,13 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", help="calib.cache for implicit INT8 (DLA)")
     p.add_argument("--workspace-mb", type=int, default=1024, help="builder workspace limit (default 1024 MiB)")
     p.add_argument("--optimization-level", type=int, choices=range(0, 6), help="TensorRT 8.6+ builder level")
-    p.add_argument("--batch", type=int, help="a static batch instead of a min/opt/max profile")
-    p.add_argument("--min-batch", type=int, default=1)
-    p.add_argument("--opt-batch", type=int, default=1)
-    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--batch", type=int, help="a static batch instead of a min/opt/max profile (DLA: required for "
+                   "batches other than 1; one engine per batch)")
+    p.add_argument("--min-batch", type=int, help="GPU profile (default 1)")
+    p.add_argument("--opt-batch", type=int, help="GPU profile (default: the min)")
+    p.add_argument("--max-batch", type=int, help="GPU profile (default 8)")
     p.add_argument("--timing-cache", help="persistent timing cache file (kept between builds)")
-    p.add_argument("--input-shape", help="CxHxW for --print-trtexec (default: 3x224x224)")
+    p.add_argument("--input-shape", help="CxHxW for --print-trtexec/--print-plan (default: read from the ONNX)")
     p.add_argument("--print-trtexec", action="store_true", help="print the equivalent trtexec line and exit")
+    p.add_argument("--print-plan", action="store_true", help="print the build plan as JSON (profiles, flags, "
+                   "calibrator, device, DLA core, workspace) and exit; needs no TensorRT")
     p.add_argument("--force", action="store_true", help="rebuild even when an engine from this ONNX is up to date")
     p.set_defaults(func=_cmd_build_engine)
 
@@ -308,18 +370,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssh-port", type=int)
     p.add_argument("--ssh-key", help="private key file")
     p.add_argument("--known-hosts", help="known_hosts file to use instead of ~/.ssh/known_hosts")
-    p.add_argument("--remote-python", default="python3", help="the device's Python (default python3)")
+    p.add_argument("--device-python", metavar="PATH", help="the device's Python that runs the jobs (default: the "
+                   "target's python_bin, else python3 there; this Python here)")
+    p.add_argument("--remote-python", dest="device_python", help=argparse.SUPPRESS)
     p.add_argument("--out", help="artifacts folder (default: artifacts/<recipe name>)")
     p.add_argument("--results", default=os.path.join("benchmarks", "results"), help="where results are fetched to")
     p.set_defaults(func=_cmd_deploy)
+
+    p = sub.add_parser("run-jobs", help="run a deploy bundle's jobs.json here (on the device): build engines, "
+                       "bench, one process per step; resumable")
+    p.add_argument("jobs", help="jobs.json in the bundle folder")
+    p.set_defaults(func=_cmd_run_jobs)
 
     results_dir = os.path.join("benchmarks", "results")
     p = sub.add_parser("results", help="index every result JSON (SQLite) and list runs as a table or CSV")
     p.add_argument("--results", default=results_dir, help="results folder (default: benchmarks/results)")
     p.add_argument("--target", help="only this target (cpu, xavier, ...)")
-    p.add_argument("--accuracy-from", metavar="MODEL", help="with --summary: take the top-1 of this exported model "
-                   "(e.g. model.int8.qdq.onnx for an INT8 engine; default: the model itself, or the ONNX an engine "
-                   "was built from)")
     p.add_argument("--variant", help="only this variant (teacher, round1, student, ...)")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"])
     p.add_argument("--recipe", help="only this recipe")
@@ -338,6 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lint", help="check an ONNX model against TensorRT 8.5's parser and Q/DQ rules")
     p.add_argument("model")
     p.set_defaults(func=_cmd_lint)
+
+    p = sub.add_parser("latency-table", parents=[recipe_args], help="measure a per-layer latency table for "
+                       "latency-targeted pruning (host: onnxruntime-cpu, torch-cuda; device: tensorrt)")
+    from .device.latency.command import add_arguments as latency_table_arguments
+
+    latency_table_arguments(p)
+    p.set_defaults(func=_cmd_latency_table)
 
     p = sub.add_parser("show-recipe", parents=[recipe_args], help="print a recipe with every default filled in")
     p.set_defaults(func=_cmd_show_recipe)

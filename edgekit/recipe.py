@@ -27,8 +27,13 @@ class DataConfig:
     root: Optional[str] = None          # imagefolder: folder holding train/ and val/
     image_size: int = 32                # side of the square input the model sees
     val_fraction: float = 0.2           # digits: share of the 1,797 images held out for val
-    batch_size: int = 64
+    batch_size: int = 64                # per process: under torchrun the global batch is x world size
     workers: int = 0                    # DataLoader worker processes (imagefolder)
+    prefetch_factor: int = 4            # batches each worker keeps in flight
+    # imagefolder train images: tensor = torchvision.io decode + uint8 tensor crop (fastest measured;
+    # torchvision 0.29 deprecates its decoders for torchcodec); draft = PIL decoding JPEGs at the
+    # smallest scale the crop needs; full = PIL at full size, as torchvision's ImageNet example
+    decode: str = _choice("tensor", "tensor", "draft", "full")
     max_train_samples: Optional[int] = None   # cap for quick runs and tests
     max_val_samples: Optional[int] = None
     calibration_samples: int = 256      # used by quantization (issue 2/5)
@@ -48,7 +53,7 @@ class OptimizerConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = _choice("resnet50", "resnet50")
+    arch: str = "resnet50"              # a name in edgekit.host.models.ARCHITECTURES (checked by `run`)
     checkpoint: Optional[str] = None    # a torchvision-format ResNet-50 checkpoint (the teacher)
     num_classes: Optional[int] = None   # None: the dataset's class count
 
@@ -62,13 +67,23 @@ class TeacherConfig:
 
 @dataclass
 class PruneConfig:
-    method: str = _choice("l1", "l1", "l2", "bn_scale", "unstructured")
+    # channel importance, a name in edgekit.host.compress.prune.IMPORTANCES (a test keeps the two in step)
+    method: str = _choice("l1", "l1", "l2", "bn_scale", "lamp", "fpgm", "unstructured")
     target_macs_ratio: float = 0.5      # student MACs / teacher MACs to reach
     rounds: int = 3                     # spiral: prune→distill rounds to reach the target
     allocation: str = _choice("global", "global", "uniform")
     round_to: int = 8                   # channel counts become multiples of this
     max_layer_ratio: float = 0.9        # never remove more than this share of one layer
     sparsity: float = 0.5               # unstructured only: share of conv weights zeroed
+    target: str = _choice("macs", "macs", "latency")   # what the spiral's budget counts
+    target_latency_ratio: Optional[float] = None   # latency: of the dense model's measured latency
+    target_latency_ms: Optional[float] = None      # latency: an absolute budget instead of the ratio
+    latency_backend: str = _choice("onnxruntime-cpu", "onnxruntime-cpu", "torch-cuda", "tensorrt")
+    latency_image_size: int = 224       # the deployment input the latency is measured at
+    latency_batch: int = 1
+    latency_precision: str = _choice("fp32", "fp32", "fp16", "int8")
+    latency_table: Optional[str] = None  # a table JSON measured elsewhere (tensorrt: fetched from the device)
+    min_channels: int = 16              # floor per prunable layer (global L1 once cut the stem 64 -> 8)
 
 
 @dataclass
@@ -109,6 +124,23 @@ class CompareConfig:
 
 
 @dataclass
+class TrainConfig:
+    """Where and how every host stage that runs a model runs (teacher, spiral, evaluation).
+
+    Batch semantics under torchrun: `data.batch_size` is per process, so the global batch is
+    batch_size x world_size. With `lr_scaling: linear` (Goyal et al., 2017) the optimizers' `lr`
+    is the rate for one process's batch and is multiplied by world_size; `none` uses it as given.
+    A single process is unaffected by either.
+    """
+    device: str = _choice("auto", "auto", "cpu", "cuda")     # auto: CUDA when one is visible
+    precision: str = _choice("fp32", "bf16", "fp16", "fp32")  # autocast dtype; fp16 adds a GradScaler
+    channels_last: Optional[bool] = None  # None: true on CUDA, false on the CPU
+    compile: bool = False               # torch.compile the training step's models
+    log_every: int = 50                 # steps between reads of the loss (the only host syncs)
+    lr_scaling: str = _choice("linear", "linear", "none")
+
+
+@dataclass
 class Recipe:
     name: str = "digits"
     seed: int = 0
@@ -121,6 +153,7 @@ class Recipe:
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -138,8 +171,21 @@ class Recipe:
         need(self.prune.round_to >= 1, "prune.round_to must be at least 1")
         need(0.0 < self.prune.max_layer_ratio < 1.0, "prune.max_layer_ratio must be in (0, 1)")
         need(0.0 <= self.prune.sparsity < 1.0, "prune.sparsity must be in [0, 1)")
+        need(self.prune.min_channels >= 1, "prune.min_channels must be at least 1")
+        need(self.prune.latency_image_size >= 32, "prune.latency_image_size must be at least 32")
+        need(self.prune.latency_batch >= 1, "prune.latency_batch must be at least 1")
+        if self.prune.target == "latency":
+            ratio, ms = self.prune.target_latency_ratio, self.prune.target_latency_ms
+            need((ratio is None) != (ms is None),
+                 "prune.target latency needs exactly one of prune.target_latency_ratio or prune.target_latency_ms")
+            need(ratio is None or 0.0 < ratio <= 1.0, "prune.target_latency_ratio must be in (0, 1]")
+            need(ms is None or ms > 0.0, "prune.target_latency_ms must be positive")
+            need(self.prune.method != "unstructured",
+                 "prune.target latency needs a structured method (unstructured sparsity keeps every channel)")
         need(0.0 <= self.distill.alpha <= 1.0, "distill.alpha must be in [0, 1]")
         need(self.distill.temperature > 0, "distill.temperature must be positive")
+        need(self.train.log_every >= 1, "train.log_every must be at least 1")
+        need(self.data.prefetch_factor >= 1, "data.prefetch_factor must be at least 1")
         need(self.data.calibration_samples >= 1, "data.calibration_samples must be at least 1")
         need(self.compare.image_size >= 32, "compare.image_size must be at least 32")
         need(bool(self.compare.batches) and all(b >= 1 for b in self.compare.batches),
