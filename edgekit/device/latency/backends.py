@@ -53,9 +53,10 @@ def _fast_ms(run: Callable[[], Any], warmup: int, min_runs: int, min_seconds: fl
         run()
         sync()
         times.append(time.perf_counter() - t0)
-    # The fast tail, not the median: on a shared machine other processes only ever add time, and a
-    # table and the runs it is checked against must not depend on who else was busy.
-    return float(np.percentile(times, 10) * 1000.0)
+    # The window's median, the statistic the benchmarks report (p50): a faster percentile here put the
+    # spiral's students ~5% over budget when measured as users measure them. Bursts from other processes
+    # are handled by the callers, which interleave windows and keep each model's best one.
+    return float(np.median(times) * 1000.0)
 
 
 class Backend(object):

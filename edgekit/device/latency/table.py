@@ -40,7 +40,7 @@ from .layers import (
     layers,
 )
 
-TABLE_FORMAT = "edgekit.latency-table/1"
+TABLE_FORMAT = "edgekit.latency-table/2"  # /2: window medians (was the 10th percentile)
 DEFAULT_POINTS = 8
 
 

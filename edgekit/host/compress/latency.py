@@ -150,13 +150,17 @@ class LatencyPlan(object):
     def schedule(self, rounds: int) -> List[float]:
         return [self.target_ratio ** (k / float(rounds)) for k in range(1, rounds + 1)]
 
-    def prune_round(self, student: nn.Module, ratio: float, tolerance: float = 0.05, tries: int = 4):  # noqa: ANN201
+    def prune_round(self, student: nn.Module, ratio: float, tolerance: float = 0.05, tries: int = 6):  # noqa: ANN201
         """Prune `student` to `ratio` of the dense latency; return (model, record fields)."""
         what = "latency budget ({:.1%} of the dense {:.3f} ms)".format(ratio, self.dense_ms)
         trials = []
         best = None
+        here: List[float] = []   # this round's measured/predicted ratios
         for _ in range(tries):
-            budget = ratio * self.dense_predicted / self.correction
+            # The table's error depends on the widths: once this round has measured its own candidates,
+            # their ratios steer the budget (the whole run's history only starts it off).
+            correction = float(np.clip(np.exp(np.mean(np.log(here[-2:]))), 0.75, 1.33)) if here else self.correction
+            budget = ratio * self.dense_predicted / correction
             out = prune_for_latency(student, self.table, budget, self.pcfg.method, self.pcfg.min_channels, what=what)
             pair = [self.dense_timer, timer_for(out["model"], self.backend, self.size, self.batch)]
             dense_ms, ms = interleave(pair, rounds=5)
@@ -179,6 +183,7 @@ class LatencyPlan(object):
             # every measured/predicted ratio seen so far, bounded (the table's ratios were within a few
             # percent of the measured ones whenever the machine was quiet).
             self.seen.append(measured / predicted)
+            here.append(measured / predicted)
             self.correction = float(np.clip(np.exp(np.mean(np.log(self.seen))), 0.75, 1.33))
             if abs(measured / ratio - 1) <= tolerance:
                 break

@@ -24,6 +24,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 import numpy as np
 
 from ...artifacts import atomic_path
+from ...device import layout
 from ...device.engine import calibcache
 from ...errors import EdgekitError
 
@@ -194,11 +195,11 @@ def quantize(fp32_path: str, out_dir: str, calibration: List[np.ndarray], method
         raise EdgekitError("INT8 calibration needs at least one batch of real samples")
     ort_method = _ort_method(method)
     os.makedirs(out_dir, exist_ok=True)
-    ranges_path = os.path.join(out_dir, "calib.ranges.json")
+    ranges_path = os.path.join(out_dir, layout.CALIB_RANGES)
     if os.path.exists(ranges_path):
         os.unlink(ranges_path)  # a fresh calibration: the cache is ours to rewrite
-    paths = {"cpu": os.path.join(out_dir, "model.int8.cpu.onnx"), "qdq": os.path.join(out_dir, "model.int8.qdq.onnx"),
-             "cache": os.path.join(out_dir, "calib.cache"), "ranges": ranges_path}
+    paths = {"cpu": os.path.join(out_dir, layout.INT8_CPU), "qdq": os.path.join(out_dir, layout.INT8_QDQ),
+             "cache": os.path.join(out_dir, layout.CALIB_CACHE), "ranges": ranges_path}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize_cpu(fp32_path, paths["cpu"], calibration, method, ranges_path, input_name, cpu_reduce_range)
