@@ -204,7 +204,11 @@ def test_table_is_built_once_then_reused_and_calibrated(tmp_path):
     backend = get_backend("onnxruntime-cpu", threads=1, min_runs=2, min_seconds=0.0, warmup=1)
     lines = []
     table, path = load_or_build(backend, 32, 1, points=2, folder=str(tmp_path), log=lines.append)
-    assert table.key["image_size"] == 32 and table.scale > 0
+    # The fit keeps the layer sum, the weight term or both (on a tiny, noisy table either may drop out),
+    # and what it keeps predicts every validated network as a positive time.
+    assert table.key["image_size"] == 32 and table.scale >= 0 and table.weight_ms >= 0
+    assert table.scale + table.weight_ms > 0
+    assert all(row["predicted_ms"] > 0 for row in table.data["validation"])
     assert len(table.data["validation"]) >= 5 and table.data["mean_abs_error"] is not None
     again, same = load_or_build(backend, 32, 1, points=2, folder=str(tmp_path), log=lines.append)
     assert same == path and "reusing" in lines[-1]
