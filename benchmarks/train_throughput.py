@@ -289,8 +289,15 @@ def main(argv: Optional[list] = None) -> Dict[str, Any]:
     if args.recipe:
         result["eta"] = recipe_eta(args.recipe, result["ce"]["edgekit_img_s"], result["kd"]["edgekit_img_s"],
                                    result["loader_img_s"], args.image_size, args.world_size, args.train_images)
-        print("ETA of recipe {}: {:.2f} h of training on {} process(es), {}-bound".format(
-            args.recipe, result["eta"]["hours"], args.world_size, result["eta"]["bound"]), flush=True)
+        eta = result["eta"]
+        measured_here = eta["image_size"] == args.image_size
+        print("ETA of recipe {}: {:.2f} h of training on {} process(es), {}-bound{}".format(
+            args.recipe, eta["hours"], args.world_size, eta["bound"], "" if measured_here else
+            " (extrapolated from {0}x{0} to {1}x{1} by pixel count, which overstates it for small images on a "
+            "CPU; --image-size {1} --batch-size <the recipe's> measures it)".format(args.image_size,
+                                                                                    eta["image_size"])),
+            flush=True)
+        eta["extrapolated_from_image_size"] = None if measured_here else args.image_size
     print(json.dumps(result))
     return result
 
