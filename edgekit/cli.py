@@ -270,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     recipe_args = argparse.ArgumentParser(add_help=False)
     recipe_args.add_argument("--recipe", default="digits",
-                             help="preset name under benchmarks/recipes/ or a YAML path (default: digits)")
+                             help="a preset (shipped: digits, imagenet; ./benchmarks/recipes/<name>.yaml wins) or a "
+                             "YAML path (default: digits)")
     recipe_args.add_argument("--set", action="append", metavar="KEY=VALUE",
                              help="override a recipe field, e.g. --set distill.alpha=0.5 (repeatable)")
 
@@ -364,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("deploy", parents=[recipe_args], help="host stages, then measure every variant on a device "
                        "over SSH (or here) and fetch the results")
-    p.add_argument("--target", default="cpu", help="a name under deploy/targets/ or a YAML path")
+    p.add_argument("--target", default="cpu", help="a target preset (shipped: cpu, xavier, orin, x86-gpu; "
+                   "./deploy/targets/<name>.yaml wins) or a YAML path")
     p.add_argument("--device", help="user@host (or a host from ~/.ssh/config); none: measure here (target cpu)")
     p.add_argument("--seconds", type=float, default=1.0, help="minimum measured seconds per scenario and batch")
     p.add_argument("--ssh-port", type=int)

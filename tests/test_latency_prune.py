@@ -242,3 +242,37 @@ def test_refit_finds_one_scale_or_the_weight_term():
     rows = [dict(r, measured_ms=3.0 * r["mparams"]) for r in rows]  # memory-bound: latency follows weights
     refit(table, rows, log=lambda _m: None)
     assert table.weight_ms == pytest.approx(3.0, rel=1e-3) and table.data["max_abs_error"] < 1e-3
+
+
+@pytest.mark.slow
+def test_the_pipeline_prunes_to_a_latency_budget_and_records_every_round(tmp_path):
+    """The whole wiring: a table measured by `edgekit latency-table`, given to a run as prune.latency_table,
+    and every spiral round timed beside the dense model, its trials and its measured ratio in summary.json."""
+    import subprocess
+
+    from conftest import TINY, edgekit_cmd
+
+    from edgekit.host.pipeline import run
+    from edgekit.recipe import load_recipe
+
+    table = str(tmp_path / "table.json")
+    made = subprocess.run(edgekit_cmd("latency-table", "--image-size", "32", "--points", "2", "--threads", "1",
+                                      "--cache-dir", str(tmp_path / "cache"), "--out", table),
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    recipe = load_recipe("digits", TINY + ["prune.target=latency", "prune.target_latency_ratio=0.7",
+                                           "prune.latency_image_size=32", "prune.latency_table=" + table,
+                                           "compare.enabled=false"])
+    summary = run(recipe, str(tmp_path / "out"), log=lambda m: None)
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert rounds[-1]["target_latency_ratio"] == pytest.approx(0.7)
+    for r in rounds:
+        assert r["latency_backend"] == "onnxruntime-cpu" and r["dense_latency_ms"] > 0 and r["latency_ms"] > 0
+        assert r["latency_ratio"] == pytest.approx(r["latency_ms"] / r["dense_latency_ms"], rel=1e-3)
+        trials = r["latency_trials"]
+        assert trials and r["latency_ratio"] in [round(t["measured_ratio"], 5) for t in trials]
+        # the round keeps its trial closest to its target
+        closest = min(trials, key=lambda t: abs(t["measured_ratio"] / r["target_latency_ratio"] - 1))
+        assert r["latency_ratio"] == pytest.approx(closest["measured_ratio"], abs=1e-5)
+    assert summary["student"]["macs_ratio"] < 1.0
