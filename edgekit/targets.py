@@ -10,12 +10,10 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
+from .device.layout import PLACEMENTS, PRECISIONS
 from .errors import EdgekitError
 from .presets import find_preset, preset_names
 from .recipe import _build, _choice, read_yaml_mapping
-
-PLACEMENTS = ("cpu", "gpu", "dla0", "dla1")
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass

@@ -8,11 +8,12 @@ import shlex
 import pytest
 
 from edgekit.deploy.bundle import build_bundle, bundle_fingerprint
-from edgekit.deploy.checks import check_device, facts_script, l4t_release, parse_facts, probe_modules
+from edgekit.deploy.checks import check_device, facts_script, parse_facts, probe_modules
 from edgekit.deploy.flow import device_command, device_python, docker_command, store_fetched
 from edgekit.deploy.plan import jobs_document, plan_jobs, runtimes_needed
 from edgekit.deploy.transport import Ssh
 from edgekit.device import layout
+from edgekit.device.bench.environment import parse_l4t_release as l4t_release
 from edgekit.device.engine.calibcache import read_calibration_cache, write_calibration_cache
 from edgekit.errors import EdgekitError
 from edgekit.targets import Target, load_target

@@ -11,8 +11,9 @@ the device reports.
 
 import re
 import shlex
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Sequence, Set, Tuple
 
+from ..device.bench.environment import parse_l4t_release
 from ..errors import EdgekitError
 from ..targets import Target
 
@@ -86,14 +87,6 @@ def parse_facts(text: str) -> Dict[str, str]:
         elif line.strip():
             facts["py.output"] = (facts.get("py.output", "") + " " + line.strip()).strip()[:300]
     return facts
-
-
-def l4t_release(line: str) -> Optional[str]:
-    """R35.4.1 from '# R35 (release), REVISION: 4.1, GCID: ...' (None when it is not an L4T line)."""
-    match = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*(\d+)(?:\.(\d+))?", line)
-    if not match:
-        return None
-    return "R{}.{}.{}".format(match.group(1), match.group(2), match.group(3) or "0")
 
 
 def _version(text: str) -> Tuple[int, ...]:
@@ -177,7 +170,7 @@ def check_device(target: Target, device: str, facts: Dict[str, str], python: str
         raise EdgekitError("target {} is {} but {} is {}".format(target.name, target.arch, device, machine))
     if target.l4t:
         line = facts.get("l4t", "")
-        release = l4t_release(line)
+        release = parse_l4t_release(line)
         if release != target.l4t:
             raise EdgekitError("{} runs {} but target {} is for L4T {}: the {} would not match".format(
                 device, release or line or "no L4T", target.name, target.l4t,

@@ -27,11 +27,10 @@ from ..targets import Target
 from .bundle import build_bundle, bundle_fingerprint, bundle_variants, write_jobs_file
 from .checks import check_device, facts_script, parse_facts
 from .plan import jobs_document, plan_jobs, runtimes_needed
-from .transport import Local, Ssh, Transport
+from .transport import Local, Ssh, Transport, checked
 
 REMOTE_ROOT = "edgekit-deploy"
 RUN_TIMEOUT = 6 * 3600  # a first Xavier run builds ~20 engines (minutes each) before its sweeps
-JOBS_FAILED = 3          # run-jobs' exit status when some jobs failed (their error files say why)
 WHEEL_DIR = "lib"
 
 
@@ -197,8 +196,5 @@ def deploy(artifacts: str, target: Target, target_file: str, reached: Reached, r
     if errors:
         raise EdgekitError("{} of {} job(s) failed on {}: {} (reasons above; the others are stored)".format(
             len(errors), len(jobs), transport.label, ", ".join(e["stem"] for e in errors)))
-    if proc.returncode != 0:
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        raise EdgekitError("running the benchmarks on {} failed: {}".format(
-            transport.label, lines[-1] if lines else "exit status {}".format(proc.returncode)))
+    checked(proc, "running the benchmarks on {}".format(transport.label))
     return results

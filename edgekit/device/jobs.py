@@ -20,7 +20,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..artifacts import read_json, remove_if_exists, write_json_atomic, write_text_atomic
@@ -36,11 +35,6 @@ TAIL_LINES = 20
 
 # A step: (argv, cwd, log) -> (exit code, output lines). Tests pass their own.
 StepRunner = Callable[[List[str], str, Callable[[str], None]], Tuple[int, List[str]]]
-
-
-def new_run_id() -> str:
-    """The same shape as a benchmark result's run id, so failures sort and file beside results."""
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
 def _now() -> str:
@@ -130,7 +124,7 @@ def _reset_if_stale(workdir: str, fingerprint: str, log: Callable[[str], None]) 
 def write_error(path: str, job: Dict[str, Any], stage: str, command: List[str], code: int, lines: Sequence[str],
                 seconds: float, labels: Dict[str, Any]) -> Dict[str, Any]:
     error = {
-        "schema": ERROR_SCHEMA, "schema_version": SCHEMA_VERSION, "run_id": new_run_id(), "created": _now(),
+        "schema": ERROR_SCHEMA, "schema_version": SCHEMA_VERSION, "run_id": layout.new_run_id(), "created": _now(),
         "stem": job["stem"], "labels": labels, "stage": stage, "message": describe_failure(code, lines),
         "command": command, "exit_code": code, "seconds": round(seconds, 3),
         "output_tail": [line for line in lines if line.strip()][-TAIL_LINES:],

@@ -9,13 +9,14 @@ Python 3.8 clean and torch-free: the host writes this layout, the device reads i
 
 import os
 import re
-from typing import Dict, List, NamedTuple, Optional, Tuple
+import time
+import uuid
+from typing import NamedTuple, Optional, Tuple
 
 from ..errors import EdgekitError
 
 # ---- files of an artifacts folder (host side writes them; the bundle carries some to the device)
 SUMMARY = "summary.json"
-MANIFEST = "manifest.json"
 LOCK = ".edgekit.lock"
 TEACHER = "teacher.pt"
 STUDENT = "student.pt"
@@ -60,8 +61,6 @@ FP32 = MODELS_BY_NAME["fp32"].path
 FP16 = MODELS_BY_NAME["fp16"].path
 INT8_QDQ = MODELS_BY_NAME["int8.qdq"].path
 INT8_CPU = MODELS_BY_NAME["int8.cpu"].path
-# What TensorRT parses: the lint runs over these.
-TENSORRT_MODELS = tuple(m.path for m in MODELS if "tensorrt" in m.runtimes)
 
 PLACEMENTS = ("cpu", "gpu", "dla0", "dla1")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -154,6 +153,11 @@ def is_error_file(name: str) -> bool:
     return name.endswith(ERROR_SUFFIX)
 
 
+def new_run_id() -> str:
+    """A result's (or a failed job's) run id: sortable time, then a random suffix."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
 _RUN_ID = re.compile(r"^[0-9A-Za-z-]+$")
 
 
@@ -190,8 +194,3 @@ def parse_result_name(name: str) -> Optional[ResultLabels]:
     if precision not in PRECISIONS or placement not in PLACEMENTS or not _RUN_ID.match(run_id):
         return None
     return ResultLabels(recipe, variant, precision, placement, run_id, error)
-
-
-def describe() -> List[Dict[str, object]]:
-    """The exported models as rows (for `edgekit layout`-style listings and the README table)."""
-    return [dict(m._asdict()) for m in MODELS]

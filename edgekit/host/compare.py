@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..device import layout
 from ..device.bench.scenarios import offline, single_stream
 from ..device.runtime.base import Runner
 from ..device.runtime.onnxrt import OnnxRuntimeRunner
@@ -33,7 +34,7 @@ def compare(teacher: nn.Module, student: nn.Module, data: DataBundle, recipe: Re
     cfg = recipe.compare
     size = cfg.image_size
     threads = recipe.bench.threads or recipe.threads or os.cpu_count() or 1
-    folder = os.path.join(out_dir, "compare")
+    folder = os.path.join(out_dir, layout.COMPARE_DIR)
     os.makedirs(folder, exist_ok=True)
     paths = {"dense.fp32": os.path.join(folder, "dense.fp32.onnx"),
              "dense.int8": os.path.join(folder, "dense.int8.cpu.onnx"),

@@ -299,9 +299,11 @@ def evaluate_counts(model: torch.nn.Module, loader: Iterable, device: Optional[t
     return int(correct), total
 
 
-def predict_logits(model: torch.nn.Module, loader: Iterable, device: Optional[torch.device] = None) -> np.ndarray:
-    """FP32 logits of every image a loader of (images, labels) yields, as one CPU array, computed on the
-    device `edgekit.host.dist.setup` chose (or `device`); the model comes back where it was."""
+def predict(model: torch.nn.Module, loader: Iterable,
+            device: Optional[torch.device] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """(FP32 logits, labels) of everything a loader of (images, labels) yields, as CPU arrays, computed on
+    the device `edgekit.host.dist.setup` chose (or `device`); the model comes back where it was. One pass:
+    top-1, agreement and reference logits all come from it."""
     from .dist import current
 
     home = next(model.parameters()).device
@@ -309,13 +311,17 @@ def predict_logits(model: torch.nn.Module, loader: Iterable, device: Optional[to
     model.eval()
     model.to(device)
     try:
-        chunks = []
+        chunks, labels = [], []
         with torch.inference_mode():
-            for images, _ in loader:
+            for images, batch_labels in loader:
                 chunks.append(model(images.to(device, non_blocking=True)).float().cpu())
+                labels.append(batch_labels)
     finally:
         model.to(home)
-    return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), dtype=np.float32)
+    if not chunks:
+        return np.zeros((0, 0), dtype=np.float32), np.zeros((0,), dtype=np.int64)
+    return torch.cat(chunks).numpy(), torch.cat(labels).numpy()
+
 
 
 def evaluate_top1(model: torch.nn.Module, loader: Iterable, device: Optional[torch.device] = None) -> float:

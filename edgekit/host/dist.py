@@ -121,11 +121,19 @@ def current() -> Dist:
     return _CURRENT
 
 
+def _env_int(name: str, default: int) -> int:
+    """torchrun's variables; one clear line when something else set them to nonsense."""
+    text = os.environ.get(name, str(default))
+    try:
+        return int(text)
+    except ValueError:
+        raise EdgekitError("{} must be an integer (torchrun sets it), got {!r}; unset it or launch with "
+                           "torchrun".format(name, text)) from None
+
+
 def setup(recipe: Any) -> Dist:
     """Join torchrun's process group when launched by torchrun; a single-process `Dist` otherwise."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world_size, rank, local_rank = (_env_int(n, d) for n, d in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0)))
     device = resolve_device(recipe.train.device, local_rank if world_size > 1 else 0)
     d = Dist(rank=rank, world_size=world_size, local_rank=local_rank, device=device, train=recipe.train)
     if world_size > 1:

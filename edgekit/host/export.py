@@ -56,17 +56,6 @@ def onnx_logits(path: str, batches: Iterable[torch.Tensor], threads: Optional[in
     return np.concatenate([session.run(None, {name: b.numpy().astype(np.float32)})[0] for b in batches])
 
 
-def verify_onnx(path: str, model: nn.Module, images: torch.Tensor, threads: Optional[int] = None) -> Dict[str, float]:
-    """Compare the ONNX file with PyTorch on real images: max |difference| of logits, top-1 agreement."""
-    model = model.eval()
-    with torch.no_grad():
-        reference = model(images).numpy()
-    got = onnx_logits(path, [images], threads)
-    return {"max_abs_diff": float(np.abs(got - reference).max()),
-            "top1_agreement": float((got.argmax(1) == reference.argmax(1)).mean() * 100.0),
-            "samples": int(images.shape[0])}
-
-
 # FP32 ONNX vs PyTorch: float reassociation and BatchNorm folding move logits by ~1e-6 of their scale;
 # a wrong export (a dropped layer, a stale weight, a mis-folded BatchNorm) moves them by far more.
 ATOL = 1e-3
@@ -75,7 +64,8 @@ RTOL = 1e-3
 
 def check_onnx_matches(path: str, model: nn.Module, images: torch.Tensor, threads: Optional[int] = None,
                        atol: float = ATOL, rtol: float = RTOL) -> Dict[str, float]:
-    """`verify_onnx`, failing with the numbers when the ONNX disagrees with PyTorch.
+    """Compare the ONNX file with PyTorch on real images (max |logit difference|, top-1 agreement), failing
+    with the numbers when they disagree.
 
     Allowed: max |difference| <= atol + rtol * max |PyTorch logit|. Top-1 disagreements count only
     where PyTorch's top-1 leads its runner-up by more than twice that (a near tie may flip on noise).

@@ -109,9 +109,6 @@ def check_width_spec(spec: Any) -> WidthSpec:
     return spec
 
 
-def dense_width_spec() -> WidthSpec:
-    return width_spec_of(resnet50(num_classes=10))
-
 
 def _conv_like(conv: nn.Conv2d, cin: int, cout: int) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
@@ -156,11 +153,6 @@ def count_macs_params(model: nn.Module, image_size: int) -> Tuple[int, int]:
     return int(macs), int(params)
 
 
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-# --------------------------------------------------------------------------- checkpoints
 
 def _torch_load(path: str) -> Any:
     if not os.path.exists(path):

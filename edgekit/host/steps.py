@@ -15,7 +15,7 @@ import torch
 from ..device import layout
 from ..errors import EdgekitError
 from ..stages import Context
-from .data import DataBundle, evaluate_top1, load_data, predict_logits
+from .data import DataBundle, evaluate_top1, load_data, predict
 from .models import architecture, count_macs_params, load_student, save_student
 
 # The device scores every engine on these images; above this size they are a spread subset of val
@@ -132,23 +132,23 @@ def compress(ctx: HostContext) -> Dict[str, Any]:
     return {"rounds": rounds, "train": _training(ctx)}
 
 
-def _agreement(a: torch.nn.Module, b: torch.nn.Module, data: DataBundle) -> float:
-    """Share of val images on which both models predict the same class (on the training device)."""
-    same = predict_logits(a, data.val_loader()).argmax(1) == predict_logits(b, data.val_loader()).argmax(1)
-    return 100.0 * float(same.sum()) / max(len(same), 1)
-
-
 def evaluate(ctx: HostContext) -> Dict[str, Any]:
+    """Top-1, MACs and params of teacher and student, and how often they agree: one val pass per model."""
     data = ctx.data
-    teacher_model, student_model = ctx.model(layout.TEACHER), ctx.model(layout.STUDENT)
     result: Dict[str, Any] = {}
-    for role, model in (("teacher", teacher_model), ("student", student_model)):
+    predicted = {}
+    for role, name in (("teacher", layout.TEACHER), ("student", layout.STUDENT)):
+        model = ctx.model(name)
+        logits, labels = predict(model, data.val_loader())
+        if not len(labels):
+            raise EdgekitError("the validation split is empty")
+        predicted[role] = logits.argmax(1)
         macs, params = count_macs_params(model, data.image_size)
-        macs224, _ = count_macs_params(model, 224)
-        result[role] = {"top1": round(evaluate_top1(model, data.val_loader()), 3),
+        macs224 = macs if data.image_size == 224 else count_macs_params(model, 224)[0]
+        result[role] = {"top1": round(100.0 * float((predicted[role] == labels).mean()), 3),
                         "macs": macs, "params": params, "macs_at_224": macs224}
     result["student"]["width_spec"] = load_student(ctx.path(layout.STUDENT))[1]["width_spec"]
-    result["agreement"] = round(_agreement(teacher_model, student_model, data), 3)
+    result["agreement"] = round(100.0 * float((predicted["teacher"] == predicted["student"]).mean()), 3)
     return result
 
 
@@ -205,8 +205,7 @@ def exported_models(ctx: HostContext) -> List[layout.ModelFile]:
 def measure(ctx: HostContext) -> Dict[str, Any]:
     """Each exported model's top-1 on the val split, SingleStream latency (bench.threads) and lint."""
     data = ctx.data
-    labels = np.concatenate([y.numpy() for _, y in data.val_loader()])
-    reference = predict_logits(ctx.model(layout.STUDENT), data.val_loader())
+    reference, labels = predict(ctx.model(layout.STUDENT), data.val_loader())
     student_top1 = float((reference.argmax(1) == labels).mean() * 100.0)
     sample = {"input": next(iter(data.val_loader()))[0][:1].numpy().astype(np.float32)}
     models = [_measure_one(ctx, m, labels, reference, student_top1, sample) for m in exported_models(ctx)]

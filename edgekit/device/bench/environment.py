@@ -22,13 +22,18 @@ def _read(path: str) -> Optional[str]:
         return None
 
 
-def l4t_release(root: str = "/") -> Optional[str]:
-    """`R35.4.1` from /etc/nv_tegra_release (`# R35 (release), REVISION: 4.1, ...`)."""
-    text = _read(os.path.join(root, "etc/nv_tegra_release"))
-    if not text:
+def parse_l4t_release(text: str) -> Optional[str]:
+    """`R35.4.1` from `# R35 (release), REVISION: 4.1, GCID: ...` (REVISION: 4 -> R35.4.0), None when the text
+    is no L4T release line. Deploy's check and every result and engine record read it the same way."""
+    match = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*(\d+)(?:\.(\d+))?", text or "")
+    if not match:
         return None
-    match = re.search(r"R(\d+) \(release\), REVISION: ([\d.]+)", text)
-    return "R{}.{}".format(match.group(1), match.group(2)) if match else None
+    return "R{}.{}.{}".format(match.group(1), match.group(2), match.group(3) or "0")
+
+
+def l4t_release(root: str = "/") -> Optional[str]:
+    """The board's release from /etc/nv_tegra_release (see parse_l4t_release)."""
+    return parse_l4t_release(_read(os.path.join(root, "etc/nv_tegra_release")) or "")
 
 
 def device_model(root: str = "/") -> Optional[str]:

@@ -4,13 +4,14 @@ and clocks, the environment, one result file; `benchmark_concurrent`: several en
 import os
 import sys
 import time
-import uuid
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ...artifacts import sha256_file, write_json_atomic
 from ...errors import EdgekitError
+from ..layout import BATCH_PLACEHOLDER, new_run_id
+from ..layout import precision_of as _layout_precision
 from ..runtime import registry
 from ..runtime.base import Runner
 from . import environment
@@ -27,8 +28,6 @@ from .power import (  # noqa: F401
 from .results import save_result
 from .scenarios import Window, Windows, concurrent_offline, export_times, offline, single_stream
 from .thermal import ThermalWindow
-
-BATCH_PLACEHOLDER = "{batch}"
 
 
 class PowerWindow(Window):
@@ -192,6 +191,13 @@ def _power_window(power: bool, power_root: str, power_total: Optional[str],
     return PowerWindow(source, reasons, idle_seconds=idle_seconds, total=rule), rule, rule_why
 
 
+def _swept(runners: "_Runners", first_batch: int, batches: Sequence[int], scenarios: Sequence[str]) -> List[int]:
+    """The batches a run opened a model for: per-batch engines list each one."""
+    if not runners.per_batch:
+        return []
+    return sorted({first_batch, *(batches if "offline" in scenarios else [])})
+
+
 def _power_label(window: "PowerWindow") -> str:
     if window.source is not None:
         return window.source.name
@@ -296,13 +302,15 @@ def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "au
         times_file = {"path": export_times_path, "window": exported[0][0], "queries": len(exported[0][1])}
         log("wrote {} ({} queries of {}, trtexec --exportTimes layout)".format(
             export_times_path, len(exported[0][1]), exported[0][0]))
-    model = {"path": model_path, "ran": run_path, "sha256": sha256_file(run_path),
-             "precision": precision or _precision(model_path), "inputs": [repr(s) for s in specs]}
+    digests = {path: sha256_file(path) for path in {run_path, *(runners.path(b) for b in _swept(runners, first_batch,
+                                                                                                 batches, scenarios))}}
+    model = {"path": model_path, "ran": run_path, "sha256": digests[run_path],
+             "precision": precision or _layout_precision(model_path) or "unknown", "inputs": [repr(s) for s in specs]}
     if runners.per_batch:
-        model["engines"] = {str(b): {"path": runners.path(b), "sha256": sha256_file(runners.path(b))}
-                            for b in sorted({first_batch, *(batches if "offline" in scenarios else [])})}
+        model["engines"] = {str(b): {"path": runners.path(b), "sha256": digests[runners.path(b)]}
+                            for b in _swept(runners, first_batch, batches, scenarios)}
     result = {
-        "run_id": time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6],
+        "run_id": new_run_id(),
         "created": started,
         "model": model,
         "accuracy": accuracy,
@@ -388,12 +396,13 @@ def benchmark_concurrent(model_paths: Sequence[str], out_path: Optional[str] = N
             r.deactivate()
         power_window.close()
     first_info = next(iter(info.values()))
+    concurrent = [{"path": c[1], "sha256": sha256_file(c[1]), "runtime": c[0]} for c in chosen]
     result = {
-        "run_id": time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6],
+        "run_id": new_run_id(),
         "created": started,
         "model": {"path": ",".join(model_paths), "ran": [c[1] for c in chosen],
-                  "sha256": sha256_file(chosen[0][1]), "precision": _precision(paths[0]),
-                  "concurrent": [{"path": c[1], "sha256": sha256_file(c[1]), "runtime": c[0]} for c in chosen]},
+                  "sha256": concurrent[0]["sha256"], "precision": _layout_precision(paths[0]) or "unknown",
+                  "concurrent": concurrent},
         "accuracy": None,
         "labels": dict(_labels(paths[0], chosen[0][0], labels or {}),
                        placement=(labels or {}).get("placement") or "concurrent"),
@@ -412,14 +421,6 @@ def benchmark_concurrent(model_paths: Sequence[str], out_path: Optional[str] = N
         save_result(out_path, result)
         log("wrote {}".format(out_path))
     return result
-
-
-def _precision(path: str) -> str:
-    name = os.path.basename(path)
-    for precision in ("int8", "fp16", "fp32"):
-        if ".{}.".format(precision) in name:
-            return precision
-    return "unknown"
 
 
 def _labels(model_path: str, runtime_name: str, given: Dict[str, Optional[str]]) -> Dict[str, Optional[str]]:
