@@ -60,10 +60,12 @@ def test_dla_jobs_build_one_static_engine_per_batch_and_gpu_jobs_one_dynamic_eng
     assert [s[0] for s in cpu["student.int8.cpu"]] == ["bench"]  # onnxruntime: nothing to build
 
 
-@pytest.mark.parametrize("name, rule", [("xavier", "sum"), ("orin", "sum"), ("cpu", "sum"), ("x86-gpu", "sum")])
+@pytest.mark.parametrize("name, rule", [("xavier", "GPU+CPU+SOC+CV+VDDRQ+SYS5V"),
+                                        ("orin", "VDD_GPU_SOC+VDD_CPU_CV+VIN_SYS_5V0"), ("cpu", "sum"),
+                                        ("x86-gpu", "sum")])
 def test_every_bench_step_gets_the_targets_power_total_rule(name, rule):
     target = load_target(name)
-    assert target.power_total == rule
+    assert target.power_total_rule() == rule
     doc = jobs_document(target, plan_jobs(target, ["teacher"]), "digits", "fp", 0.5, power_total_flag=True)
     benches = [argv for job in doc["jobs"] for s in job["steps"] for argv in [s["argv"]] if argv[0] == "bench"]
     assert benches and all(b[-2:] == ["--power-total", rule] for b in benches)

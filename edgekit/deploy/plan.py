@@ -88,7 +88,7 @@ def bench_argv(job: Job, target: Target, seconds: float, power_total_flag: bool 
             "--target", target.name, "--placement", job.placement, "--eval", layout.EVAL_SET,
             "--out", layout.result_path(job.stem)]
     if power_total_flag:
-        argv += ["--power-total", target.power_total]
+        argv += ["--power-total", target.power_total_rule()]
     return argv
 
 
