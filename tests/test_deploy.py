@@ -53,7 +53,8 @@ def test_dla_jobs_build_one_static_engine_per_batch_and_gpu_jobs_one_dynamic_eng
     assert "--calib" not in " ".join(sum(steps["student.fp16.dla0"], []))  # FP16 on DLA needs no cache
     gpu = steps["student.int8.gpu"]
     assert gpu[0] == ["build-engine", "model.int8.qdq.onnx", "--precision", "int8", "--out",
-                      "engines/student.int8.gpu.engine", "--timing-cache", "timing.cache", "--max-batch", "32"]
+                      "engines/student.int8.gpu.engine", "--timing-cache", "timing.cache", "--opt-batch", "32",
+                      "--max-batch", "32"]  # opt = the batch measured most, not batch 1
     assert gpu[1][:2] == ["bench", "engines/student.int8.gpu.engine"]
     assert gpu[1][gpu[1].index("--accuracy-from") + 1] == "model.int8.qdq.onnx"
     cpu = _steps(jobs_document(load_target("cpu"), plan_jobs(load_target("cpu")), "digits", "fp", 0.5, False))

@@ -78,7 +78,7 @@ class TrtApi(object):
 
     @property
     def version_tag(self) -> str:
-        """The number TensorRT writes into calibration caches: 8.5.2 -> 8502, 10.3.0 -> 100300."""
+        """The number TensorRT writes into calibration caches: 8.5.2 -> 8502, 9.2.0 -> 9200, 10.3.0 -> 100300."""
         from .calibcache import version_tag
 
         return version_tag(self.version)
