@@ -302,7 +302,7 @@ def build_engine(cfg: BuildConfig, log: Callable[[str], None] = print, force: bo
     network = builder.create_network(api.network_flags())
     parser = _parse(trt.OnnxParser(network, logger), api, cfg.onnx_path)  # kept alive: it owns the weights
     tensor = network.get_input(0)
-    chw = list(tensor.shape)[1:]
+    chw = [int(d) for d in tensor.shape[1:]]
     if any(d < 0 for d in chw):
         raise EdgekitError("input {} has dynamic spatial dims {}; edgekit exports fixed image sizes".format(
             tensor.name, chw))

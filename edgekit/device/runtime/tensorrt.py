@@ -74,9 +74,14 @@ def layer_profiler(times: Dict[str, List[float]]) -> "trt.IProfiler":
     return LayerTimes()
 
 
+def _dims(dims: "trt.Dims") -> Shape:
+    """A Dims as a tuple (Dims slices like a tuple; a fake's tuple does too)."""
+    return tuple(int(d) for d in dims[:])
+
+
 def _profile_range(engine: "trt.ICudaEngine", name: str, spec: TensorSpec) -> Tuple[Shape, Shape]:
     """(min, max) of `name` in optimization profile 0; the engine's own shape where it has no range."""
-    shapes = [tuple(int(d) for d in dims) for dims in engine.get_tensor_profile_shape(name, 0)]
+    shapes = [_dims(dims) for dims in engine.get_tensor_profile_shape(name, 0)]
     if len(shapes) == 3 and all(len(s) == len(spec.shape) and min(s) >= 0 for s in shapes):
         return shapes[0], shapes[2]
     static = tuple(d if isinstance(d, int) else -1 for d in spec.shape)
@@ -165,7 +170,7 @@ class TensorRTRunner(Runner):
             name = engine.get_tensor_name(i)
             self._dtypes[name] = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
             if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                spec = TensorSpec(name, self._dtypes[name], list(engine.get_tensor_shape(name)))
+                spec = TensorSpec(name, self._dtypes[name], list(_dims(engine.get_tensor_shape(name))))
                 self._inputs.append(spec)
                 self._profile[name] = _profile_range(engine, name, spec)
             else:
@@ -182,7 +187,7 @@ class TensorRTRunner(Runner):
             # event when its last reference goes, and warns ("dead context") after the context left.
             self.stream = self._epoch = None
             self.events = []
-            self.context = self.engine = self.runtime = None
+            del self.context, self.engine, self.runtime
         finally:
             self._release()
 
@@ -261,7 +266,7 @@ class TensorRTRunner(Runner):
             np.copyto(self._buffer(spec.name, tuple(array.shape), spec.dtype), array)
         outputs = {}
         for name in self._outputs:
-            shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
+            shape = _dims(self.context.get_tensor_shape(name))
             if min(shape, default=0) < 0:
                 raise EdgekitError("TensorRT left output {} of {} without a shape ({})".format(
                     name, self.engine_path, list(shape)))
