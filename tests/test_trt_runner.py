@@ -101,13 +101,13 @@ def test_split_per_query_from_blocking_sync_events_by_default(fake_gpu, engine):
     with TensorRTRunner(engine) as runner:
         out = runner.infer(_feed(4))
         t = runner.last_timings()
+    # trtexec's default: wait on a blocking-sync event (the host sleeps), no polling
+    assert "event.synchronize:blocking" in world.calls and "event.query" not in world.calls
+    assert "stream.synchronize" not in world.calls
     np.testing.assert_allclose(out["logits"], _expected(4))  # the D2H copy ran before the host read it
     # the fake device's clock: H2D 0.1 ms, compute 1 ms, D2H 0.2 ms
     assert t["h2d"] == pytest.approx(1e-4) and t["compute"] == pytest.approx(1e-3) and t["d2h"] == pytest.approx(2e-4)
     assert t["enqueue"] >= 0 and t["end_to_end"] > 0 and t["start"] <= t["enqueue_start"]
-    # trtexec's default: wait on a blocking-sync event (the host sleeps), no polling
-    assert "event.synchronize:blocking" in world.calls and "event.query" not in world.calls
-    assert "stream.synchronize" not in world.calls
 
 
 def test_spin_wait_uses_plain_events_waited_in_the_driver_not_a_python_loop(fake_gpu, engine):
@@ -210,7 +210,8 @@ def test_cudart_comes_from_cuda_bindings_then_cuda_cudart(monkeypatch):
 
 
 def test_graphs_work_with_the_cuda_python_11_layout_too(fake_gpu, engine, monkeypatch):
-    monkeypatch.setitem(sys.modules, "cuda.bindings", None)  # JetPack 5's cuda-python has no cuda.bindings
+    for name in ("cuda.bindings", "cuda.bindings.runtime"):  # JetPack 5's cuda-python has no cuda.bindings
+        monkeypatch.setitem(sys.modules, name, None)
     world = fake_gpu(cudart_path="cuda.cudart")
     with TensorRTRunner(engine, cuda_graph=True) as runner:
         np.testing.assert_allclose(runner.infer(_feed(2))["logits"], _expected(2))
