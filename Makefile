@@ -16,7 +16,7 @@ OUT_ARG := $(if $(OUT),--out $(OUT),)
 DEVICE_PYTHON_ARG := $(if $(DEVICE_PYTHON),--device-python $(DEVICE_PYTHON),)
 ART     := $(if $(OUT),$(OUT),artifacts/$(RECIPE))
 
-.PHONY: deploy dashboard test test-device lint venv clean help compare docker-jetson docker-host docker-cpu
+.PHONY: deploy dashboard test test-device typecheck lint venv clean help compare docker-jetson docker-host docker-cpu
 
 help:
 	@echo "make deploy [TARGET=cpu] [RECIPE=digits] [OUT=dir]   run the main job here"
@@ -26,13 +26,16 @@ help:
 	@echo "make dashboard                                     benchmarks/dashboard/index.html from every result"
 	@echo "make test                                          run the test suite"
 	@echo "make lint                                          ruff + the Python 3.8 check of device-side code"
+	@echo "make typecheck                                     mypy: the TensorRT and CUDA calls against their stubs"
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml .ci/typecheck.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[host,device,dev]'
+	# tensorrt-stubs, --no-deps and outside site-packages: the type check and the fakes' stub test read it
+	$(BIN)/python .ci/typecheck.py --install
 	@touch $@
 
 # GPUS=N: the host stages first run under torchrun, one process per GPU (RUN_ARGS: extra `edgekit run`
@@ -60,6 +63,10 @@ dashboard: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Every module that calls TensorRT, checked by mypy against tensorrt-stubs and cuda-python's bindings.
+typecheck: $(STAMP)
+	$(BIN)/python .ci/typecheck.py
 
 # On a Jetson or a GPU host with TensorRT (e.g. inside docker/jetson): the hardware tiers.
 test-device: $(STAMP)

@@ -161,7 +161,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                        power_total=args.power_total, soak_seconds=args.soak_seconds,
                        export_times_path=args.export_times, export_profile_path=args.export_profile)
     if result.get("throttled"):
-        _log("warning: a measured window was throttled (clocks dropped or a trip point was reached): see "
+        _log("warning: a measured window was throttled (over-current events, a hot or critical trip point, or "
+             "the GPU clock below its locked value): see "
              "\"thermal\" in {}".format(out))
     accuracy = result["accuracy"]
     if args.csv:
@@ -309,8 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="minimum measured seconds per scenario/batch (trtexec's --duration)")
     p.add_argument("--warmup-ms", type=float, default=0.0, help="also warm up for at least this long (trtexec's "
                    "--warmUp)")
-    p.add_argument("--use-spin-wait", action="store_true", help="TensorRT: spin on the last event instead of a "
-                   "blocking synchronize (trtexec's --useSpinWait)")
+    p.add_argument("--use-spin-wait", action="store_true", help="TensorRT: wait on plain events, which spin, instead "
+                   "of blocking-sync ones that let the CPU sleep (trtexec's --useSpinWait)")
     p.add_argument("--power-total", metavar="sum|RAIL", help="the board total: 'sum' adds every rail (AGX Xavier), "
                    "a rail name is already the total (VDD_IN on Orin, POM_5V_IN on Nano); default: that input rail "
                    "when present, else the sum")
@@ -353,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, help="a static batch instead of a min/opt/max profile (DLA: required for "
                    "batches other than 1; one engine per batch)")
     p.add_argument("--min-batch", type=int, help="GPU profile (default 1)")
-    p.add_argument("--opt-batch", type=int, help="GPU profile (default: the min)")
+    p.add_argument("--opt-batch", type=int, help="GPU profile: the batch TensorRT tunes kernels for (default: the "
+                   "max, the batch Offline measures most)")
     p.add_argument("--max-batch", type=int, help="GPU profile (default 8)")
     p.add_argument("--timing-cache", help="persistent timing cache file (kept between builds)")
     p.add_argument("--input-shape", help="CxHxW for --print-trtexec/--print-plan (default: read from the ONNX)")

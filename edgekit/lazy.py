@@ -4,7 +4,9 @@ Python 3.8 clean and torch-free: the device side uses it for tensorrt, pycuda an
 """
 
 import importlib
+import sys
 from types import ModuleType
+from typing import Any, Optional
 
 from .errors import EdgekitError
 
@@ -33,3 +35,39 @@ def lazy_import(name: str) -> ModuleType:
         # installed but broken (a missing shared library, a wrong CUDA): say what failed
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EdgekitError("{} failed to import ({}): {}".format(top, first, hint)) from None
+
+
+class LazyModule(object):
+    """A module imported on first use: the first of `names` that imports (an older layout last).
+
+    Module-level handles of this kind let code spell `trt.Logger` while tensorrt is imported only when
+    something runs (a type checker sees the real module instead: see edgekit.device.engine.api). The
+    import is done once; it is looked up again only when sys.modules holds another module under that
+    name (tests install fakes per test), so a timed loop pays a dictionary lookup, not an import.
+    """
+
+    def __init__(self, *names: str) -> None:
+        self._names = names
+        self._module: Optional[ModuleType] = None
+        self._name = ""
+
+    def resolve(self) -> ModuleType:
+        module = self._module
+        if module is not None and sys.modules.get(self._name) is module:
+            return module
+        first: Optional[EdgekitError] = None
+        for name in self._names:
+            try:
+                module = lazy_import(name)
+            except EdgekitError as exc:
+                first = first or exc
+                continue
+            self._module, self._name = module, name
+            return module
+        assert first is not None
+        raise first
+
+    def __getattr__(self, attribute: str) -> Any:
+        if attribute.startswith("__") and attribute != "__version__":
+            raise AttributeError(attribute)  # copy and pickle probe dunders: never import for those
+        return getattr(self.resolve(), attribute)

@@ -29,9 +29,11 @@ class Target:
     cuda_arch: Optional[str] = None
     dla_cores: int = 0
     nvpmodel: Optional[int] = None     # the expected power mode (recorded, never set silently)
+    # The rails whose sum is the board's power (AGX Orin: three of its four; VDDQ_VDD2_1V8AO is inside
+    # VIN_SYS_5V0). Empty: every rail the board reports.
     power_rails: List[str] = field(default_factory=list)
-    # How the board's total power is read: "sum" adds the rails (AGX Xavier's six INA3221 rails are the
-    # board), or the name of a rail that already is the total (VDD_IN on Orin, POM_5V_IN on Nano).
+    # How the board's total power is read: "sum" adds the rails (`power_rails` when named), or the name of
+    # a rail that already is the total (VDD_IN on Orin NX/Nano, POM_5V_IN on Nano).
     power_total: str = "sum"
     runtime: str = _choice("native", "native", "docker")
     image: Optional[str] = None        # docker image to run the device side in
@@ -55,9 +57,17 @@ class Target:
         need(self.runtime != "docker" or bool(self.image), "runtime docker needs an image")
         need(bool(self.power_total) and not any(c.isspace() or c in "\"'$`;" for c in self.power_total),
              "power_total must be sum or one rail's name (VDD_IN), got {!r}".format(self.power_total))
+        bad = [r for r in self.power_rails if not r or any(c.isspace() or c in "+\"'$`;" for c in r)]
+        need(not bad, "power_rails must be rail names (VDD_GPU_SOC), got {!r}".format(bad))
         need(self.python_bin is None or (bool(self.python_bin.strip()) and not self.python_bin.startswith("-")),
              "python_bin must be an interpreter path or name, got {!r}".format(self.python_bin))
         return self
+
+    def power_total_rule(self) -> str:
+        """The bench's --power-total: the named rails joined by "+" when the sum is of `power_rails`."""
+        if self.power_total == "sum" and self.power_rails:
+            return "+".join(self.power_rails)
+        return self.power_total
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)

@@ -4,6 +4,7 @@ import os
 import sys
 
 import pytest
+from fake_trt import fake_gpu  # noqa: F401 - the strict TensorRT/pycuda fakes as a fixture, with their exit check
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

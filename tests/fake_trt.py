@@ -1,306 +1,267 @@
-"""A small fake of tensorrt, pycuda.driver and cuda-python's runtime, laid out as their Python APIs,
-so the TensorRT runner's bookkeeping (buffers, CUDA graphs, events, contexts, profiler) is tested on
-a machine without a GPU. Device memory is a dict keyed by address; a freed allocation raises when
-anything (a copy, an enqueue, a replayed graph) touches it.
+"""A strict fake of TensorRT 8.5's Python API (with the strict fakes of pycuda and cuda-python in
+fake_cuda.py), so the TensorRT runner is tested on a machine without a GPU against the rules the real
+library enforces:
+
+- an engine has a real optimization profile (min/opt/max per input, `get_tensor_profile_shape`);
+  `set_input_shape` returns False outside it, for an unknown name or a wrong rank;
+- one optimization profile per execution context in concurrent use (NvInferRuntime.h, 8.5): the first
+  context takes profile 0; another one made while it lives has no profile, refuses shapes and
+  enqueues, and cannot take profile 0 with `set_optimization_profile_async`;
+- an enqueue needs a current CUDA context, every input shape, live device addresses for every tensor,
+  and no CUDA error left pending from earlier work; it runs asynchronously on its stream;
+- enums are enum.Enum: an unknown name raises, and their members compare equal to nothing else;
+- a subclass of IProfiler must call IProfiler.__init__ (pybind11 refuses it otherwise); the profiler
+  is called at each enqueue (`enqueue_emits_profile`), with a context's first run of a shape ten times
+  slower (kernel selection and caches), as a cold run is;
+- every name the fake offers exists in tensorrt-stubs (tests/test_trt_fakes.py holds it to that).
 
 The engine: input "input" (batch, 4) float32 -> output "logits" (batch, 2) = [sum of the row, 2 x row 0].
 """
 
-import itertools
+import enum
 import sys
 import types
 
 import numpy as np
+import pytest
+from fake_cuda import World, cuda_runtime, pycuda_driver
+
+DEFAULT_PROFILE = ((1, 4), (4, 4), (8, 4))  # min, opt, max of "input"
+STEADY_LAYERS = (("conv", 0.75), ("relu", 0.05), ("fc", 0.2))
 
 
-class FreedMemory(AssertionError):
-    pass
-
-
-class World(object):
-    """Everything the fakes share, so a test can look at it."""
-
-    def __init__(self) -> None:
-        self.memory = {}          # address -> np.ndarray (live allocations)
-        self.freed = set()
-        self.addresses = itertools.count(0x1000, 0x1000)
-        self.clock_ms = 0.0
-        self.context_stack = []
-        self.contexts_alive = 0
-        self.capturing = None     # the graph being captured (a list of replayable ops), or None
-        self.capture_modes = []
-        self.graph_execs_alive = 0
-        self.launches = []        # (graph id, input shape set on the context just before)
-        self.builders = 0
-        self.fail_enqueue_while_capturing = False
-        self.calls = []
-
-    def tick(self, ms: float) -> None:
-        self.clock_ms += ms
-
-    def read(self, address: int) -> np.ndarray:
-        if address in self.freed:
-            raise FreedMemory("read of freed device memory at {:#x}".format(address))
-        return self.memory[address]
-
-
-def install(monkeypatch, version="8.5.2.2", dla_cores=2, cudart_path="cuda.bindings.runtime"):
+def install(monkeypatch, version="8.5.2.2", dla_cores=2, cudart_path="cuda.bindings.runtime",
+            profile=DEFAULT_PROFILE):
     """Put fake `tensorrt`, `pycuda.driver` and cuda-python (at `cudart_path`) into sys.modules."""
     world = World()
-    monkeypatch.setitem(sys.modules, "tensorrt", _tensorrt(world, version, dla_cores))
-    driver = _pycuda_driver(world)
+    world.builders = 0
+    world.fail_enqueue_while_capturing = False
+    world.log = []
+    monkeypatch.setitem(sys.modules, "tensorrt", tensorrt_module(world, version, dla_cores, profile))
+    driver = pycuda_driver(world)
     pycuda = types.ModuleType("pycuda")
     pycuda.driver = driver
     monkeypatch.setitem(sys.modules, "pycuda", pycuda)
     monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
     if cudart_path:
-        runtime = _cudart(world)
         parts = cudart_path.split(".")
         for i in range(1, len(parts)):
             monkeypatch.setitem(sys.modules, ".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
-        monkeypatch.setitem(sys.modules, cudart_path, runtime)
+        monkeypatch.setitem(sys.modules, cudart_path, cuda_runtime(world))
     return world
 
 
-# --------------------------------------------------------------------------- pycuda.driver
+@pytest.fixture()
+def fake_gpu(monkeypatch):
+    """`fake_gpu(**install options)` -> World; after the test, the exit check pycuda makes (an abort there)."""
+    worlds = []
 
-def _pycuda_driver(world):
-    driver = types.ModuleType("pycuda.driver")
+    def make(**options):  # noqa: ANN202
+        worlds.append(install(monkeypatch, **options))
+        return worlds[-1]
 
-    class Context(object):
-        def __init__(self) -> None:
-            self.refs = 1
-            world.contexts_alive += 1
+    yield make
+    import gc
 
-        def push(self) -> None:
-            world.context_stack.append(self)
-
-        @staticmethod
-        def pop() -> None:
-            world.context_stack.pop()
-
-        def detach(self) -> None:
-            self.refs -= 1
-            if self.refs == 0:
-                world.contexts_alive -= 1
-
-    primary = {}
-
-    class Device(object):
-        def __init__(self, index: int) -> None:
-            self.index = index
-
-        def retain_primary_context(self):  # noqa: ANN201
-            ctx = primary.get(self.index)
-            if ctx is None or ctx.refs == 0:
-                ctx = primary[self.index] = Context()
-            else:
-                ctx.refs += 1
-            return ctx
-
-        def make_context(self):  # noqa: ANN201 - a new context, current until popped, alive until detached
-            ctx = Context()
-            ctx.push()
-            return ctx
-
-        def name(self) -> str:
-            return "Xavier"
-
-        def compute_capability(self):  # noqa: ANN201
-            return 7, 2
-
-    class Allocation(object):
-        def __init__(self, nbytes: int) -> None:
-            self.address = next(world.addresses)
-            world.memory[self.address] = np.zeros(nbytes, np.uint8)
-
-        def __int__(self) -> int:
-            return self.address
-
-        def free(self) -> None:
-            world.freed.add(self.address)
-            del world.memory[self.address]
-
-    class Stream(object):
-        handle = 7
-
-        def synchronize(self) -> None:
-            world.tick(0.01)
-
-    class Event(object):
-        def __init__(self) -> None:
-            self.at = None
-
-        def record(self, stream=None) -> None:  # noqa: ANN001
-            self.at = world.clock_ms
-
-        def query(self) -> bool:
-            world.calls.append("event.query")
-            return True
-
-        def time_since(self, other) -> float:  # noqa: ANN001
-            return self.at - other.at
-
-    def memcpy_htod_async(dest, src, stream=None):  # noqa: ANN001
-        raw = np.ascontiguousarray(src).view(np.uint8).ravel()
-        world.read(int(dest))[: raw.size] = raw
-        world.tick(0.1)
-
-    def memcpy_dtoh_async(dest, src, stream=None):  # noqa: ANN001
-        raw = dest.view(np.uint8).ravel()
-        raw[:] = world.read(int(src))[: raw.size]
-        world.tick(0.2)
-
-    driver.init = lambda: None
-    driver.Context, driver.Device, driver.Stream, driver.Event = Context, Device, Stream, Event
-    driver.mem_alloc = Allocation
-    driver.pagelocked_empty = lambda count, dtype: np.empty(count, dtype)
-    driver.memcpy_htod_async, driver.memcpy_dtoh_async = memcpy_htod_async, memcpy_dtoh_async
-    return driver
-
-
-# --------------------------------------------------------------------------- cuda-python runtime
-
-def _cudart(world):
-    rt = types.ModuleType("cudart")
-
-    class cudaStreamCaptureMode(object):  # noqa: N801 - cuda-python's spelling
-        cudaStreamCaptureModeGlobal = "global"
-        cudaStreamCaptureModeThreadLocal = "thread-local"
-        cudaStreamCaptureModeRelaxed = "relaxed"
-
-    graphs = {}
-    ids = itertools.count(1)
-
-    def begin(stream, mode):  # noqa: ANN001, ANN202
-        world.capture_modes.append(mode)
-        world.capturing = []
-        return (0,)
-
-    def end(stream):  # noqa: ANN001, ANN202
-        ops, world.capturing = world.capturing, None
-        graph = next(ids)
-        graphs[graph] = ops
-        return 0, graph
-
-    def instantiate(graph, flags):  # noqa: ANN001, ANN202
-        world.graph_execs_alive += 1
-        exec_id = next(ids)
-        graphs[exec_id] = graphs[graph]
-        return 0, exec_id
-
-    def launch(exec_id, stream):  # noqa: ANN001, ANN202
-        for op in graphs[exec_id]:
-            op()
-        return (0,)
-
-    def destroy_exec(exec_id):  # noqa: ANN001, ANN202
-        world.graph_execs_alive -= 1
-        return (0,)
-
-    rt.cudaStreamCaptureMode = cudaStreamCaptureMode
-    rt.cudaStream_t = lambda handle: handle
-    rt.cudaStreamBeginCapture, rt.cudaStreamEndCapture = begin, end
-    rt.cudaGraphInstantiateWithFlags, rt.cudaGraphLaunch = instantiate, launch
-    rt.cudaGraphDestroy = lambda graph: (0,)
-    rt.cudaGraphExecDestroy = destroy_exec
-    return rt
+    gc.collect()  # streams and events are destroyed when their last reference goes
+    for world in worlds:
+        problems = world.exit_problems()
+        assert problems == [], problems
 
 
 # --------------------------------------------------------------------------- tensorrt
 
-def _tensorrt(world, version, dla_cores):
+def tensorrt_module(world, version, dla_cores, profile):  # noqa: ANN001, ANN201, C901 - one fake module
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
 
-    class Logger(object):
-        WARNING, ERROR = 2, 1
+    severity = enum.Enum("Severity", ["INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE"])
 
-        def __init__(self, severity=None) -> None:  # noqa: ANN001
+    class ILogger(object):
+        Severity = severity
+        INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = (severity.INTERNAL_ERROR, severity.ERROR, severity.WARNING,
+                                                          severity.INFO, severity.VERBOSE)
+
+        def __init__(self) -> None:
             pass
 
-    class TensorIOMode(object):
-        INPUT, OUTPUT = "in", "out"
+    class Logger(ILogger):
+        def __init__(self, min_severity=severity.WARNING) -> None:  # noqa: ANN001
+            if not isinstance(min_severity, severity):
+                raise TypeError("Logger(): incompatible arguments: {!r} is not a Logger.Severity".format(min_severity))
+            self.min_severity = min_severity
 
-    class DataType(object):
-        FLOAT = "float"
+        def log(self, severity, msg) -> None:  # noqa: ANN001
+            world.log.append((severity, msg))
+
+    class TensorIOMode(enum.Enum):
+        NONE, INPUT, OUTPUT = range(3)
+
+    class DataType(enum.Enum):
+        FLOAT, HALF, INT8, INT32, BOOL = range(5)
+
+    numpy_types = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT8: np.int8,
+                   DataType.INT32: np.int32, DataType.BOOL: np.bool_}
+
+    def nptype(trt_type):  # noqa: ANN001, ANN202
+        if trt_type not in numpy_types:
+            raise TypeError("Could not resolve TensorRT datatype to an equivalent numpy datatype: {!r}".format(
+                trt_type))
+        return numpy_types[trt_type]
 
     class IProfiler(object):
         def __init__(self) -> None:
-            pass
+            self._initialized = True
 
-    class Context(object):
-        def __init__(self) -> None:
-            self.shapes = {}
-            self.addresses = {}
-            self.profiler = None
+    def report(context, shape) -> None:  # noqa: ANN001
+        profiler = context._profiler
+        if profiler is None:
+            return
+        if not getattr(profiler, "_initialized", False):
+            raise TypeError("IProfiler.__init__() must be called when overriding __init__")
+        cold = 10.0 if shape not in context._warm else 1.0
+        for layer, ms in STEADY_LAYERS:
+            profiler.report_layer_time(layer, ms * cold)
 
-        def set_input_shape(self, name, shape):  # noqa: ANN001, ANN201
-            self.shapes[name] = tuple(shape)
-            world.calls.append(("set_input_shape", tuple(shape)))
+    def error(message: str) -> bool:
+        world.log.append((severity.ERROR, message))
+        return False
+
+    class IExecutionContext(object):
+        def __init__(self, engine) -> None:  # noqa: ANN001
+            self._engine = engine
+            self._shapes = {}
+            self._addresses = {}
+            self._profiler = None
+            self._warm = set()
+            self._profile = 0 if 0 not in engine._profiles_in_use else -1
+            if self._profile == 0:
+                engine._profiles_in_use[0] = self
+
+        def __del__(self) -> None:
+            if self._engine._profiles_in_use.get(self._profile) is self:
+                del self._engine._profiles_in_use[self._profile]
+
+        @property
+        def active_optimization_profile(self) -> int:
+            return self._profile
+
+        def set_optimization_profile_async(self, profile_index, stream_handle) -> bool:  # noqa: ANN001
+            holder = self._engine._profiles_in_use.get(profile_index)
+            if profile_index != 0 or (holder is not None and holder is not self):
+                return error("profile {} is in use by another execution context".format(profile_index))
+            self._profile = 0
+            self._engine._profiles_in_use[0] = self
+            return True
+
+        @property
+        def profiler(self):  # noqa: ANN201
+            return self._profiler
+
+        @profiler.setter
+        def profiler(self, value) -> None:  # noqa: ANN001
+            if value is not None and not isinstance(value, IProfiler):
+                raise TypeError("profiler must be an IProfiler")
+            self._profiler = value
+
+        def set_input_shape(self, name, shape) -> bool:  # noqa: ANN001
+            shape = tuple(int(d) for d in shape)
+            if self._profile < 0:
+                return error("no optimization profile is set on this execution context")
+            if name != "input":
+                return error("{} is not an input".format(name))
+            low, _, high = profile
+            if len(shape) != len(low) or any(not lo <= d <= hi for d, lo, hi in zip(shape, low, high)):
+                return error("shape {} of {} is outside profile 0 ({} to {})".format(shape, name, low, high))
+            self._shapes[name] = shape
             return True
 
         def get_tensor_shape(self, name):  # noqa: ANN001, ANN201
-            return (self.shapes["input"][0], 2)
+            batch = self._shapes.get("input", (-1,))[0]
+            return (batch, 4) if name == "input" else (batch, 2)
 
-        def set_tensor_address(self, name, address):  # noqa: ANN001, ANN201
-            self.addresses[name] = address
+        def set_tensor_address(self, name, memory) -> bool:  # noqa: ANN001
+            self._addresses[name] = int(memory)
             return True
 
-        def execute_async_v3(self, stream):  # noqa: ANN001, ANN201
-            shape = self.shapes["input"]
-            src, dst = self.addresses["input"], self.addresses["logits"]
+        def execute_async_v3(self, stream_handle) -> bool:  # noqa: ANN001
+            world.require_context("IExecutionContext::enqueueV3")
+            if world.last_error:
+                return error("an earlier CUDA error is pending ({!r}): clear it with cudaGetLastError".format(
+                    world.last_error))
+            if self._profile < 0:
+                return error("no optimization profile is set on this execution context")
+            if "input" not in self._shapes or set(self._addresses) != {"input", "logits"}:
+                return error("input shapes or tensor addresses are not all set")
+            capture = world.capturing.get(int(stream_handle))
+            if capture is not None and world.fail_enqueue_while_capturing:
+                capture.invalid = True
+                world.last_error = 901  # cudaErrorStreamCaptureInvalidated
+                return error("an operation of this engine is not permitted while the stream is capturing")
+            shape, src, dst = self._shapes["input"], self._addresses["input"], self._addresses["logits"]
+            count = int(np.prod(shape))
+            if world.read(src).size < count * 4 or world.read(dst).size < shape[0] * 2 * 4:
+                return error("a tensor's device buffer is smaller than its shape")
 
             def run() -> None:
-                count = int(np.prod(shape))
                 x = world.read(src)[: count * 4].view(np.float32).reshape(shape)
                 y = np.stack([x.sum(1), 2 * x[:, 0]], 1).astype(np.float32)
                 world.read(dst)[: y.nbytes] = y.view(np.uint8).ravel()
-                world.tick(1.0)
-                if self.profiler is not None:
-                    for layer, ms in (("conv", 0.75), ("relu", 0.05), ("fc", 0.2)):
-                        self.profiler.report_layer_time(layer, ms)
 
-            if world.capturing is not None:
-                if world.fail_enqueue_while_capturing:
-                    return False
-                world.capturing.append(run)
-            else:
-                run()
+            world.enqueue(int(stream_handle), run, 1.0, "compute")
+            if capture is None:
+                report(self, shape)
+                self._warm.add(shape)
             return True
 
-    class Engine(object):
+    class ICudaEngine(object):
         num_io_tensors = 2
+        num_optimization_profiles = 1
 
-        def get_tensor_name(self, i):  # noqa: ANN001, ANN201
-            return ("input", "logits")[i]
+        def __init__(self) -> None:
+            self._profiles_in_use = {}
+
+        def get_tensor_name(self, index):  # noqa: ANN001, ANN201
+            return ("input", "logits")[index]
 
         def get_tensor_mode(self, name):  # noqa: ANN001, ANN201
-            return TensorIOMode.INPUT if name == "input" else TensorIOMode.OUTPUT
+            return {"input": TensorIOMode.INPUT, "logits": TensorIOMode.OUTPUT}.get(name, TensorIOMode.NONE)
 
         def get_tensor_dtype(self, name):  # noqa: ANN001, ANN201
             return DataType.FLOAT
 
         def get_tensor_shape(self, name):  # noqa: ANN001, ANN201
-            return (-1, 4) if name == "input" else (-1, 2)
+            static = profile[0] == profile[2]
+            batch = profile[0][0] if static else -1
+            return (batch, 4) if name == "input" else (batch, 2)
+
+        def get_tensor_profile_shape(self, name, profile_index):  # noqa: ANN001, ANN201
+            if name != "input" or profile_index != 0:
+                raise RuntimeError("get_tensor_profile_shape: {} has no profile {}".format(name, profile_index))
+            return [tuple(dims) for dims in profile]
 
         def create_execution_context(self):  # noqa: ANN201
-            return Context()
+            world.require_context("ICudaEngine::createExecutionContext")
+            return IExecutionContext(self)
 
     class Runtime(object):
         def __init__(self, logger) -> None:  # noqa: ANN001
+            if not isinstance(logger, ILogger):
+                raise TypeError("Runtime(): incompatible arguments: a tensorrt.ILogger is needed")
             self.num_DLA_cores = dla_cores
             self.DLA_core = -1
 
-        def deserialize_cuda_engine(self, data):  # noqa: ANN001, ANN201
-            return Engine()
+        def deserialize_cuda_engine(self, serialized_engine):  # noqa: ANN001, ANN201
+            world.require_context("IRuntime::deserializeCudaEngine")
+            return ICudaEngine() if bytes(serialized_engine).startswith(b"serialized") else None
 
     class Builder(object):
         def __init__(self, logger) -> None:  # noqa: ANN001
             world.builders += 1
             self.num_DLA_cores = dla_cores
 
-    trt.Logger, trt.Runtime, trt.Builder, trt.IProfiler = Logger, Runtime, Builder, IProfiler
+    trt.Logger, trt.ILogger, trt.Runtime, trt.Builder, trt.IProfiler = Logger, ILogger, Runtime, Builder, IProfiler
+    trt.ICudaEngine, trt.IExecutionContext = ICudaEngine, IExecutionContext
     trt.TensorIOMode, trt.DataType = TensorIOMode, DataType
-    trt.nptype = lambda dtype: np.float32
+    trt.nptype = nptype
     return trt

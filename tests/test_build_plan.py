@@ -1,7 +1,8 @@
-"""One build plan for the API build and the trtexec line (issue 12, defects 1, 4, 5, 6, 9), tested with
-a fake `tensorrt` that records what build_engine asks of it. The real build is test_engine.py's
-tensorrt tier."""
+"""One build plan for the API build and the trtexec line, tested with a fake `tensorrt` that records what
+build_engine asks of it and refuses what the version refuses (enums with their real names only; no
+builder_optimization_level before 8.6). The real build is test_engine.py's tensorrt tier."""
 
+import enum
 import json
 import subprocess
 import sys
@@ -11,7 +12,8 @@ import pytest
 from conftest import REPO, edgekit_cmd
 from onnx_fixtures import linear_classifier
 
-from edgekit.device.engine.builder import BuildConfig, build_engine, plan_build, trtexec_args
+from edgekit.device.engine.api import TrtApi
+from edgekit.device.engine.builder import BuildConfig, build_engine, plan_build, trtexec_args, trtexec_command
 from edgekit.device.engine.calibcache import format_cache
 from edgekit.device.engine.dla_report import parse_dla_log, summarize
 from edgekit.errors import EdgekitError
@@ -27,15 +29,10 @@ def fake_tensorrt(version, rec, parse_ok=True, error_has_node_name=True):
     trt.__version__ = version
 
     class ILogger(object):
-        class Severity(object):
-            INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
+        Severity = enum.Enum("Severity", "INTERNAL_ERROR ERROR WARNING INFO VERBOSE")
 
         def __init__(self) -> None:
             pass
-
-    class _Enum(object):
-        def __getattr__(self, name):  # noqa: ANN001, ANN204
-            return name
 
     class IInt8EntropyCalibrator2(object):
         def __init__(self) -> None:
@@ -79,13 +76,21 @@ def fake_tensorrt(version, rec, parse_ok=True, error_has_node_name=True):
             rec.profiles.append((name, list(low), list(opt), list(high)))
 
     class Config(object):
-        int8_calibrator = None
+        settable = {"int8_calibrator", "profiling_verbosity", "default_device_type", "DLA_core"}
+        if tuple(int(v) for v in version.split(".")[:2]) >= (8, 6):
+            settable.add("builder_optimization_level")  # IBuilderConfig has it from 8.6
 
-        def set_memory_pool_limit(self, pool, size):  # noqa: ANN001, ANN201
-            self.workspace = size
+        def __setattr__(self, name, value):  # noqa: ANN001
+            if name not in self.settable:
+                raise AttributeError("IBuilderConfig has no attribute {!r} in TensorRT {}".format(name, version))
+            object.__setattr__(self, name, value)
+
+        def set_memory_pool_limit(self, pool, pool_size):  # noqa: ANN001, ANN201
+            assert pool is trt.MemoryPoolType.WORKSPACE
+            rec.workspace = pool_size
 
         def set_flag(self, flag):  # noqa: ANN001, ANN201
-            rec.flags.append(flag)
+            rec.flags.append(flag.name)
 
         def add_optimization_profile(self, profile):  # noqa: ANN001, ANN201
             pass
@@ -115,8 +120,13 @@ def fake_tensorrt(version, rec, parse_ok=True, error_has_node_name=True):
 
     trt.ILogger, trt.Builder, trt.OnnxParser = ILogger, Builder, OnnxParser
     trt.IInt8EntropyCalibrator2, trt.IInt8MinMaxCalibrator = IInt8EntropyCalibrator2, IInt8MinMaxCalibrator
-    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0)
-    trt.MemoryPoolType, trt.ProfilingVerbosity, trt.BuilderFlag, trt.DeviceType = _Enum(), _Enum(), _Enum(), _Enum()
+    trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", "EXPLICIT_BATCH", start=0)
+    trt.MemoryPoolType = enum.Enum("MemoryPoolType", "WORKSPACE DLA_MANAGED_SRAM DLA_LOCAL_DRAM DLA_GLOBAL_DRAM")
+    trt.ProfilingVerbosity = enum.Enum("ProfilingVerbosity", "LAYER_NAMES_ONLY NONE DETAILED")
+    trt.BuilderFlag = enum.Enum("BuilderFlag", "FP16 INT8 DEBUG GPU_FALLBACK REFIT DISABLE_TIMING_CACHE TF32 "
+                                "SPARSE_WEIGHTS SAFETY_SCOPE OBEY_PRECISION_CONSTRAINTS PREFER_PRECISION_CONSTRAINTS "
+                                "DIRECT_IO REJECT_EMPTY_ALGORITHMS")
+    trt.DeviceType = enum.Enum("DeviceType", "GPU DLA")
     return trt
 
 
@@ -148,7 +158,7 @@ def test_dla_int8_builds_a_static_profile_with_the_entropy_calibrator(monkeypatc
     trt = sys.modules["tensorrt"]
     assert isinstance(calibrator, trt.IInt8EntropyCalibrator2)
     assert calibrator.read_calibration_cache().startswith(b"TRT-8502-EntropyCalibration2\n")
-    assert rec.config.default_device_type == "DLA" and rec.config.DLA_core == 0
+    assert rec.config.default_device_type is trt.DeviceType.DLA and rec.config.DLA_core == 0
 
 
 def test_a_cache_tensorrt_would_skip_is_refused(monkeypatch, onnx_dir):
@@ -169,9 +179,22 @@ def test_gpu_int8_sets_fp16_in_the_api_and_the_trtexec_line(monkeypatch, onnx_di
     rec, _ = _build(monkeypatch, cfg)
     plan = plan_build(cfg)
     assert rec.flags == plan["flags"] == ["INT8", "FP16"] and plan["calibrator"] is None
-    line = trtexec_args(plan)
+    line = trtexec_args(plan, TrtApi("8.5.2"))
     assert "--int8" in line and "--fp16" in line
-    assert rec.profiles == [("input", [1, 3, 8, 8], [1, 3, 8, 8], [8, 3, 8, 8])]
+    # opt = max without --opt-batch: kernels tuned for the batch Offline measures most, not for batch 1
+    assert rec.profiles == [("input", [1, 3, 8, 8], [8, 3, 8, 8], [8, 3, 8, 8])]
+    assert "--optShapes=input:8x3x8x8" in line
+
+
+def test_the_optimization_level_is_set_and_printed_only_where_tensorrt_has_it(monkeypatch, onnx_dir):
+    cfg = BuildConfig(str(onnx_dir / "model.fp32.onnx"), precision="fp16", optimization_level=4)
+    rec, error = _build(monkeypatch, cfg, version="8.5.2.2")  # 8.5's IBuilderConfig has no such attribute
+    assert "could not build" in error
+    assert "--builderOptimizationLevel" not in trtexec_command(cfg, [3, 8, 8], "8.5.2.2")  # trtexec 8.5 lacks it
+    rec, _ = _build(monkeypatch, cfg, version="8.6.2")
+    assert rec.config.builder_optimization_level == 4
+    assert "--builderOptimizationLevel=4" in trtexec_command(cfg, [3, 8, 8], "8.6.2")
+    assert "--builderOptimizationLevel=4" in trtexec_command(cfg, [3, 8, 8], "10.3.0")
 
 
 def test_parser_errors_on_8_6_use_the_node_index(monkeypatch, onnx_dir):

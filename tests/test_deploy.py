@@ -53,17 +53,20 @@ def test_dla_jobs_build_one_static_engine_per_batch_and_gpu_jobs_one_dynamic_eng
     assert "--calib" not in " ".join(sum(steps["student.fp16.dla0"], []))  # FP16 on DLA needs no cache
     gpu = steps["student.int8.gpu"]
     assert gpu[0] == ["build-engine", "model.int8.qdq.onnx", "--precision", "int8", "--out",
-                      "engines/student.int8.gpu.engine", "--timing-cache", "timing.cache", "--max-batch", "32"]
+                      "engines/student.int8.gpu.engine", "--timing-cache", "timing.cache", "--opt-batch", "32",
+                      "--max-batch", "32"]  # opt = the batch measured most, not batch 1
     assert gpu[1][:2] == ["bench", "engines/student.int8.gpu.engine"]
     assert gpu[1][gpu[1].index("--accuracy-from") + 1] == "model.int8.qdq.onnx"
     cpu = _steps(jobs_document(load_target("cpu"), plan_jobs(load_target("cpu")), "digits", "fp", 0.5, False))
     assert [s[0] for s in cpu["student.int8.cpu"]] == ["bench"]  # onnxruntime: nothing to build
 
 
-@pytest.mark.parametrize("name, rule", [("xavier", "sum"), ("orin", "sum"), ("cpu", "sum"), ("x86-gpu", "sum")])
+@pytest.mark.parametrize("name, rule", [("xavier", "GPU+CPU+SOC+CV+VDDRQ+SYS5V"),
+                                        ("orin", "VDD_GPU_SOC+VDD_CPU_CV+VIN_SYS_5V0"), ("cpu", "sum"),
+                                        ("x86-gpu", "sum")])
 def test_every_bench_step_gets_the_targets_power_total_rule(name, rule):
     target = load_target(name)
-    assert target.power_total == rule
+    assert target.power_total_rule() == rule
     doc = jobs_document(target, plan_jobs(target, ["teacher"]), "digits", "fp", 0.5, power_total_flag=True)
     benches = [argv for job in doc["jobs"] for s in job["steps"] for argv in [s["argv"]] if argv[0] == "bench"]
     assert benches and all(b[-2:] == ["--power-total", rule] for b in benches)

@@ -28,6 +28,8 @@ def test_api_generations():
     assert TrtApi("9.0.1").parser_error_node_name is False and TrtApi("9.1.0").parser_error_node_name is True
     assert not xavier.implicit_int8_deprecated and x86.implicit_int8_deprecated
     assert xavier.version_tag == "8502" and x86.version_tag == "100300"
+    # TensorRT 9.1-9.3 still tag caches major*1000+minor*100+patch; x10000 starts at 10.0
+    assert TrtApi("9.2.0").version_tag == "9200" and TrtApi("9.3.0.1").version_tag == "9300"
     with pytest.raises(EdgekitError, match="too old: edgekit needs 8.5"):
         TrtApi("8.2.1")
 
@@ -69,15 +71,15 @@ def test_build_plans_and_their_refusals(models):
 def test_trtexec_lines_for_xavier(models):
     qdq = str(models / "model.int8.qdq.onnx")
     gpu = trtexec_command(BuildConfig(qdq, precision="int8", max_batch=16, timing_cache="/data/timing.cache"),
-                          [3, 224, 224])
+                          [3, 224, 224], "8.5.2.2")
     # INT8 on the GPU: the API sets FP16 beside INT8, so the line says --fp16 too
     assert gpu == ("/usr/src/tensorrt/bin/trtexec --onnx={0}/model.int8.qdq.onnx "
                    "--saveEngine={0}/model.int8.gpu.engine "
-                   "--minShapes=input:1x3x224x224 --optShapes=input:1x3x224x224 --maxShapes=input:16x3x224x224 "
+                   "--minShapes=input:1x3x224x224 --optShapes=input:16x3x224x224 --maxShapes=input:16x3x224x224 "
                    "--int8 --fp16 --memPoolSize=workspace:1024 --timingCacheFile=/data/timing.cache "
                    "--verbose").format(models)
     dla = trtexec_command(BuildConfig(str(models / "model.fp32.onnx"), precision="int8", dla_core=0, static_batch=32,
-                                      calibration_cache=str(models / "calib.cache")), [3, 32, 32])
+                                      calibration_cache=str(models / "calib.cache")), [3, 32, 32], "8.5.2.2")
     assert dla == ("/usr/src/tensorrt/bin/trtexec --onnx={0}/model.fp32.onnx "
                    "--saveEngine={0}/model.int8.dla0.b32.engine --shapes=input:32x3x32x32 --int8 --fp16 "
                    "--calib={0}/calib.cache --useDLACore=0 --allowGPUFallback --memPoolSize=workspace:1024 "
@@ -119,6 +121,9 @@ def test_an_engine_from_the_same_onnx_and_settings_is_reused(tmp_path):
     assert reusable_engine(cfg, "8.5.2.2") is None  # an engine without metadata is not trusted
     meta = _meta(dla_core=None, precision="fp16", onnx_sha256=sha256_file(onnx_path),
                  profile={"input": "input", "min": [1, 3, 8, 8], "opt": [1, 3, 8, 8], "max": [32, 3, 8, 8]})
+    save_metadata(cfg.engine_path, meta)
+    assert reusable_engine(cfg, "8.5.2.2") is None  # tuned for batch 1: rebuilt with opt = the max
+    meta["profile"]["opt"] = [32, 3, 8, 8]
     save_metadata(cfg.engine_path, meta)
     assert reusable_engine(cfg, "8.5.2.2")["onnx_sha256"] == meta["onnx_sha256"]
     assert reusable_engine(cfg, "8.6.2") is None  # another TensorRT

@@ -37,11 +37,12 @@ class FakeSteps(object):
     """Records each step; a bench step writes its result, unless the stem/stage is told to fail."""
 
     def __init__(self, fail=None):
-        self.calls, self.fail = [], fail or {}
+        self.calls, self.timeouts, self.fail = [], [], fail or {}
 
-    def __call__(self, argv, cwd, log):
+    def __call__(self, argv, cwd, log, timeout):
         sub, stem = argv[3], argv[4]
         self.calls.append((sub, stem))
+        self.timeouts.append(timeout)
         if self.fail.get(stem) == sub:
             return 2, ["some progress", "edgekit: error: {} broke in {}".format(stem, sub)]
         if sub == "bench":
@@ -126,3 +127,27 @@ def test_run_jobs_command_streams_real_steps_and_files_their_own_error_line(tmp_
     error = load_error(str(tmp_path / layout.error_path("student.fp32.cpu")))
     assert error["message"].startswith("bad.onnx is not a valid ONNX model for onnxruntime")
     assert error["command"][1:4] == ["-m", "edgekit.cli", "bench"] and error["stage"] == "bench"
+
+
+def test_a_hung_step_is_stopped_at_its_time_limit_and_the_next_job_runs(tmp_path):
+    """A build that never ends (a real process, with a child of its own) used to block every job after it."""
+    import sys
+    import time
+
+    hung = tmp_path / "hung-python"
+    hung.write_text("#!/bin/sh\nsleep 30 &\nwait\n")  # a step whose helper holds the output pipe too
+    hung.chmod(0o755)
+    steps = [{"stage": "build", "argv": ["build-engine", "student.fp16.gpu"], "timeout_s": 0.5}]
+    path = _jobs(tmp_path, ["student.fp16.gpu"], steps=steps)
+    started = time.time()
+    (error,) = run_jobs(path, python=str(hung), log=lambda m: None)
+    assert time.time() - started < 10
+    assert error["exit_code"] == 124 and error["timed_out"] is True and error["timeout_s"] == 0.5
+    assert error["message"] == ("the step ran past its time limit of 0.5 s and was stopped (a hung build or GPU?); the "
+                                "other jobs go on")
+    assert load_error(str(tmp_path / layout.error_path("student.fp16.gpu")))["stage"] == "build"
+    # the default limits come from the stage, and every step gets one
+    fake, other = FakeSteps(), tmp_path / "other"
+    other.mkdir()
+    run_jobs(_jobs(other, ["student.int8.gpu"]), python=sys.executable, log=lambda m: None, step_runner=fake)
+    assert fake.timeouts == [3600.0, 3600.0]

@@ -30,6 +30,21 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def remote_root(tmp_path_factory):
+    """The "device" is this machine: deploys over SSH go to a private folder, not ~/edgekit-deploy (the
+    deploy subprocesses inherit the variable)."""
+    root = str(tmp_path_factory.mktemp("remote-home") / "edgekit-deploy")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGEKIT_REMOTE_ROOT", root)
+        yield root
+
+
+def test_deploys_go_under_the_remote_root(remote_root):
+    transport = transport_for(load_target("cpu"), "digits", "artifacts/digits", "nvidia@xavier.local")
+    assert transport.workdir == remote_root + "/digits"
+
+
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
     if not os.path.exists(SSHD):
@@ -86,7 +101,7 @@ def _fetched(results, target="cpu"):
 
 
 @pytest.mark.slow
-def test_make_deploy_over_ssh_fetches_results_with_the_local_schema(tiny_run, sshd, tmp_path):
+def test_make_deploy_over_ssh_fetches_results_with_the_local_schema(tiny_run, sshd, tmp_path, remote_root):
     out, summary, _ = tiny_run
     results = str(tmp_path / "results")
     proc = subprocess.run(_deploy_args(out, sshd, results), capture_output=True, text=True, cwd=REPO, timeout=900)
@@ -121,7 +136,7 @@ def test_make_deploy_over_ssh_fetches_results_with_the_local_schema(tiny_run, ss
 
     # Resume: a deploy interrupted after the device measured one job but before the host fetched it.
     # The re-run copies nothing (the device has every file), keeps that measurement and fetches it.
-    remote_results = os.path.join(os.path.expanduser("~" + getpass.getuser()), "edgekit-deploy", "digits", "results")
+    remote_results = os.path.join(remote_root, "digits", "results")
     kept = load_result(fetched["teacher.fp32.cpu"])
     kept["run_id"] = "20260101-000000-abcdef"
     with open(os.path.join(remote_results, "teacher.fp32.cpu.json"), "w") as f:
@@ -253,11 +268,11 @@ def python_without_onnxruntime(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_a_device_python_without_onnxruntime_stops_at_check_in_seconds(tiny_run, sshd, tmp_path,
+def test_a_device_python_without_onnxruntime_stops_at_check_in_seconds(tiny_run, sshd, tmp_path, remote_root,
                                                                        python_without_onnxruntime):
     out, _, _ = tiny_run
     results = str(tmp_path / "results")
-    remote_dir = os.path.join(os.path.expanduser("~" + getpass.getuser()), "edgekit-deploy", "digits")
+    remote_dir = os.path.join(remote_root, "digits")
     shutil.rmtree(remote_dir, ignore_errors=True)
     started = time.time()
     args = [a for t in TINY for a in ("--set", t)]
@@ -277,13 +292,12 @@ def test_a_device_python_without_onnxruntime_stops_at_check_in_seconds(tiny_run,
 
 
 @pytest.mark.parametrize("kind", ["local", "ssh"])
-def test_local_and_ssh_transports_run_the_same_flow(kind, request, tmp_path):
+def test_local_and_ssh_transports_run_the_same_flow(kind, request, tmp_path, remote_root):
     """put (only what changed), run in the work folder, list, fetch and clear results: one code path."""
     if kind == "ssh":
         sshd = request.getfixturevalue("sshd")
-        workdir = "edgekit-deploy/transport-test-{}".format(os.getpid())
-        transport = Ssh(sshd["device"], workdir, sshd["port"], sshd["key"], known_hosts=sshd["known_hosts"])
-        there = os.path.join(os.path.expanduser("~" + getpass.getuser()), workdir)
+        there = os.path.join(remote_root, "transport-test")
+        transport = Ssh(sshd["device"], there, sshd["port"], sshd["key"], known_hosts=sshd["known_hosts"])
     else:
         transport = Local(str(tmp_path / "device"))
         there = transport.workdir

@@ -1,26 +1,38 @@
-"""The TensorRT runner's bookkeeping on fakes of tensorrt / pycuda / cuda-python (tests/fake_trt.py):
-CUDA graphs across batch sizes, capture failures, the CUDA context, the DLA core count, the
-per-query split and the per-layer profile. The real thing runs in test_engine.py's tensorrt tier."""
+"""The TensorRT runner on strict fakes of tensorrt 8.5, pycuda and cuda-python (tests/fake_trt.py,
+tests/fake_cuda.py): optimization profiles, one context per profile, per-thread CUDA contexts, async
+copies and events, CUDA graphs and their failures, the per-layer profile. Every test ends with the exit
+check pycuda makes (fake_gpu). The real thing runs in test_engine.py's tensorrt tier."""
 
+import importlib
 import json
 import sys
 import types
 
-import fake_trt
 import numpy as np
 import pytest
 
+from edgekit.device.bench.harness import benchmark, benchmark_concurrent
 from edgekit.device.engine.metadata import EngineMetadata, save_metadata
 from edgekit.device.runtime.tensorrt import TensorRTRunner, cudart_module, profile_report, slowest_layers
 from edgekit.errors import EdgekitError
 
+FAST = dict(warmup=2, min_queries=5, min_seconds=0.0, idle_seconds=0, progress=False, power=False,
+            log=lambda message: None)
+
+
+def _engine(folder, name="model.fp16.gpu.engine", dla_core=None):
+    path = str(folder / name)
+    with open(path, "wb") as f:
+        f.write(b"serialized")
+    save_metadata(path, EngineMetadata.create(tensorrt_version="8.5.2.2", device_name="Xavier",
+                                              compute_capability="7.2", dla_core=dla_core, precision="fp16",
+                                              onnx_path="model.fp16.onnx", onnx_sha256="0" * 64))
+    return path
+
 
 @pytest.fixture()
 def engine(tmp_path):
-    path = str(tmp_path / "model.fp16.gpu.engine")
-    with open(path, "wb") as f:
-        f.write(b"serialized")
-    return path
+    return _engine(tmp_path)
 
 
 def _feed(batch):
@@ -32,80 +44,150 @@ def _expected(batch):
     return np.stack([x.sum(1), 2 * x[:, 0]], 1)
 
 
-def test_cuda_graphs_survive_a_bigger_batch_then_a_smaller_one(monkeypatch, engine):
-    world = fake_trt.install(monkeypatch)
-    with TensorRTRunner(engine, check_metadata=False, cuda_graph=True) as runner:
+def test_cuda_graphs_survive_a_bigger_batch_then_a_smaller_one(fake_gpu, engine):
+    world = fake_gpu()
+    with TensorRTRunner(engine, cuda_graph=True) as runner:
         for batch in (1, 8, 1, 8, 1):
             # the old runner replayed batch 1's graph on the buffers batch 8 had freed
-            out = runner.infer(_feed(batch))
-            np.testing.assert_allclose(out["logits"], _expected(batch))
-            assert world.calls[-1] != ("set_input_shape", None)
-        # each replay set its own graph's shapes on the context just before its launch
-        shapes = [c for c in world.calls if isinstance(c, tuple)]
-        assert shapes[-1] == ("set_input_shape", (1, 4))
-        assert world.capture_modes and set(world.capture_modes) == {"thread-local"}
-        assert world.graph_execs_alive <= 2
-    assert world.graph_execs_alive == 0
+            np.testing.assert_allclose(runner.infer(_feed(batch))["logits"], _expected(batch))
+        assert world.launches == 5 and set(world.capture_modes) == {world_mode("ThreadLocal")}
+        assert world.alive["graph_exec"] <= 2
+    assert world.alive["graph_exec"] == 0
 
 
-def test_a_failed_capture_ends_the_capture(monkeypatch, engine):
-    world = fake_trt.install(monkeypatch)
+def world_mode(name):
+    from fake_cuda import cudaStreamCaptureMode
+
+    return getattr(cudaStreamCaptureMode, "cudaStreamCaptureMode" + name)
+
+
+def test_a_failed_capture_warns_and_that_shape_runs_without_a_graph(fake_gpu, engine):
+    world = fake_gpu()
     world.fail_enqueue_while_capturing = True
-    with TensorRTRunner(engine, check_metadata=False, cuda_graph=True) as runner:
-        with pytest.raises(EdgekitError, match="failed to enqueue"):
-            runner.infer(_feed(2))
-        assert world.capturing is None  # the stream is no longer capturing
+    with TensorRTRunner(engine, cuda_graph=True) as runner:
+        with pytest.warns(RuntimeWarning, match="CUDA graph capture failed.*without a graph"):
+            out = runner.infer(_feed(2))
+        np.testing.assert_allclose(out["logits"], _expected(2))  # the old runner raised here
+        np.testing.assert_allclose(runner.infer(_feed(2))["logits"], _expected(2))  # no second capture
+        assert world.capturing == {} and world.last_error == 0 and world.launches == 0
         world.fail_enqueue_while_capturing = False
-        np.testing.assert_allclose(runner.infer(_feed(2))["logits"], _expected(2))
+        np.testing.assert_allclose(runner.infer(_feed(4))["logits"], _expected(4))  # another shape captures
+        assert world.launches == 1
 
 
-def test_the_cuda_context_is_released_on_every_deactivate(monkeypatch, engine, tmp_path):
-    world = fake_trt.install(monkeypatch, dla_cores=2)
-    meta = EngineMetadata.create(tensorrt_version="8.5.2.2", device_name="Xavier", compute_capability="7.2",
-                                 dla_core=1, precision="fp16", onnx_path="model.fp16.onnx", onnx_sha256="0" * 64)
-    save_metadata(engine, meta)
-    runner = TensorRTRunner(engine)
+def test_the_cuda_context_stream_and_events_are_released_on_every_deactivate(fake_gpu, tmp_path):
+    import gc
+
+    world = fake_gpu(dla_cores=2)
+    runner = TensorRTRunner(_engine(tmp_path, "model.fp16.dla1.b1.engine", dla_core=1))
     for _ in range(3):
         with runner:
             runner.infer(_feed(1))
-            assert len(world.context_stack) == 1
-        assert world.context_stack == []
-    assert world.contexts_alive == 0  # the old runner left one context alive per activation
+            assert len(world.stack()) == 1
+        gc.collect()
+        assert world.stack() == [] and world.alive["stream"] == 0 and world.alive["event"] == 0
+    assert world.primary.refs == 0  # the old runner left one context alive per activation
     assert world.builders == 0  # the DLA core count came from the trt.Runtime, not a Builder per activation
 
 
-def test_a_dla_engine_on_a_device_without_that_core_is_refused(monkeypatch, engine):
-    fake_trt.install(monkeypatch, dla_cores=0)
-    save_metadata(engine, EngineMetadata.create(tensorrt_version="8.5.2.2", device_name="Xavier",
-                                                compute_capability="7.2", dla_core=0, precision="int8",
-                                                onnx_path="model.fp32.onnx", onnx_sha256="0" * 64))
+def test_a_dla_engine_on_a_device_without_that_core_is_refused(fake_gpu, tmp_path):
+    fake_gpu(dla_cores=0)
     with pytest.raises(EdgekitError, match="DLA"):
-        TensorRTRunner(engine).activate()
+        TensorRTRunner(_engine(tmp_path, "m.int8.dla0.b1.engine", dla_core=0)).activate()
 
 
-def test_split_per_query_and_spin_wait(monkeypatch, engine):
-    world = fake_trt.install(monkeypatch)
-    with TensorRTRunner(engine, check_metadata=False, spin_wait=True) as runner:
-        runner.infer(_feed(4))
+def test_split_per_query_from_blocking_sync_events_by_default(fake_gpu, engine):
+    world = fake_gpu()
+    with TensorRTRunner(engine) as runner:
+        out = runner.infer(_feed(4))
         t = runner.last_timings()
-    # the fake's clock: H2D 0.1 ms, compute 1 ms, D2H 0.2 ms
-    assert t["h2d"] == pytest.approx(1e-4) and t["compute"] == pytest.approx(1e-3)
-    assert t["d2h"] == pytest.approx(2e-4) and t["enqueue"] >= 0 and t["end_to_end"] > 0
-    assert "event.query" in world.calls
+    # trtexec's default: wait on a blocking-sync event (the host sleeps), no polling
+    assert "event.synchronize:blocking" in world.calls and "event.query" not in world.calls
+    assert "stream.synchronize" not in world.calls
+    np.testing.assert_allclose(out["logits"], _expected(4))  # the D2H copy ran before the host read it
+    # the fake device's clock: H2D 0.1 ms, compute 1 ms, D2H 0.2 ms
+    assert t["h2d"] == pytest.approx(1e-4) and t["compute"] == pytest.approx(1e-3) and t["d2h"] == pytest.approx(2e-4)
+    assert t["enqueue"] >= 0 and t["end_to_end"] > 0 and t["start"] <= t["enqueue_start"]
 
 
-def test_layer_profile_in_trtexec_layout(monkeypatch, engine, tmp_path):
-    fake_trt.install(monkeypatch)
-    with TensorRTRunner(engine, check_metadata=False) as runner:
+def test_spin_wait_uses_plain_events_waited_in_the_driver_not_a_python_loop(fake_gpu, engine):
+    world = fake_gpu()
+    with TensorRTRunner(engine, spin_wait=True) as runner:
+        runner.infer(_feed(1))
+        assert runner.runtime_info()["sync"] == "spin-wait"
+    assert "event.synchronize:spin" in world.calls and "event.query" not in world.calls
+
+
+def test_a_batch_outside_the_profile_is_refused_not_run_at_the_old_shape(fake_gpu, engine):
+    world = fake_gpu(profile=((1, 4), (4, 4), (8, 4)))
+    with TensorRTRunner(engine) as runner:
+        runner.infer(_feed(8))
+        with pytest.raises(EdgekitError, match=r"input input of shape \[16, 4\] is outside the optimization profile"):
+            runner.check_feed(_feed(16))
+        with pytest.raises(EdgekitError, match="TensorRT refused input input of shape"):
+            runner.infer(_feed(16), check=False)  # the old runner ran batch 8's shape and counted it as 16
+    assert any("outside profile 0" in message for _, message in world.log)
+
+
+def test_a_sweep_past_the_engines_max_batch_fails_before_anything_is_timed(fake_gpu, engine):
+    world = fake_gpu(profile=((1, 4), (4, 4), (8, 4)))
+    with pytest.raises(EdgekitError, match=r"shape \[16, 4\] is outside the optimization profile.*--max-batch 16"):
+        benchmark(engine, None, batches=[1, 8, 16], **FAST)
+    assert world.clock_ms == 0.0  # not one query ran on the device
+
+
+def test_export_profile_uses_the_runners_context_after_a_warm_up_and_keeps_the_run(fake_gpu, engine, tmp_path):
+    """The old profiler opened a second context on this one-profile engine: TensorRT 8.5 refuses it, and
+    the run failed after every window was measured, before its result was saved."""
+    fake_gpu()
+    out = str(tmp_path / "r.json")
+    result = benchmark(engine, out, batches=[1, 8], export_profile_path=str(tmp_path / "profile.json"), **FAST)
+    report = json.load(open(str(tmp_path / "profile.json")))
+    assert report[0] == {"count": 10} and [r["name"] for r in report[1:]] == ["conv", "relu", "fc"]
+    assert result["profile"]["slowest"][0]["name"] == "conv"
+    assert json.load(open(out))["profile"]["runs"] == 10
+
+
+def test_a_profile_of_a_fresh_runner_excludes_its_cold_first_runs(fake_gpu, engine):
+    fake_gpu()
+    with TensorRTRunner(engine) as runner:
         report = runner.profile_layers(_feed(1), runs=4)
-    assert report[0] == {"count": 4}
-    assert [r["name"] for r in report[1:]] == ["conv", "relu", "fc"]
+        assert runner.context.profiler is None  # timed queries after it carry no profiler
     conv = report[1]
+    # a cold first run is 10x slower in the fake; the warm-up keeps it out
     assert conv["timeMs"] == pytest.approx(3.0) and conv["averageMs"] == pytest.approx(0.75)
     assert conv["medianMs"] == pytest.approx(0.75) and conv["percentage"] == pytest.approx(75.0)
     assert [r["name"] for r in slowest_layers(report, 2)] == ["conv", "fc"]
-    json.dumps(report)
     assert profile_report({}, 1) == [{"count": 1}]
+
+
+def test_concurrent_tensorrt_runners_make_the_context_current_in_each_worker(fake_gpu, tmp_path):
+    """pycuda's context stack is per thread: the old harness ran each engine in a worker thread with no
+    current context, and the first CUDA call there failed."""
+    world = fake_gpu()
+    gpu, dla = _engine(tmp_path, "a.fp16.gpu.engine"), _engine(tmp_path, "b.fp16.gpu.engine")
+    result = benchmark_concurrent([gpu, dla], None, batch=2, warmup=1, min_seconds=0.05, power=False,
+                                  idle_seconds=0, progress=False, log=lambda message: None)
+    engines = result["scenarios"]["concurrent_offline"]["engines"]
+    assert all(e["queries"] > 0 for e in engines)
+    assert [name for name, stack in world.stacks.values() if stack] == []
+
+
+def test_cudart_is_resolved_once_not_in_every_graph_launch(fake_gpu, engine, monkeypatch):
+    fake_gpu()
+    imports = []
+    real = importlib.import_module
+
+    def counting(name, *args):
+        imports.append(name)
+        return real(name, *args)
+
+    with TensorRTRunner(engine, cuda_graph=True) as runner:
+        runner.infer(_feed(1))
+        monkeypatch.setattr(importlib, "import_module", counting)
+        for _ in range(20):
+            runner.infer(_feed(1), check=False)
+    assert [name for name in imports if name.startswith("cuda")] == []  # the old runner imported it 20 times
 
 
 def test_cudart_comes_from_cuda_bindings_then_cuda_cudart(monkeypatch):
@@ -127,12 +209,13 @@ def test_cudart_comes_from_cuda_bindings_then_cuda_cudart(monkeypatch):
         cudart_module()
 
 
-def test_graphs_work_with_cuda_python_13_layout_only(monkeypatch, engine):
-    world = fake_trt.install(monkeypatch, cudart_path="cuda.bindings.runtime")
-    assert "cuda.cudart" not in sys.modules
-    with TensorRTRunner(engine, check_metadata=False, cuda_graph=True) as runner:
+def test_graphs_work_with_the_cuda_python_11_layout_too(fake_gpu, engine, monkeypatch):
+    for name in ("cuda.bindings", "cuda.bindings.runtime"):  # JetPack 5's cuda-python has no cuda.bindings
+        monkeypatch.setitem(sys.modules, name, None)
+    world = fake_gpu(cudart_path="cuda.cudart")
+    with TensorRTRunner(engine, cuda_graph=True) as runner:
         np.testing.assert_allclose(runner.infer(_feed(2))["logits"], _expected(2))
-    assert world.capture_modes == ["thread-local"]
+    assert world.launches == 1
 
 
 def test_torch_tensorrt_runner_compiles_a_copy_not_the_callers_model(monkeypatch):

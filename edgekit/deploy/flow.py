@@ -29,7 +29,7 @@ from .checks import check_device, facts_script, parse_facts
 from .plan import jobs_document, plan_jobs, runtimes_needed
 from .transport import Local, Ssh, Transport, checked
 
-REMOTE_ROOT = "edgekit-deploy"
+REMOTE_ROOT = "edgekit-deploy"  # under the SSH user's home; EDGEKIT_REMOTE_ROOT names another folder
 RUN_TIMEOUT = 6 * 3600  # a first Xavier run builds ~20 engines (minutes each) before its sweeps
 WHEEL_DIR = "lib"
 
@@ -58,7 +58,8 @@ def transport_for(target: Target, recipe: str, artifacts: str, device: Optional[
             raise EdgekitError("target {} runs on a device: give DEVICE=user@host (and SSH_PORT, SSH_KEY if "
                                "needed)".format(target.name))
         return Local(os.path.abspath(os.path.join(artifacts, layout.BUNDLE_DIR)))
-    return Ssh(device, "{}/{}".format(REMOTE_ROOT, recipe), ssh_port, ssh_key, known_hosts=known_hosts)
+    root = os.environ.get("EDGEKIT_REMOTE_ROOT") or REMOTE_ROOT
+    return Ssh(device, "{}/{}".format(root.rstrip("/"), recipe), ssh_port, ssh_key, known_hosts=known_hosts)
 
 
 def reach(target: Target, transport: Transport, python: str, variants: Sequence[str] = (),

@@ -3,7 +3,8 @@
 The plan is data (jobs.json): the device's runner (`edgekit run-jobs`, edgekit.device.jobs) executes
 it step by step. File names come from edgekit.device.layout only.
 
-GPU jobs build one engine with a dynamic batch profile (--max-batch). DLA jobs build one static
+GPU jobs build one engine with a dynamic batch profile whose opt batch is the one measured most
+(`opt_batch`), so the Offline sweep runs on kernels tuned for it. DLA jobs build one static
 engine per batch size: TensorRT's DLA wants min = opt = max, and with a dynamic profile every DLA
 layer falls back to the GPU. Their bench step gets the engines as a `{batch}` pattern.
 """
@@ -67,11 +68,18 @@ def plan_jobs(target: Target, variants: Sequence[str] = ()) -> List[Job]:
     return jobs
 
 
+def opt_batch(batches: Sequence[int]) -> int:
+    """The batch a GPU engine's profile is tuned for: the one the bench measures most, the largest of the
+    sweep. Every batch gets the same seconds, so the largest runs the most images, and it is where a
+    target's best Offline throughput is found; TensorRT tunes kernels for kOPT only."""
+    return max(batches)
+
+
 def build_argv(job: Job, target: Target, batch: Optional[int]) -> List[str]:
     argv = ["build-engine", job.source, "--precision", job.precision,
             "--out", layout.engine_path(job.stem, batch), "--timing-cache", layout.TIMING_CACHE]
     if batch is None:
-        argv += ["--max-batch", str(max(target.batches))]
+        argv += ["--opt-batch", str(opt_batch(target.batches)), "--max-batch", str(max(target.batches))]
     else:
         argv += ["--batch", str(batch)]
     if job.on_dla:
@@ -88,7 +96,7 @@ def bench_argv(job: Job, target: Target, seconds: float, power_total_flag: bool 
             "--target", target.name, "--placement", job.placement, "--eval", layout.EVAL_SET,
             "--out", layout.result_path(job.stem)]
     if power_total_flag:
-        argv += ["--power-total", target.power_total]
+        argv += ["--power-total", target.power_total_rule()]
     return argv
 
 

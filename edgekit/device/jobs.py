@@ -6,6 +6,10 @@ a TensorRT or CUDA crash, or state a step leaves behind, costs that job only. St
 as it comes. A step that fails writes results/<stem>.error.json (its own `edgekit: error:` line, the
 stage, the command, the exit code, the time) and the runner goes on with the other jobs.
 
+Every step has a time limit (`timeout_s` in the step, else STEP_TIMEOUTS by stage): a hung build (a
+TensorRT tactic search that never ends, a wedged GPU) is stopped, with its process group, and gets an
+error file saying so, instead of blocking every job after it.
+
 Resumable: a job whose result is already there is skipped (results are removed only once the host
 has fetched them); every result is dropped when the bundle's fingerprint changed, since those
 results measured other files or conditions. A failed job is tried again on the next run.
@@ -17,8 +21,10 @@ import datetime
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -32,9 +38,13 @@ SCHEMA_VERSION = 1
 STAGES = ("build", "bench")
 ERROR_PREFIX = "edgekit: error: "
 TAIL_LINES = 20
+# Seconds a step may take: a first Xavier build of a ResNet-50 engine takes minutes; a bench step runs
+# a few seconds per scenario and batch, plus scoring the eval set.
+STEP_TIMEOUTS = {"build": 3600.0, "bench": 3600.0}
+TIMED_OUT = 124  # the exit status `timeout` gives a step it stopped
 
-# A step: (argv, cwd, log) -> (exit code, output lines). Tests pass their own.
-StepRunner = Callable[[List[str], str, Callable[[str], None]], Tuple[int, List[str]]]
+# A step: (argv, cwd, log, timeout seconds) -> (exit code, output lines). Tests pass their own.
+StepRunner = Callable[[List[str], str, Callable[[str], None], float], Tuple[int, List[str]]]
 
 
 def _now() -> str:
@@ -57,6 +67,7 @@ def load_jobs(path: str) -> Dict[str, Any]:
         steps = job.get("steps") if isinstance(job, dict) else None
         if not isinstance(job, dict) or not isinstance(job.get("stem"), str) or not isinstance(steps, list) or \
                 not all(isinstance(s, dict) and s.get("stage") in STAGES and isinstance(s.get("argv"), list)
+                        and isinstance(s.get("timeout_s", 1.0), (int, float)) and s.get("timeout_s", 1.0) > 0
                         for s in steps):
             raise EdgekitError("{}: malformed job {!r}".format(path, job))
     return data
@@ -84,21 +95,50 @@ def describe_failure(code: int, lines: Sequence[str]) -> str:
     return "{} ({})".format(last[-1][:300], status) if last else status
 
 
-def stream_step(argv: List[str], cwd: str, log: Callable[[str], None]) -> Tuple[int, List[str]]:
-    """Run one step, passing each output line on as it arrives; keep the lines for the error file."""
+def _stop(proc: "subprocess.Popen[str]", stopped: threading.Event) -> None:
+    """End the step's whole process group (a build's helpers too), so its output pipe closes."""
+    stopped.set()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except OSError:
+            return
+        try:
+            proc.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def stream_step(argv: List[str], cwd: str, log: Callable[[str], None],
+                timeout: float = STEP_TIMEOUTS["build"]) -> Tuple[int, List[str]]:
+    """Run one step, passing each output line on as it arrives; keep the lines for the error file.
+    A step still running after `timeout` seconds is stopped: exit status TIMED_OUT, and an error line."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     try:
         proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                universal_newlines=True, errors="replace", env=env)
+                                universal_newlines=True, errors="replace", env=env, start_new_session=True)
     except OSError as exc:
         return 127, ["cannot start {}: {}".format(argv[0], exc)]
+    stopped = threading.Event()
+    timer = threading.Timer(timeout, _stop, (proc, stopped))
+    timer.daemon = True
+    timer.start()
     lines = []
     assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip("\n")
-        lines.append(line)
-        log(line)
-    return proc.wait(), lines
+    try:
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            lines.append(line)
+            log(line)
+        code = proc.wait()
+    finally:
+        timer.cancel()
+    if stopped.is_set():
+        lines.append("{}the step ran past its time limit of {:g} s and was stopped (a hung build or GPU?); the "
+                     "other jobs go on".format(ERROR_PREFIX, timeout))
+        return TIMED_OUT, lines
+    return code, lines
 
 
 def _reset_if_stale(workdir: str, fingerprint: str, log: Callable[[str], None]) -> None:
@@ -122,13 +162,15 @@ def _reset_if_stale(workdir: str, fingerprint: str, log: Callable[[str], None]) 
 
 
 def write_error(path: str, job: Dict[str, Any], stage: str, command: List[str], code: int, lines: Sequence[str],
-                seconds: float, labels: Dict[str, Any]) -> Dict[str, Any]:
-    error = {
+                seconds: float, labels: Dict[str, Any], timeout: Optional[float] = None) -> Dict[str, Any]:
+    error: Dict[str, Any] = {
         "schema": ERROR_SCHEMA, "schema_version": SCHEMA_VERSION, "run_id": layout.new_run_id(), "created": _now(),
         "stem": job["stem"], "labels": labels, "stage": stage, "message": describe_failure(code, lines),
         "command": command, "exit_code": code, "seconds": round(seconds, 3),
         "output_tail": [line for line in lines if line.strip()][-TAIL_LINES:],
     }
+    if code == TIMED_OUT and timeout is not None:
+        error.update(timed_out=True, timeout_s=timeout)
     write_json_atomic(path, error)
     return error
 
@@ -153,11 +195,12 @@ def run_jobs(jobs_path: str, python: str = sys.executable, log: Callable[[str], 
         labels = dict(job.get("labels") or {}, target=data.get("target"), recipe=data.get("recipe"))
         for step in job["steps"]:
             command = [python, "-m", "edgekit.cli"] + [str(a) for a in step["argv"]]
+            timeout = float(step.get("timeout_s") or STEP_TIMEOUTS[step["stage"]])
             started = time.time()
-            code, lines = step_runner(command, workdir, log)
+            code, lines = step_runner(command, workdir, log, timeout)
             if code != 0:
                 error = write_error(error_file, job, step["stage"], command, code, lines, time.time() - started,
-                                    labels)
+                                    labels, timeout)
                 log("[run] {} failed at {}: {}{}".format(stem, step["stage"], ERROR_PREFIX, error["message"]))
                 errors.append(error)
                 break

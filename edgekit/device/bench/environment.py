@@ -13,13 +13,7 @@ import subprocess
 import sys
 from typing import Dict, Optional
 
-
-def _read(path: str) -> Optional[str]:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read().replace("\x00", "").strip()
-    except OSError:
-        return None
+from .sysfs import read_optional as _read
 
 
 def parse_l4t_release(text: str) -> Optional[str]:
@@ -70,13 +64,14 @@ def parse_nvpmodel(text: str) -> Optional[Dict[str, str]]:
 
 
 GPU_DEVFREQ = ("sys/class/devfreq/*gv11b*", "sys/class/devfreq/*ga10b*", "sys/class/devfreq/*gp10b*",
-               "sys/devices/gpu.0/devfreq/*", "sys/devices/platform/gpu.0/devfreq/*")
+               "sys/class/devfreq/*.gpu", "sys/devices/gpu.0/devfreq/*", "sys/devices/platform/gpu.0/devfreq/*")
 
 
 def gpu_clocks(root: str = "/") -> Optional[Dict[str, object]]:
     """GPU devfreq cur/min/max (Hz); `locked` when min == max, as jetson_clocks leaves it.
 
-    Xavier's GPU is `17000000.gv11b`, Orin's `17000000.ga10b`, TX2's `17000000.gp10b`.
+    Xavier's GPU is `17000000.gv11b`, Orin's `17000000.ga10b` on JetPack 5 and `17000000.gpu` on
+    JetPack 6, TX2's `17000000.gp10b`, Nano's `57000000.gpu`.
     """
     for pattern in GPU_DEVFREQ:
         for folder in sorted(glob.glob(os.path.join(root, pattern))):

@@ -31,8 +31,10 @@ from .thermal import ThermalWindow
 
 
 class PowerWindow(Window):
-    """Samples power over each measured window; idle baseline taken once before the first.
-    `total`: the board-total rule ("sum" or the rail that is the total, see power.total_rule)."""
+    """Samples power over each measured window, against an idle baseline that `baseline` takes once,
+    before any warm-up: after a warm-up the clocks are still high (or already falling), and the idle
+    figure would be neither idle nor loaded.
+    `total`: the board-total rule ("sum", a rail, or "A+B+C", see power.total_rule)."""
 
     def __init__(self, source: Optional[PowerSource], reasons: List[str], hz: float = 20.0,
                  idle_seconds: float = 2.0, total: str = "sum") -> None:
@@ -44,14 +46,16 @@ class PowerWindow(Window):
         self.idle: Optional[PowerTrace] = None
         self.sampler: Optional[PowerSampler] = None
 
-    def start(self) -> None:
-        if self.source is None:
+    def baseline(self) -> None:
+        if self.source is None or self.idle is not None or self.idle_seconds <= 0:
             return
-        if self.idle is None and self.idle_seconds > 0:
-            with PowerSampler(self.source, self.hz) as idle:
-                time.sleep(self.idle_seconds)
-            self.idle = idle.trace
-        self.sampler = PowerSampler(self.source, self.hz).start()
+        with PowerSampler(self.source, self.hz) as idle:
+            time.sleep(self.idle_seconds)
+        self.idle = idle.trace
+
+    def start(self) -> None:
+        if self.source is not None:
+            self.sampler = PowerSampler(self.source, self.hz).start()
 
     def stop(self, inferences: int, seconds: float) -> Dict[str, object]:
         if self.source is None or self.sampler is None:
@@ -124,11 +128,17 @@ def random_feed(runner: Runner, batch: int, seed: int = 0) -> Dict[str, np.ndarr
     return feed
 
 
-def _progress_printer(stream=sys.stderr) -> Callable[[str, int, float], None]:  # noqa: ANN001
-    def show(label: str, queries: int, seconds: float) -> None:
-        end = "\n" if not stream.isatty() else "\r"
-        stream.write("  {:<18} {:>7} queries {:>6.1f} s{}".format(label, queries, seconds, end))
-        stream.flush()
+def _progress_printer(stream=None) -> Callable[..., None]:  # noqa: ANN001
+    """A terminal gets one line per scenario, rewritten in place as it runs; a log (make deploy's,
+    a job's) gets that line once, when the scenario is done."""
+    def show(label: str, queries: int, seconds: float, done: bool = False) -> None:
+        out = stream or sys.stderr
+        terminal = out.isatty()
+        if not terminal and not done:
+            return
+        out.write("{}  {:<18} {:>7} queries {:>6.1f} s{}".format(
+            "\r" if terminal else "", label, queries, seconds, "\n" if done else ""))
+        out.flush()
     return show
 
 
@@ -240,11 +250,11 @@ def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "au
     window = Windows([power_window, ThermalWindow(thermal_root or power_root)])
     show = _progress_printer() if progress else None
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    exported: List[Tuple[str, List[Dict[str, float]]]] = []
+    exported: List[Tuple[str, List[Dict[str, float]], Dict[str, float]]] = []
 
-    def keep_times(label: str, records: List[Dict[str, float]]) -> None:
+    def keep_times(label: str, records: List[Dict[str, float]], origin: Dict[str, float]) -> None:
         if not exported:
-            exported.append((label, records))
+            exported.append((label, records, origin))
 
     soak = None
     profile = None
@@ -261,14 +271,11 @@ def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "au
             eval_batch = max(fitting) if runners.per_batch and fitting else min(32, max(batches))
         if evaluation is not None:
             feeding(runners(eval_batch), evaluation[0], eval_batch)
+        for batch in sorted({first_batch, *(batches if "offline" in scenarios else [])}):
+            runners(batch).check_feed(random_feed(runners(batch), batch))  # e.g. beyond an engine's profile
+        power_window.baseline()  # idle, before the soak and every warm-up
         if soak_seconds > 0:
-            soak_feed = random_feed(first, first_batch)
-            soak_started, queries = time.perf_counter(), 0
-            while time.perf_counter() - soak_started < soak_seconds:
-                first.infer(soak_feed, check=False)
-                queries += 1
-            soak = {"seconds": round(time.perf_counter() - soak_started, 3), "queries": queries, "batch": first_batch}
-            log("soaked {} queries over {:.1f} s before measuring".format(queries, soak["seconds"]))
+            soak = _soak(first, first_batch, soak_seconds, log)
         results: Dict[str, object] = {}
         if "single_stream" in scenarios:
             results["single_stream"] = single_stream(
@@ -298,7 +305,7 @@ def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "au
         power_window.close()
     times_file = None
     if export_times_path and exported:
-        write_json_atomic(export_times_path, export_times(exported[0][1]))
+        write_json_atomic(export_times_path, export_times(exported[0][1], exported[0][2]))
         times_file = {"path": export_times_path, "window": exported[0][0], "queries": len(exported[0][1])}
         log("wrote {} ({} queries of {}, trtexec --exportTimes layout)".format(
             export_times_path, len(exported[0][1]), exported[0][0]))
@@ -334,6 +341,17 @@ def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "au
         save_result(out_path, result)
         log("wrote {}".format(out_path))
     return result
+
+
+def _soak(runner: Runner, batch: int, seconds: float, log: Callable[[str], None]) -> Dict[str, object]:
+    feed = random_feed(runner, batch)
+    started, queries = time.perf_counter(), 0
+    while time.perf_counter() - started < seconds:
+        runner.infer(feed, check=False)
+        queries += 1
+    soak = {"seconds": round(time.perf_counter() - started, 3), "queries": queries, "batch": batch}
+    log("soaked {} queries over {:.1f} s before measuring".format(queries, soak["seconds"]))
+    return soak
 
 
 def _profile(runner: Runner, batch: int, path: str, log: Callable[[str], None]) -> Dict[str, object]:
@@ -388,6 +406,7 @@ def benchmark_concurrent(model_paths: Sequence[str], out_path: Optional[str] = N
         log("concurrent offline: {} at batch {} together".format(", ".join(opened), batch))
         feeds = {name: random_feed(r, batch) for name, r in opened.items()}
         info = {name: r.runtime_info() for name, r in opened.items()}
+        power_window.baseline()  # idle, before the warm-up
         measured = concurrent_offline(opened, feeds, min_seconds=min_seconds, warmup=warmup,
                                       window=Windows([power_window, ThermalWindow(thermal_root or power_root)]),
                                       progress=_progress_printer() if progress else None)

@@ -16,7 +16,9 @@ are globbed, never hard-coded.
 
 The board total (`total_rule`): on AGX Xavier the six rails (GPU, CPU, SOC, CV, VDDRQ, SYS5V) have
 no total among them, so board power is their sum; on Orin NX/Nano, Xavier NX and Nano an input rail
-(VDD_IN, POM_5V_IN) already is the board total and summing would count the other rails twice.
+(VDD_IN, POM_5V_IN) already is the board total and summing would count the other rails twice; on
+AGX Orin three of its four rails add up (VDDQ_VDD2_1V8AO is inside VIN_SYS_5V0). A target names the
+rails that make its total (`power_rails`), and deploy passes them as the rule "A+B+C".
 
 Python 3.8 clean, no torch. Every reader takes a `root` so tests run on a fake sysfs tree.
 """
@@ -30,6 +32,8 @@ import threading
 import time
 from typing import Dict, List, Optional, Tuple
 
+from .sysfs import Unreadable, read_node
+
 Reading = Dict[str, float]  # rail name -> watts
 
 
@@ -39,13 +43,9 @@ class PowerUnavailable(Exception):
 
 def _read(path: str) -> str:
     try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            return f.read().strip()
-    except PermissionError:
-        raise PowerUnavailable(
-            "{} is not readable (permissions: run as root or adjust its mode)".format(path)) from None
-    except OSError as exc:
-        raise PowerUnavailable("cannot read {}: {}".format(path, exc.strerror or exc)) from None
+        return read_node(path)
+    except Unreadable as exc:
+        raise PowerUnavailable(str(exc)) from None
 
 
 def _read_number(path: str) -> float:
@@ -275,34 +275,60 @@ def detect_power_source(root: str = "/", tegrastats: str = "tegrastats", use_nvm
 
 # An input rail measures the whole board: when one is there, it is the total (never added to the others).
 INPUT_RAILS = ("VDD_IN", "POM_5V_IN")
+# Rails another rail already carries: AGX Orin's DDR rail VDDQ_VDD2_1V8AO (second INA3221, 1-0041) is fed
+# from VIN_SYS_5V0 (L4T r36 developer guide), so adding both counts the memory twice (+6.5%).
+INCLUDED_IN = {"VDDQ_VDD2_1V8AO": "VIN_SYS_5V0"}
+
+
+def named_rails(rule: str) -> List[str]:
+    """The rails a rule adds: "A+B+C" -> [A, B, C]; one rail's name -> [it]; "sum" -> [] (every rail)."""
+    return [] if rule == "sum" else [part for part in rule.split("+") if part]
+
+
+def _auto_rule(rails: List[str]) -> Tuple[str, str]:
+    for rail in rails:
+        if rail.upper() in INPUT_RAILS:
+            return rail, "auto: {} is the board's input rail, already the total".format(rail)
+    present = {r.upper() for r in rails}
+    inside = [r for r in rails if INCLUDED_IN.get(r.upper()) in present]
+    if inside:
+        kept = [r for r in rails if r not in inside]
+        return "+".join(kept), "auto: {} already carries {}: the other rails add up to the board".format(
+            ", ".join(INCLUDED_IN[r.upper()] for r in inside), ", ".join(inside))
+    return "sum", "auto: no input rail among {}: the rails add up to the board".format(", ".join(rails) or "none")
 
 
 def total_rule(rails: List[str], requested: Optional[str] = None) -> Tuple[str, str]:
-    """(rule, why): "sum" (add every rail) or the name of the rail that is the board total.
+    """(rule, why): "sum" (add every rail), one rail's name (that rail is the board total), or
+    "A+B+C" (add exactly these: the rails a target names in `power_rails`).
 
-    `requested`: "sum", a rail name (the target's `power_total`, `--power-total`), or None/"auto":
-    an input rail (VDD_IN on Orin NX/Nano and Xavier NX, POM_5V_IN on Nano) when present, else the sum.
-    AGX Orin's VIN_SYS_5V0 is not such a rail: it feeds the system 5 V domain beside the GPU/SOC and
-    CPU/CV supplies, so on an AGX Orin the rails add up. A named rail that this board
-    does not have raises PowerUnavailable: a total from the wrong rails is no number at all.
+    `requested`: one of those (the target's rule, `--power-total`), or None/"auto": an input rail
+    (VDD_IN on Orin NX/Nano and Xavier NX, POM_5V_IN on Nano) when present; else every rail but those
+    another rail already carries (AGX Orin's VDDQ_VDD2_1V8AO inside VIN_SYS_5V0); else the sum. A
+    named rail that this board does not have raises PowerUnavailable: a total from the wrong rails
+    is no number at all.
     """
     if requested in (None, "", "auto"):
-        for rail in rails:
-            upper = rail.upper()
-            if upper in INPUT_RAILS:
-                return rail, "auto: {} is the board's input rail, already the total".format(rail)
-        return "sum", "auto: no input rail among {}: the rails add up to the board".format(", ".join(rails) or "none")
+        return _auto_rule(rails)
     if requested == "sum":
         return "sum", "given: the rails add up to the board"
-    for rail in rails:
-        if rail.upper() == requested.upper():
-            return rail, "given: {} is the board total".format(rail)
-    raise PowerUnavailable("power total rail {} is not on this board (rails: {}); use --power-total sum or one of "
-                           "them".format(requested, ", ".join(rails) or "none"))
+    by_name = {rail.upper(): rail for rail in rails}
+    wanted = named_rails(str(requested))
+    missing = [name for name in wanted if name.upper() not in by_name]
+    if missing:
+        raise PowerUnavailable("power total rail {} is not on this board (rails: {}); use --power-total sum or "
+                               "rails it has".format(", ".join(missing), ", ".join(rails) or "none"))
+    found = [by_name[name.upper()] for name in wanted]
+    if len(found) == 1:
+        return found[0], "given: {} is the board total".format(found[0])
+    left = [rail for rail in rails if rail not in found]
+    return "+".join(found), "given: {} add up to the board{}".format(
+        ", ".join(found), " ({} not added)".format(", ".join(left)) if left else "")
 
 
 def board_total(rails_w: Reading, rule: str = "sum") -> float:
-    return sum(rails_w.values()) if rule == "sum" else rails_w.get(rule, 0.0)
+    names = named_rails(rule)
+    return sum(rails_w.values()) if not names else sum(rails_w.get(name, 0.0) for name in names)
 
 
 class PowerTrace(object):

@@ -18,8 +18,10 @@ import numpy as np
 from ..runtime.base import Runner
 from .stats import latency_stats
 
-Progress = Callable[[str, int, float], None]  # (label, queries so far, seconds so far)
-TimesSink = Callable[[str, List[Dict[str, float]]], None]  # (label, per-query records)
+# (label, queries so far, seconds so far[, done=True once the scenario or batch has finished])
+Progress = Callable[..., None]
+# (label, per-query records, origin: the first warm-up query's "start" and "gpu_start", trtexec's time zero)
+TimesSink = Callable[[str, List[Dict[str, float]], Dict[str, float]], None]
 
 SPLIT_PARTS = ("enqueue", "h2d", "compute", "d2h")
 
@@ -69,38 +71,54 @@ def split_stats(runner: Runner, records: List[Dict[str, float]]) -> Dict[str, ob
     return out
 
 
-def export_times(records: List[Dict[str, float]]) -> List[Dict[str, float]]:
-    """trtexec's --exportTimes entries (a JSON list, milliseconds from the first query's start).
+TRTEXEC_TIMES_KEYS = ("startEnqMs", "endEnqMs", "startH2dMs", "endH2dMs", "startComputeMs", "endComputeMs",
+                      "startD2hMs", "endD2hMs", "h2dMs", "computeMs", "d2hMs", "latencyMs")
 
-    Enqueue times are host times; the H2D/compute/D2H times come from the query's CUDA events, placed
-    on the GPU timeline from the runner's epoch event where it has one (TensorRT), else at the
-    enqueue (onnxruntime: no copies, so H2D and D2H are 0 ms)."""
+
+def export_times(records: List[Dict[str, float]], origin: Optional[Dict[str, float]] = None) -> List[Dict[str, float]]:
+    """trtexec's --exportTimes entries: a JSON list of its 12 keys per query, in milliseconds.
+
+    Time zero is `origin` (the first warm-up query's start, as trtexec takes its clocks before the
+    warm-up; the first measured query when None), so the first entry starts after the warm-up.
+    Enqueue times are host times around the runtime's enqueue call (the query's start where the runner
+    has no separate enqueue); H2D/compute/D2H come from the query's CUDA events, placed on the GPU
+    timeline from the runner's epoch event where it has one (TensorRT), else at the enqueue
+    (onnxruntime: no copies, so H2D and D2H are 0 ms)."""
     if not records:
         return []
-    t0 = records[0].get("start", 0.0)
-    g0 = records[0].get("gpu_start")
+    origin = origin or records[0]
+    t0 = origin.get("start", 0.0)
+    g0 = origin.get("gpu_start")
     rows = []
     for r in records:
-        enq = (r.get("start", 0.0) - t0) * 1000.0
+        enq = (r.get("enqueue_start", r.get("start", 0.0)) - t0) * 1000.0
         h2d, compute, d2h = (r.get(k, 0.0) * 1000.0 for k in ("h2d", "compute", "d2h"))
         gpu = (r["gpu_start"] - g0) * 1000.0 if g0 is not None and "gpu_start" in r else enq
         rows.append({"startEnqMs": enq, "endEnqMs": enq + r.get("enqueue", r.get("compute", 0.0)) * 1000.0,
                      "startH2dMs": gpu, "endH2dMs": gpu + h2d,
                      "startComputeMs": gpu + h2d, "endComputeMs": gpu + h2d + compute,
                      "startD2hMs": gpu + h2d + compute, "endD2hMs": gpu + h2d + compute + d2h,
-                     "h2dMs": h2d, "computeMs": compute, "d2hMs": d2h, "latencyMs": h2d + compute + d2h,
-                     "endToEndMs": r["end_to_end"] * 1000.0})
-    return [{k: round(v, 6) for k, v in row.items()} for row in rows]
+                     "h2dMs": h2d, "computeMs": compute, "d2hMs": d2h, "latencyMs": h2d + compute + d2h})
+    return [{k: round(row[k], 6) for k in TRTEXEC_TIMES_KEYS} for row in rows]
+
+
+def _warm_up(runner: Runner, feed: Dict[str, np.ndarray], warmup: int, warmup_ms: float) -> Dict[str, float]:
+    """Run the warm-up; return the first query's timings (time zero of the exported timeline)."""
+    origin: Dict[str, float] = {}
+    started = time.perf_counter()
+    done = 0
+    while done < max(0, warmup) or (time.perf_counter() - started) * 1000.0 < warmup_ms:
+        runner.infer(feed, check=False)
+        if not origin:
+            origin = runner.last_timings()
+        done += 1
+    return origin
 
 
 def _measure(runner: Runner, feed: Dict[str, np.ndarray], warmup: int, min_queries: int, min_seconds: float,
              max_seconds: Optional[float], label: str, progress: Optional[Progress],
              window: Optional[Window], warmup_ms: float = 0.0):  # noqa: ANN202
-    warm_start = time.perf_counter()
-    done = 0
-    while done < max(0, warmup) or (time.perf_counter() - warm_start) * 1000.0 < warmup_ms:
-        runner.infer(feed, check=False)
-        done += 1
+    origin = _warm_up(runner, feed, warmup, warmup_ms)
     if window is not None:
         window.start()  # power is sampled over the measured queries only, not the warm-up
     records: List[Dict[str, float]] = []
@@ -121,8 +139,8 @@ def _measure(runner: Runner, feed: Dict[str, np.ndarray], warmup: int, min_queri
     wall = time.perf_counter() - started
     fields = window.stop(inferences=len(records) * _batch_of(feed), seconds=wall) if window is not None else {}
     if progress is not None:
-        progress(label, len(records), wall)
-    return records, wall, fields
+        progress(label, len(records), wall, done=True)
+    return records, wall, fields, origin or records[0]
 
 
 def _summary(runner: Runner, records: List[Dict[str, float]]):  # noqa: ANN202
@@ -137,8 +155,8 @@ def single_stream(runner: Runner, feed: Dict[str, np.ndarray], warmup: int = 10,
                   times: Optional[TimesSink] = None) -> Dict[str, object]:
     """Batch-1 latency: one query at a time, back to back."""
     runner.check_feed(feed)
-    records, wall, fields = _measure(runner, feed, warmup, min_queries, min_seconds, max_seconds,
-                                     "single-stream", progress, window, warmup_ms)
+    records, wall, fields, origin = _measure(runner, feed, warmup, min_queries, min_seconds, max_seconds,
+                                             "single-stream", progress, window, warmup_ms)
     e2e, compute = _summary(runner, records)
     result = {"scenario": "single_stream", "batch": _batch_of(feed), "warmup": warmup, "warmup_ms": warmup_ms,
               "queries": len(e2e), "seconds": round(wall, 4),
@@ -148,7 +166,7 @@ def single_stream(runner: Runner, feed: Dict[str, np.ndarray], warmup: int = 10,
               "split": split_stats(runner, records)}
     result.update(fields)
     if times is not None:
-        times("single-stream", records)
+        times("single-stream", records, origin)
     return result
 
 
@@ -165,12 +183,14 @@ def offline(runner: Optional[Runner], make_feed: Callable[[int], Dict[str, np.nd
         assert current is not None
         feed = make_feed(batch)
         current.check_feed(feed)
-        records, wall, fields = _measure(current, feed, warmup, min_queries, min_seconds, max_seconds,
-                                         "offline batch {}".format(batch), progress, window, warmup_ms)
+        records, wall, fields, origin = _measure(current, feed, warmup, min_queries, min_seconds, max_seconds,
+                                                 "offline batch {}".format(batch), progress, window, warmup_ms)
         e2e, compute = _summary(current, records)
         images = batch * len(e2e)
+        # Images over the window's wall time, as LoadGen's Offline and trtexec's throughput: a sum of
+        # latencies would leave out the host's work between queries, which grows on a busy machine.
         row = {"batch": batch, "queries": len(e2e), "seconds": round(wall, 4),
-               "throughput": round(images / sum(e2e), 3) if sum(e2e) > 0 else None,
+               "throughput": round(images / wall, 3) if wall > 0 else None,
                "latency": latency_stats(e2e), "split": split_stats(current, records)}
         if compute:
             row["compute_throughput"] = round(batch * len(compute) / sum(compute), 3)
@@ -178,7 +198,7 @@ def offline(runner: Optional[Runner], make_feed: Callable[[int], Dict[str, np.nd
         row.update(fields)
         rows.append(row)
         if times is not None:
-            times("offline batch {}".format(batch), records)
+            times("offline batch {}".format(batch), records, origin)
     best = max(rows, key=lambda r: r["throughput"] or 0.0)
     return {"scenario": "offline", "rows": rows, "best_batch": best["batch"], "best_throughput": best["throughput"]}
 
@@ -202,10 +222,13 @@ def concurrent_offline(runners: Dict[str, Runner], feeds: Dict[str, Dict[str, np
         runner, feed = runners[name], feeds[name]
         go.wait()
         try:
-            while not stop.is_set():
-                runner.infer(feed, check=False)
-                counts[name] += 1
-                e2e[name].append(runner.last_inference_time() or 0.0)
+            # A runner was activated on the caller's thread; this one needs the device context too
+            # (pycuda's context stack is per thread, as trtexec sets the device in each inference thread).
+            with runner.in_thread():
+                while not stop.is_set():
+                    runner.infer(feed, check=False)
+                    counts[name] += 1
+                    e2e[name].append(runner.last_inference_time() or 0.0)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread below
             errors[name] = exc
             stop.set()
@@ -227,9 +250,12 @@ def concurrent_offline(runners: Dict[str, Runner], feeds: Dict[str, Dict[str, np
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
+    if progress is not None:
+        progress("concurrent", sum(counts.values()), wall, done=True)
     if errors:
-        name, exc = next(iter(errors.items()))
-        raise exc
+        if window is not None:
+            window.stop(inferences=0, seconds=wall)  # ends the power sampler's thread
+        raise next(iter(errors.values()))
     images = {name: counts[name] * _batch_of(feeds[name]) for name in runners}
     total = sum(images.values())
     fields = window.stop(inferences=total, seconds=wall) if window is not None else {}

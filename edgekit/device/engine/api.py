@@ -1,15 +1,36 @@
-"""Where TensorRT 8.5 (Xavier, JetPack 5) and TensorRT 8.6/10.x differ, in one place.
+"""Where TensorRT 8.5 (Xavier, JetPack 5) and TensorRT 8.6/10.x differ, in one place, and the typed
+handles every module that calls TensorRT or cuda-python uses.
 
 A `TrtApi` describes what a TensorRT version offers; it is a pure function of the version string,
 so the choices are tested on machines without TensorRT. Only the named-tensor API
 (`set_tensor_address` + `execute_async_v3`, present from 8.5 and the only one in 10) is used for
 inference; building always goes through `build_serialized_network`.
+
+`trt` and `cudart` are the modules themselves to a type checker (mypy reads tensorrt-stubs 10.13 and
+stubs generated from cuda-python's bindings: `make typecheck`), and lazy handles at run time (imported
+on first use: the device side imports neither until something runs). Every TensorRT call is therefore
+checked against the stubs. A name that exists only in TensorRT 8.5 has no stub: it is used here and
+only here, in a function marked with the version it is for (`ONLY_IN_8_5` lists them), so the rest of
+the code reads as the API of today.
 """
 
 import re
-from typing import Tuple
+from typing import TYPE_CHECKING, Dict, Tuple
 
 from ...errors import EdgekitError
+from ...lazy import LazyModule
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+    from cuda.bindings import runtime as cudart
+else:
+    trt = LazyModule("tensorrt")
+    # cuda-python 12.6+ (and 13, which removed the old trampoline), else 11.x as JetPack 5 ships it
+    cudart = LazyModule("cuda.bindings.runtime", "cuda.cudart")
+
+# TensorRT 8.5 names edgekit touches that TensorRT 10's API (and so its stubs) no longer has:
+# name -> why it is still needed. Empty today: 8.5's named-tensor and builder APIs are all in 10.x.
+ONLY_IN_8_5: Dict[str, str] = {}
 
 MIN_VERSION = (8, 5)
 
@@ -57,10 +78,15 @@ class TrtApi(object):
 
     @property
     def version_tag(self) -> str:
-        """The number TensorRT writes into calibration caches: 8.5.2 -> 8502, 10.3.0 -> 100300."""
+        """The number TensorRT writes into calibration caches: 8.5.2 -> 8502, 9.2.0 -> 9200, 10.3.0 -> 100300."""
         from .calibcache import version_tag
 
         return version_tag(self.version)
+
+    def network_flags(self) -> int:
+        """create_network's flags: 8.x needs EXPLICIT_BATCH; 10 is explicit batch only (the flag is
+        deprecated there and ignored)."""
+        return 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH) if self.explicit_batch_flag else 0
 
     def describe(self) -> dict:
         return {"version": self.version, "explicit_batch_flag": self.explicit_batch_flag,

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from ...artifacts import atomic_path, sha256_file, write_text_atomic
 from ...errors import EdgekitError
 from ...lazy import lazy_import
-from .api import TrtApi
+from .api import MIN_VERSION, TrtApi, trt
 from .calibcache import DLA_ALGORITHM
 from .calibcache import header as cache_header_for
 from .metadata import EngineMetadata, save_metadata
@@ -110,6 +110,10 @@ def check_build(cfg: BuildConfig) -> str:
 def batch_profile(cfg: BuildConfig) -> Tuple[int, int, int]:
     """(min, opt, max) batch of the one optimization profile.
 
+    kOPT is the shape TensorRT tunes kernels for: a GPU profile whose opt is 1 runs a batch-32 Offline
+    sweep on kernels picked for batch 1. Without --opt-batch, opt is the max, the batch Offline measures
+    most (deploy passes it explicitly; see deploy/plan.py).
+
     DLA takes only static shapes: with min < max TensorRT moves every DLA layer to the GPU ("does not
     support dynamic shapes"), so a DLA build is one static batch, `--batch B` (batch 1 when none given),
     one engine per batch size.
@@ -127,8 +131,8 @@ def batch_profile(cfg: BuildConfig) -> Tuple[int, int, int]:
         raise EdgekitError("DLA engines need a static batch (min = opt = max; a dynamic profile runs every DLA "
                            "layer on the GPU): pass --batch B and build one engine per batch size")
     low = cfg.min_batch if cfg.min_batch is not None else 1
-    opt = cfg.opt_batch if cfg.opt_batch is not None else low
-    high = cfg.max_batch if cfg.max_batch is not None else max(8, opt)
+    high = cfg.max_batch if cfg.max_batch is not None else max(8, low, cfg.opt_batch or 1)
+    opt = cfg.opt_batch if cfg.opt_batch is not None else high
     if not 1 <= low <= opt <= high:
         raise EdgekitError("batch profile must satisfy 1 <= min <= opt <= max, got {}/{}/{}".format(low, opt, high))
     return low, opt, high
@@ -183,8 +187,9 @@ def plan_build(cfg: BuildConfig, input_shape: Optional[List[int]] = None,
 _TRTEXEC_FLAGS = {"FP16": "--fp16", "INT8": "--int8", "GPU_FALLBACK": "--allowGPUFallback"}
 
 
-def trtexec_args(plan: Dict[str, Any]) -> List[str]:
-    """The trtexec line of a plan (a Jetson user can paste it; trtexec lives in /usr/src/tensorrt/bin)."""
+def trtexec_args(plan: Dict[str, Any], api: TrtApi) -> List[str]:
+    """The trtexec line of a plan for `api`'s TensorRT: what `configure` really sets there (a Jetson user
+    can paste it; trtexec lives in /usr/src/tensorrt/bin)."""
     args = ["/usr/src/tensorrt/bin/trtexec", "--onnx=" + plan["onnx"], "--saveEngine=" + plan["engine_path"]]
 
     def dims(shape: List[int]) -> str:
@@ -204,7 +209,7 @@ def trtexec_args(plan: Dict[str, Any]) -> List[str]:
         if "GPU_FALLBACK" in plan["flags"]:
             args.append("--allowGPUFallback")
     args.append("--memPoolSize=workspace:{}".format(plan["workspace_mb"]))  # MiB (TensorRT 8.4+)
-    if plan["optimization_level"] is not None:
+    if plan["optimization_level"] is not None and api.builder_optimization_level:  # trtexec 8.6+
         args.append("--builderOptimizationLevel={}".format(plan["optimization_level"]))
     if plan["timing_cache"]:
         args.append("--timingCacheFile=" + plan["timing_cache"])
@@ -212,9 +217,16 @@ def trtexec_args(plan: Dict[str, Any]) -> List[str]:
     return args
 
 
-def trtexec_command(cfg: BuildConfig, input_shape: Optional[List[int]] = None) -> str:
-    """The trtexec line of `plan_build(cfg, input_shape)`: the very build `build_engine` makes."""
-    return " ".join(shlex.quote(a) for a in trtexec_args(plan_build(cfg, input_shape)))
+def trtexec_command(cfg: BuildConfig, input_shape: Optional[List[int]] = None,
+                    tensorrt_version: Optional[str] = None) -> str:
+    """The trtexec line of `plan_build(cfg, input_shape)`: the very build `build_engine` makes with
+    `tensorrt_version` (default: the TensorRT installed here, else 8.5, Xavier's and edgekit's floor)."""
+    if tensorrt_version is None:
+        from ..runtime.tensorrt import tensorrt_available
+
+        tensorrt_version = tensorrt_available() or ".".join(str(v) for v in MIN_VERSION)
+    api = TrtApi(tensorrt_version)
+    return " ".join(shlex.quote(a) for a in trtexec_args(plan_build(cfg, input_shape), api))
 
 
 def _cache_header(path: str) -> Optional[str]:
@@ -275,57 +287,75 @@ def build_engine(cfg: BuildConfig, log: Callable[[str], None] = print, force: bo
     a re-run of a deploy resumes instead of spending minutes per engine again.
     """
     check_build(cfg)  # a bad request fails before TensorRT is imported
-    trt = lazy_import("tensorrt")
     api = TrtApi(trt.__version__)
     existing = None if force else reusable_engine(cfg, trt.__version__)
     if existing is not None:
         log("{} is up to date (built {} from this ONNX with TensorRT {}); kept".format(
             cfg.engine_path, existing.get("built_at"), trt.__version__))
         return existing
+    if cfg.optimization_level is not None and not api.builder_optimization_level:
+        log("TensorRT {} has no builder optimization level (8.6+): --optimization-level {} is not applied".format(
+            trt.__version__, cfg.optimization_level))
     lines: List[str] = []
-
-    class CapturingLogger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-
-        def log(self, severity, msg):  # noqa: ANN001 - TensorRT's callback signature
-            tag = {trt.ILogger.Severity.INTERNAL_ERROR: "F", trt.ILogger.Severity.ERROR: "E",
-                   trt.ILogger.Severity.WARNING: "W", trt.ILogger.Severity.INFO: "I"}.get(severity, "V")
-            lines.append("[{}] [TRT] {}".format(tag, msg))
-
-    logger = CapturingLogger()
+    logger = _capturing_logger(lines)
     builder = trt.Builder(logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH) if api.explicit_batch_flag else 0
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    with open(cfg.onnx_path, "rb") as f:
-        parsed = parser.parse(f.read(), cfg.onnx_path)
-    if not parsed:
-        problems = [parser_error_text(api, parser.get_error(i)) for i in range(parser.num_errors)]
-        raise EdgekitError("TensorRT {} cannot parse {}: {}{}".format(
-            trt.__version__, cfg.onnx_path, problems[0] if problems else "unknown error",
-            " (and {} more)".format(len(problems) - 1) if len(problems) > 1 else ""))
-
+    network = builder.create_network(api.network_flags())
+    parser = _parse(trt.OnnxParser(network, logger), api, cfg.onnx_path)  # kept alive: it owns the weights
     tensor = network.get_input(0)
-    chw = list(tensor.shape)[1:]
+    chw = [int(d) for d in tensor.shape[1:]]
     if any(d < 0 for d in chw):
         raise EdgekitError("input {} has dynamic spatial dims {}; edgekit exports fixed image sizes".format(
             tensor.name, chw))
     plan = plan_build(cfg, chw, tensor.name)
-    config = configure(trt, api, builder, plan)
-
-    cache_bytes = b""
-    if cfg.timing_cache and os.path.exists(cfg.timing_cache):
-        with open(cfg.timing_cache, "rb") as f:
-            cache_bytes = f.read()
-    timing_cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(timing_cache, ignore_mismatch=False)
-
+    config = configure(api, builder, plan)
+    config.set_timing_cache(config.create_timing_cache(_read_bytes(cfg.timing_cache)), ignore_mismatch=False)
     log("building {} engine ({}) from {} with TensorRT {}; this takes minutes on a Jetson".format(
         cfg.precision, plan["device"], cfg.onnx_path, trt.__version__))
     started = time.time()
     serialized = builder.build_serialized_network(network, config)
     seconds = time.time() - started
+    del parser
+    _write_engine(cfg, serialized, config, lines)
+    meta = _metadata(cfg, plan, seconds, lines, log)
+    log("wrote {} ({:.1f} MB) in {:.0f} s; metadata {}.json, log {}.log".format(
+        cfg.engine_path, os.path.getsize(cfg.engine_path) / 1e6, seconds, cfg.engine_path, cfg.engine_path))
+    return meta
+
+
+def _capturing_logger(lines: List[str]) -> "trt.ILogger":
+    """A TensorRT logger that keeps every line (the build log beside the engine, and the DLA report)."""
+    tags = {trt.ILogger.Severity.INTERNAL_ERROR: "F", trt.ILogger.Severity.ERROR: "E",
+            trt.ILogger.Severity.WARNING: "W", trt.ILogger.Severity.INFO: "I"}
+
+    class CapturingLogger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity: "trt.ILogger.Severity", msg: str) -> None:
+            lines.append("[{}] [TRT] {}".format(tags.get(severity, "V"), msg))
+
+    return CapturingLogger()
+
+
+def _parse(parser: "trt.OnnxParser", api: TrtApi, onnx_path: str) -> "trt.OnnxParser":
+    with open(onnx_path, "rb") as f:
+        parsed = parser.parse(f.read(), onnx_path)
+    if not parsed:
+        problems = [parser_error_text(api, parser.get_error(i)) for i in range(parser.num_errors)]
+        raise EdgekitError("TensorRT {} cannot parse {}: {}{}".format(
+            trt.__version__, onnx_path, problems[0] if problems else "unknown error",
+            " (and {} more)".format(len(problems) - 1) if len(problems) > 1 else ""))
+    return parser
+
+
+def _read_bytes(path: Optional[str]) -> bytes:
+    if not path or not os.path.exists(path):
+        return b""
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _write_engine(cfg: BuildConfig, serialized: Any, config: "trt.IBuilderConfig", lines: List[str]) -> None:
     log_path = cfg.engine_path + ".log"
     write_text_atomic(log_path, "\n".join(lines) + "\n")
     if serialized is None:
@@ -340,6 +370,9 @@ def build_engine(cfg: BuildConfig, log: Callable[[str], None] = print, force: bo
             with open(tmp, "wb") as f:
                 f.write(config.get_timing_cache().serialize())
 
+
+def _metadata(cfg: BuildConfig, plan: Dict[str, Any], seconds: float, lines: List[str],
+              log: Callable[[str], None]) -> Dict[str, Any]:
     from ..bench.environment import l4t_release
     from .device import cuda_device
 
@@ -361,25 +394,21 @@ def build_engine(cfg: BuildConfig, log: Callable[[str], None] = print, force: bo
         meta["dla_report"] = report
         log(summarize(report))
     save_metadata(cfg.engine_path, meta)
-    log("wrote {} ({:.1f} MB) in {:.0f} s; metadata {}.json, log {}".format(
-        cfg.engine_path, os.path.getsize(cfg.engine_path) / 1e6, seconds, cfg.engine_path, log_path))
     return meta
 
 
-def configure(trt: Any, api: TrtApi, builder: Any, plan: Dict[str, Any]) -> Any:
+def configure(api: TrtApi, builder: "trt.Builder", plan: Dict[str, Any]) -> "trt.IBuilderConfig":
     """An IBuilderConfig set from `plan` alone: flags, calibrator, device, profile, workspace."""
     config = builder.create_builder_config()
-    if api.memory_pool_limit:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan["workspace_mb"] << 20)
-    else:  # pragma: no cover - 8.5 is the floor, kept for clarity
-        config.max_workspace_size = plan["workspace_mb"] << 20
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan["workspace_mb"] << 20)  # 8.4+
     if plan["optimization_level"] is not None and api.builder_optimization_level:
         config.builder_optimization_level = plan["optimization_level"]
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    flags = {"FP16": trt.BuilderFlag.FP16, "INT8": trt.BuilderFlag.INT8, "GPU_FALLBACK": trt.BuilderFlag.GPU_FALLBACK}
     for flag in plan["flags"]:
-        config.set_flag(getattr(trt.BuilderFlag, flag))
+        config.set_flag(flags[flag])
     if plan["calibrator"]:
-        config.int8_calibrator = _cache_calibrator(trt, plan["calibrator"]["cache"], api.version)
+        config.int8_calibrator = _cache_calibrator(plan["calibrator"]["cache"], api.version)
     if plan["dla_core"] is not None:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = plan["dla_core"]
@@ -390,13 +419,13 @@ def configure(trt: Any, api: TrtApi, builder: Any, plan: Dict[str, Any]) -> Any:
     return config
 
 
-def parser_error_text(api: TrtApi, error: Any) -> str:
+def parser_error_text(api: TrtApi, error: "trt.ParserError") -> str:
     """'<node>: <message>' of an IParserError: its node name where the version has node_name() (9.1+)."""
     where = error.node_name() if api.parser_error_node_name else "node #{}".format(error.node())
     return "{}: {}".format(where or "node #{}".format(error.node()), error.desc())
 
 
-def _cache_calibrator(trt: Any, cache_path: str, trt_version: str) -> Any:
+def _cache_calibrator(cache_path: str, trt_version: str) -> "trt.IInt8EntropyCalibrator2":
     """An IInt8EntropyCalibrator2 that only serves edgekit's calib.cache (no calibration data on the device).
 
     TensorRT requires the entropy calibrator (v2) for DLA, and it silently ignores a cache whose
@@ -410,11 +439,9 @@ def _cache_calibrator(trt: Any, cache_path: str, trt_version: str) -> Any:
         raise EdgekitError("{} starts with {!r} but TensorRT {} reads only {!r} caches and would ignore it, "
                            "building without INT8 scales: re-tag it for this TensorRT (edgekit's device bundle "
                            "does, calibcache.retag_calibration_cache)".format(cache_path, found, trt_version, wanted))
-    base = trt.IInt8EntropyCalibrator2
-
-    class CacheCalibrator(base):  # type: ignore[misc, valid-type]
+    class CacheCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
-            base.__init__(self)
+            trt.IInt8EntropyCalibrator2.__init__(self)
 
         def get_batch_size(self) -> int:
             return 1

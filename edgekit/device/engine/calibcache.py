@@ -22,14 +22,15 @@ DLA_ALGORITHM = "EntropyCalibration2"
 def version_tag(version: str) -> str:
     """The number TensorRT writes into its cache header.
 
-    TensorRT 8.x: major*1000 + minor*100 + patch (8.5.2 -> 8502); TensorRT 9 and 10 widened it to
-    major*10000 + minor*100 + patch (10.3.0 -> 100300), matching their NV_TENSORRT_VERSION.
+    TensorRT 8.x and 9.x: major*1000 + minor*100 + patch (8.5.2 -> 8502, 9.2.0 -> 9200: 9.1-9.3 still
+    write it so); TensorRT 10 widened it to major*10000 + minor*100 + patch (10.3.0 -> 100300), matching
+    its NV_TENSORRT_VERSION.
     """
     match = re.match(r"^\s*(\d+)(?:\.(\d+))?(?:\.(\d+))?", str(version))
     if not match:
         raise EdgekitError("cannot read TensorRT version {!r} (expected e.g. 8.5.2 or 10.3)".format(version))
     major, minor, patch = (int(g or 0) for g in match.groups())
-    if major >= 9:
+    if major >= 10:
         return str(major * 10000 + minor * 100 + patch)
     return str(major * 1000 + minor * 100 + patch)
 

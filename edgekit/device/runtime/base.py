@@ -6,8 +6,9 @@ End-to-end time (host to host) and compute time (on the device, where the runtim
 kept apart.
 """
 
+import contextlib
 import time
-from typing import Dict, List, Optional, Sequence, Union
+from typing import ContextManager, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -87,6 +88,12 @@ class Runner(object):
 
     def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
         self.deactivate()
+
+    def in_thread(self) -> ContextManager[None]:
+        """Wrap the work of a thread other than the one that activated the runner: a runtime whose
+        device state is per thread (CUDA's current context) makes it current there, and undoes that at
+        the end. Nothing to do for the others."""
+        return contextlib.nullcontext()
 
     # -- metadata
     def input_specs(self) -> List[TensorSpec]:
