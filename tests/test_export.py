@@ -183,4 +183,4 @@ def test_summary_keeps_the_figures_on_disk(tiny_run):
         on_disk = json.load(f)
     assert on_disk["compare"]["rows"] == summary["compare"]["rows"]
     assert [s["name"] for s in on_disk["stages"]] == ["teacher", "compress", "evaluate", "export", "quantize",
-                                                       "measure", "variants", "evalset", "compare"]
+                                                       "fallback", "int8", "measure", "variants", "evalset", "compare"]
