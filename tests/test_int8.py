@@ -232,3 +232,22 @@ def test_the_builder_sets_each_named_layer_and_refuses_a_name_the_network_lacks(
     assert [layer.precision for layer in network.layers] == ["float32", "float16", "float16"]
     with pytest.raises(EdgekitError, match="layer conv9 of layer_precisions.json is not in the network"):
         set_layer_precisions(trt, network, {"conv9": "fp16"})
+
+
+def test_the_pipeline_ships_the_last_int8_stages_files(tiny_run):
+    import filecmp
+    import os
+
+    from edgekit.device import layout
+
+    out, summary, _ = tiny_run
+    assert sorted(summary["quantization"]["methods_top1"]) == sorted(
+        ["entropy", "percentile-99.999", "percentile-99.99", "mse", "minmax"])
+    assert summary["fallback"]["twin"]["ok"] and summary["fallback"]["max_drop"] == 0.5
+    shipped = summary["int8"]["from"]
+    assert shipped[layout.INT8_QDQ] == layout.int8_stage_file("fallback", "qdq")
+    assert shipped[layout.CALIB_CACHE] == layout.int8_stage_file("quantize", "cache")
+    for name, source in shipped.items():
+        assert filecmp.cmp(os.path.join(out, name), os.path.join(out, source), shallow=False), name
+    with open(os.path.join(out, layout.LAYER_PRECISIONS)) as f:
+        assert json.load(f)["precisions"] == summary["fallback"]["tensorrt_layer_precisions"]
