@@ -125,7 +125,8 @@ def entropy_amax(hist: Histogram) -> float:
     """
     counts = hist.counts.astype(np.float64)
     total = counts.sum()
-    if len(counts) <= FIRST_CANDIDATE or total == 0:
+    # a constant tensor (all zeros: numpy's histogram then spans [-0.5, 0.5]) has nothing to clip
+    if len(counts) <= FIRST_CANDIDATE or total == 0 or hist.edges[0] < 0:
         return float(max(abs(hist.low), abs(hist.high)))
     cum = np.concatenate([[0.0], np.cumsum(counts)])
     nonzero = np.concatenate([[0], np.cumsum(counts > 0)])
@@ -154,7 +155,8 @@ def mse_amax(hist: Histogram, chunk: int = 256) -> float:
     counts = hist.counts.astype(np.float64)
     centres = (hist.edges[:-1] + hist.edges[1:]) / 2.0
     candidates = hist.edges[min(FIRST_CANDIDATE, len(counts)):]
-    if counts.sum() == 0 or not len(candidates):
+    candidates = candidates[candidates > 0]
+    if counts.sum() == 0 or not len(candidates) or hist.edges[0] < 0:
         return float(max(abs(hist.low), abs(hist.high)))
     errors = []
     for start in range(0, len(candidates), chunk):
