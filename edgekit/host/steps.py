@@ -256,7 +256,11 @@ def fallback(ctx: HostContext) -> Dict[str, Any]:
     precisions = layer_precisions(fp32, kept)
     write_json_atomic(paths["layers"], {"schema": "edgekit.layer_precisions/1", "constraints": "obey",
                                         "precisions": precisions, "onnx_nodes": kept})
-    result["twin"] = _twin(ctx, fp32, ranges, kept, paths["qdq"], val)
+    result["twin"] = twin = _twin(ctx, fp32, ranges, kept, paths["qdq"], val)
+    if twin["onnxruntime_optimized_gap"] > twin["tolerance"]:
+        ctx.log("fallback: note: onnxruntime's optimized CPU kernels score the Q/DQ model {:.2f}%, {:.2f} points from "
+                "its own semantics ({:.2f}%, what TensorRT computes); the measure stage reports the former".format(
+                    twin["onnxruntime_optimized_top1"], twin["onnxruntime_optimized_gap"], twin["model_top1"]))
     result["latency"] = _side_by_side(ctx, {"ptq": _int8_paths(ctx, "quantize")["qdq"], "fallback": paths["qdq"]}) \
         if kept else None
     result["tensorrt_layer_precisions"] = precisions

@@ -1,7 +1,9 @@
 """The engine twin: the exported Q/DQ model's top-1 against a fake-quant reference made independently.
 
 The Q/DQ ONNX's top-1 in onnxruntime is what every TensorRT INT8 engine built from it is checked
-against, so it must be the quantized model it claims to be. The PTQ reference is built apart from
+against, so it must be the quantized model it claims to be. It is scored with onnxruntime's graph
+optimizations off (`evaluate`: the graph's own semantics, what TensorRT computes); the optimized CPU
+figure is recorded beside it. The PTQ reference is built apart from
 the export: from the FP32 model, the calibration ranges and the kept-layer list, with plain float ops
 (x -> clip(round(x / s), -128, 127) * s on each quantized activation, weights fake-quantized in numpy),
 not with onnxruntime's quantizer and Q/DQ kernels. A wrong scale, a lost or extra Q/DQ pair, or a
@@ -130,5 +132,10 @@ def ptq_twin(fp32_model: Any, ranges: Ranges, keep: Iterable[str], per_channel: 
 
     reference = fake_quant_reference(fp32_model, ranges, keep, per_channel)
     images = np.concatenate([x for x, _ in batches()])
-    return check_twin(top1(reference, batches, threads), top1(qdq_path, batches, threads), images,
-                      "fp32 + calib.ranges.json, float fake-quant", os.path.basename(qdq_path))
+    record = check_twin(top1(reference, batches, threads), top1(qdq_path, batches, threads), images,
+                        "fp32 + calib.ranges.json, float fake-quant", os.path.basename(qdq_path))
+    # what onnxruntime's CPU fusions make of the same file (the measure stage's figure): recorded, since
+    # it need not be what an engine computes
+    record["onnxruntime_optimized_top1"] = top1(qdq_path, batches, threads, exact=False)
+    record["onnxruntime_optimized_gap"] = round(abs(record["onnxruntime_optimized_top1"] - record["reference_top1"]), 3)
+    return record
