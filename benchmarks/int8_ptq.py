@@ -6,7 +6,7 @@ pipeline's quantize and fallback stages do: one calibration, every calibrator sc
 the fallback to `--max-drop`, the twin check, and the p50 latency of INT8 with and without the fallback,
 measured side by side. `--per-tensor` uses one weight scale per tensor (`quantize.per_channel: false`).
 
-    .venv/bin/python benchmarks/int8_ptq.py --arch mobilenet_v2 --epochs 20 --per-tensor --out /tmp/int8_ptq
+    .venv/bin/python benchmarks/int8_ptq.py --arch mobilenet_v2 --epochs 10 --per-tensor --threads 1 --out /tmp/int8_ptq
 
 Writes `<out>/report.json` and prints the tables. Nothing is downloaded: the weights start random.
 """
@@ -59,6 +59,8 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=0.003)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor")
+    parser.add_argument("--method", default="entropy", help="calibration method (the recipe's default: entropy; "
+                        "best: the highest top-1)")
     parser.add_argument("--max-drop", type=float, default=0.5)
     parser.add_argument("--calibration-samples", type=int, default=256)
     parser.add_argument("--held-out", type=int, default=256)
@@ -76,7 +78,7 @@ def main() -> int:
     pool = np.concatenate([b.numpy() for b in data.calibration_batches(args.calibration_samples + args.held_out)])
     calibration = [pool[i:i + 32] for i in range(0, args.calibration_samples, 32)]
     started = time.perf_counter()
-    quant = quantize(fp32_path, args.out, calibration, "best", per_channel=per_channel, evaluation=val,
+    quant = quantize(fp32_path, args.out, calibration, args.method, per_channel=per_channel, evaluation=val,
                      threads=args.threads)
     fp32_top1 = top1(fp32_path, val, args.threads)
     qdq = onnx.load(quant["paths"]["qdq"])

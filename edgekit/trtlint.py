@@ -10,7 +10,8 @@ Rules (TensorRT 8.5, the last for AGX Xavier; from onnx-tensorrt's operator matr
   developer guide does not ask for), weight Q/DQ per-channel on axis 0 of a convolution's weights,
   a convolution quantized on both its inputs (INT8) or on neither (a layer kept in higher precision),
   and every Add that an INT8 convolution feeds reads its other (residual) input through a
-  DequantizeLinear, or TensorRT cannot fuse it and runs it in FP16.
+  DequantizeLinear, or TensorRT cannot fuse it and runs it in FP16 (allowed when that other input is a
+  kept float convolution's: the Add then runs unfused, the cost of keeping that layer).
 
 Needs only the `onnx` package (no torch): the device can lint before it builds. Python 3.8 clean.
 """
@@ -141,26 +142,31 @@ def lint_model(model) -> List[Violation]:  # noqa: ANN001, C901 - one pass per r
 def _conv_qdq_violations(graph, producer: Dict[str, object], init: Dict[str, object],  # noqa: ANN001
                          node_name) -> List[Violation]:  # noqa: ANN001
     """A convolution is INT8 (activation and weight through DequantizeLinear) or float (neither: a layer
-    kept in higher precision); an Add fed by an INT8 convolution reads its residual through Q/DQ."""
+    kept in higher precision); an Add fed by an INT8 convolution reads its residual through Q/DQ, unless
+    its other input is a kept convolution's."""
     def through_dq(name: str) -> bool:
         return getattr(producer.get(name), "op_type", None) == "DequantizeLinear"
 
     found = []
-    int8_convs = set()
+    int8_convs, float_convs = set(), set()
     for node in graph.node:
         if node.op_type != "Conv" or len(node.input) < 2:
             continue
         quantized = [through_dq(node.input[0]), through_dq(node.input[1])]
         if all(quantized):
             int8_convs.add(node.output[0])
-        elif any(quantized):
+        elif not any(quantized):
+            float_convs.add(node.output[0])
+        else:
             found.append(Violation(node_name(node), "qdq-partial", "only its {} goes through Q/DQ: TensorRT runs "
                                    "it in float after a needless quantization; quantize both or neither (a kept "
                                    "layer)".format("activation" if quantized[0] else "weight")))
     for node in graph.node:
         if node.op_type != "Add" or len(node.input) != 2 or set(node.input) & set(init):
             continue
-        if set(node.input) & int8_convs and not any(through_dq(name) for name in node.input):
+        # beside a kept (float) convolution the Add stays unfused in FP16: the price of keeping that layer
+        if set(node.input) & int8_convs and not set(node.input) & float_convs and not any(
+                through_dq(name) for name in node.input):
             found.append(Violation(node_name(node), "qdq-residual", "residual Add has no Q/DQ on its residual "
                                    "input: TensorRT cannot fuse it into the INT8 convolution and runs it in FP16"))
     return found
