@@ -100,7 +100,7 @@ class QuantizeConfig:
     enabled: bool = True
     # calibration method (edgekit.host.compress.quantize.calibrate; percentile = percentile-99.999);
     # best: the highest top-1 on the val split, a tie going to entropy (what TensorRT's DLA path uses)
-    method: str = _choice("entropy", "entropy", "percentile", "percentile-99.99", "percentile-99.999", "minmax",
+    method: str = _choice("best", "entropy", "percentile", "percentile-99.99", "percentile-99.999", "minmax",
                           "mse", "best")
     per_channel: bool = True            # weights: one scale per output channel; false: one per tensor
     compare_methods: bool = True        # score every method's Q/DQ model on the val split (the calibrator table)
