@@ -227,7 +227,7 @@ def quantize(ctx: HostContext) -> Dict[str, Any]:
                              "quantized_convs": quant["quantized_convs"], "calib_ranges": layout.CALIB_RANGES,
                              "calib_cache": layout.CALIB_CACHE, "calib_cache_tensors": quant["cache_tensors"],
                              "trt_version": q.trt_version,
-                             "worst_layers": {"int8.qdq": reports["qdq"], "int8.cpu": reports["cpu"]}}}
+                             "worst_layers": reports}}
 
 
 def fallback(ctx: HostContext) -> Dict[str, Any]:
