@@ -62,7 +62,8 @@ def _cmd_build_engine(args: argparse.Namespace) -> int:
                       gpu_fallback=not args.no_gpu_fallback, workspace_mb=args.workspace_mb,
                       optimization_level=args.optimization_level, min_batch=args.min_batch,
                       opt_batch=args.opt_batch, max_batch=args.max_batch, static_batch=args.batch,
-                      timing_cache=args.timing_cache, calibration_cache=args.calib)
+                      timing_cache=args.timing_cache, calibration_cache=args.calib,
+                      layer_precisions=args.layer_precisions)
     shape = None
     if args.input_shape:
         try:
@@ -349,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-gpu-fallback", action="store_true", help="fail instead of running DLA-unsupported layers "
                    "on the GPU")
     p.add_argument("--calib", help="calib.cache for implicit INT8 (DLA)")
+    p.add_argument("--layer-precisions", metavar="JSON", help="layer_precisions.json for implicit INT8: the layers "
+                   "edgekit run's fallback kept in FP16, obeyed by the builder")
     p.add_argument("--workspace-mb", type=int, default=1024, help="builder workspace limit (default 1024 MiB)")
     p.add_argument("--optimization-level", type=int, choices=range(0, 6), help="TensorRT 8.6+ builder level")
     p.add_argument("--batch", type=int, help="a static batch instead of a min/opt/max profile (DLA: required for "

@@ -98,10 +98,22 @@ class DistillConfig:
 @dataclass
 class QuantizeConfig:
     enabled: bool = True
-    method: str = _choice("entropy", "entropy", "percentile", "minmax")   # calibration method
+    # calibration method (edgekit.host.compress.quantize.calibrate; percentile = percentile-99.999);
+    # best: the highest top-1 on the val split, a tie going to entropy (what TensorRT's DLA path uses)
+    method: str = _choice("best", "entropy", "percentile", "percentile-99.99", "percentile-99.999", "minmax",
+                          "mse", "best")
+    per_channel: bool = True            # weights: one scale per output channel; false: one per tensor
+    compare_methods: bool = True        # score every method's Q/DQ model on the val split (the calibrator table)
     trt_version: str = "8.5.2"          # written into calib.cache's header (Xavier: JetPack 5.1.x)
     cpu_reduce_range: bool = True       # 7-bit weights in the CPU flavour: no u8s8 saturation on AVX2 CPUs
     report_samples: int = 32            # val images for the per-layer error report
+
+
+@dataclass
+class FallbackConfig:
+    """Per-layer precision fallback: the fewest layers kept in FP16 that bring INT8 within a budget."""
+    max_drop: Optional[float] = 0.5     # top-1 points below the FP32 model on the val split; null: keep none
+    samples: int = 256                  # held-out calibration images for each layer's sensitivity (KL)
 
 
 @dataclass
@@ -151,6 +163,7 @@ class Recipe:
     prune: PruneConfig = field(default_factory=PruneConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    fallback: FallbackConfig = field(default_factory=FallbackConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -187,6 +200,11 @@ class Recipe:
         need(self.train.log_every >= 1, "train.log_every must be at least 1")
         need(self.data.prefetch_factor >= 1, "data.prefetch_factor must be at least 1")
         need(self.data.calibration_samples >= 1, "data.calibration_samples must be at least 1")
+        need(self.quantize.method != "best" or self.quantize.compare_methods,
+             "quantize.method best needs quantize.compare_methods: true (it picks the highest top-1)")
+        need(self.fallback.max_drop is None or self.fallback.max_drop >= 0,
+             "fallback.max_drop must be at least 0 (top-1 points), or null for no fallback")
+        need(self.fallback.samples >= 1, "fallback.samples must be at least 1")
         need(self.compare.image_size >= 32, "compare.image_size must be at least 32")
         need(bool(self.compare.batches) and all(b >= 1 for b in self.compare.batches),
              "compare.batches must be a non-empty list of positive batch sizes")

@@ -10,7 +10,10 @@ Top-level fields of "edgekit.summary/1":
   student {top1, macs, params, macs_at_224, path, method, macs_ratio, params_ratio, top1_delta,
            agreement_with_teacher, width_spec},
   rounds [...], stages [{name, seconds, reused}], models [...] (each exported ONNX: top-1, p50/p99, size,
-  TensorRT lint), variants [...], quantization {...} ({} when disabled), eval_set {...} or null,
+  TensorRT lint), variants [...], quantization {...} ({} when disabled; the calibrator table is its
+  methods_top1), fallback {...} (kept layers with their sensitivity, top-1 before/after, the latency they
+  cost, the twin check; {} when disabled), int8 {from: shipped file -> the stage file it copies},
+  eval_set {...} or null,
   compare {...} or null, recipe_config, environment, command.
 
 Python 3.8 clean and torch-free: the device reads summaries too.
@@ -59,6 +62,8 @@ def build(metrics: Mapping[str, Dict[str, Any]], stages: Sequence[Dict[str, Any]
         "models": metrics.get("measure", {}).get("models", []),
         "variants": metrics.get("variants", {}).get("variants", []),
         "quantization": metrics.get("quantize", {}).get("quantization", {}),
+        "fallback": metrics.get("fallback", {}).get("fallback", {}),
+        "int8": metrics.get("int8", {}).get("int8", {}),
         "eval_set": metrics.get("evalset") or None,
         "compare": metrics.get("compare") or None,
         "recipe_config": config,

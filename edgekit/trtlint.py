@@ -8,8 +8,10 @@ Rules (TensorRT 8.5, the last for AGX Xavier; from onnx-tensorrt's operator matr
 - Q/DQ: int8 only (no uint8), zero points 0, positive scales, weights FP32 behind a Q->DQ pair
   (an INT8 weight initializer read by DequantizeLinear alone is onnxruntime's layout, which the 8.x
   developer guide does not ask for), weight Q/DQ per-channel on axis 0 of a convolution's weights,
-  and every Add that a convolution feeds reads its other
-  (residual) input through a DequantizeLinear, or TensorRT cannot fuse it and runs it in FP16.
+  a convolution quantized on both its inputs (INT8) or on neither (a layer kept in higher precision),
+  and every Add that an INT8 convolution feeds reads its other (residual) input through a
+  DequantizeLinear, or TensorRT cannot fuse it and runs it in FP16 (allowed when that other input is a
+  kept float convolution's: the Add then runs unfused, the cost of keeping that layer).
 
 Needs only the `onnx` package (no torch): the device can lint before it builds. Python 3.8 clean.
 """
@@ -132,17 +134,42 @@ def lint_model(model) -> List[Violation]:  # noqa: ANN001, C901 - one pass per r
                 violations.append(Violation(node_name(node), "qdq-axis", "per-channel weight scales must be on "
                                             "axis 0 (output channels), got axis {}".format(axis)))
 
-    has_qdq = any(n.op_type == "QuantizeLinear" for n in graph.node)
-    if has_qdq:
-        for node in graph.node:
-            if node.op_type != "Add" or len(node.input) != 2 or set(node.input) & set(init):
-                continue
-            kinds = [getattr(producer.get(name), "op_type", None) for name in node.input]
-            if "Conv" in kinds and "DequantizeLinear" not in kinds:
-                violations.append(Violation(node_name(node), "qdq-residual", "residual Add has no Q/DQ on its "
-                                            "residual input: TensorRT cannot fuse it into the convolution and "
-                                            "runs it in FP16"))
+    if any(n.op_type == "QuantizeLinear" for n in graph.node):
+        violations += _conv_qdq_violations(graph, producer, init, node_name)
     return violations
+
+
+def _conv_qdq_violations(graph, producer: Dict[str, object], init: Dict[str, object],  # noqa: ANN001
+                         node_name) -> List[Violation]:  # noqa: ANN001
+    """A convolution is INT8 (activation and weight through DequantizeLinear) or float (neither: a layer
+    kept in higher precision); an Add fed by an INT8 convolution reads its residual through Q/DQ, unless
+    its other input is a kept convolution's."""
+    def through_dq(name: str) -> bool:
+        return getattr(producer.get(name), "op_type", None) == "DequantizeLinear"
+
+    found = []
+    int8_convs, float_convs = set(), set()
+    for node in graph.node:
+        if node.op_type != "Conv" or len(node.input) < 2:
+            continue
+        quantized = [through_dq(node.input[0]), through_dq(node.input[1])]
+        if all(quantized):
+            int8_convs.add(node.output[0])
+        elif not any(quantized):
+            float_convs.add(node.output[0])
+        else:
+            found.append(Violation(node_name(node), "qdq-partial", "only its {} goes through Q/DQ: TensorRT runs "
+                                   "it in float after a needless quantization; quantize both or neither (a kept "
+                                   "layer)".format("activation" if quantized[0] else "weight")))
+    for node in graph.node:
+        if node.op_type != "Add" or len(node.input) != 2 or set(node.input) & set(init):
+            continue
+        # beside a kept (float) convolution the Add stays unfused in FP16: the price of keeping that layer
+        if set(node.input) & int8_convs and not set(node.input) & float_convs and not any(
+                through_dq(name) for name in node.input):
+            found.append(Violation(node_name(node), "qdq-residual", "residual Add has no Q/DQ on its residual "
+                                   "input: TensorRT cannot fuse it into the INT8 convolution and runs it in FP16"))
+    return found
 
 
 def lint(path: str) -> List[Violation]:

@@ -48,6 +48,7 @@ def test_dla_jobs_build_one_static_engine_per_batch_and_gpu_jobs_one_dynamic_eng
         assert build[:4] == ["build-engine", "model.fp32.onnx", "--precision", "int8"]
         assert build[build.index("--out") + 1] == layout.engine_path("student.int8.dla1", batch)
         assert build[build.index("--dla") + 1] == "1" and build[build.index("--calib") + 1] == "calib.cache"
+        assert build[build.index("--layer-precisions") + 1] == layout.LAYER_PRECISIONS  # the fallback's kept layers
         assert "--max-batch" not in build  # min = opt = max: a dynamic profile would put DLA layers on the GPU
     assert bench[:2] == ["bench", "engines/student.int8.dla1.b{batch}.engine"]
     assert "--calib" not in " ".join(sum(steps["student.fp16.dla0"], []))  # FP16 on DLA needs no cache
@@ -94,6 +95,7 @@ def _artifacts(folder, trt="8.5.2"):
     (folder / layout.SUMMARY).write_text("{}")
     (folder / layout.EVAL_SET).write_bytes(b"npz")
     write_calibration_cache(str(folder / layout.CALIB_CACHE), {"input": 0.5, "conv1": 0.25}, trt)
+    (folder / layout.LAYER_PRECISIONS).write_text('{"schema": "edgekit.layer_precisions/1", "precisions": {}}')
     (folder / "target.yaml").write_text("name: x\n")
 
 

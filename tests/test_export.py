@@ -109,7 +109,8 @@ def test_calibration_cache_holds_the_same_scales(tiny_run, tmp_path):
 def test_quantization_report_names_layers_worst_first(tiny_run):
     _, summary, _ = tiny_run
     quant = summary["quantization"]
-    assert quant["method"] == "entropy" and quant["calibration_samples"] == 32
+    assert quant["requested"] == "best" and quant["calibration_samples"] == 32
+    assert quant["methods_top1"][quant["method"]] == max(quant["methods_top1"].values())
     for flavour in ("qdq", "cpu"):
         rows = quant["worst_layers"][flavour]
         assert rows and all(r["node"] and r["rmse"] >= 0 for r in rows)
@@ -183,4 +184,4 @@ def test_summary_keeps_the_figures_on_disk(tiny_run):
         on_disk = json.load(f)
     assert on_disk["compare"]["rows"] == summary["compare"]["rows"]
     assert [s["name"] for s in on_disk["stages"]] == ["teacher", "compress", "evaluate", "export", "quantize",
-                                                       "measure", "variants", "evalset", "compare"]
+                                                       "fallback", "int8", "measure", "variants", "evalset", "compare"]

@@ -26,7 +26,8 @@ def test_summary_holds_the_figures_the_issue_names(tiny_run):
     t, s = on_disk["teacher"], on_disk["student"]
     assert s["macs"] <= 0.5 * t["macs"] and s["params"] < t["params"]
     assert [st["name"] for st in on_disk["stages"]] == list(STAGE_NAMES) == [
-        "teacher", "compress", "evaluate", "export", "quantize", "measure", "variants", "evalset", "compare"]
+        "teacher", "compress", "evaluate", "export", "quantize", "fallback", "int8", "measure", "variants", "evalset",
+        "compare"]
     assert on_disk["schema"] == "edgekit.summary/1" and on_disk["quantization"]["calib_cache"] == "calib.cache"
     assert [m["name"] for m in on_disk["models"]] == ["fp32", "fp16", "int8.qdq", "int8.cpu"]
     # the Pareto chart's other points: the teacher and the spiral's intermediate round, as FP32 ONNX

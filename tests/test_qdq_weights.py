@@ -8,7 +8,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.host.compress.quantize import quantize
+from edgekit.host.compress.quantize import calibration_ranges, quantize
+from edgekit.host.compress.quantize.calibrate import write_ort_cache
 from edgekit.trtlint import lint_model
 
 
@@ -68,9 +69,11 @@ def test_outputs_and_top1_are_unchanged_by_the_pair(quantized, tmp_path):
 
     # the old flavour (INT8 weight initializers) with the very same ranges
     old = str(tmp_path / "old.qdq.onnx")
+    cache = str(tmp_path / "ort.ranges.json")
+    write_ort_cache(cache, calibration_ranges(info["paths"]["ranges"]))
     quantize_static(str(out / "model.fp32.onnx"), old, None, quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
-                    calibration_cache_path=info["paths"]["ranges"], calibrate_method=CalibrationMethod.Entropy,
+                    calibration_cache_path=cache, calibrate_method=CalibrationMethod.MinMax,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
                                    "OpTypesToExcludeOutputQuantization": ["Conv"]})
     x = np.concatenate(calibration)

@@ -85,7 +85,7 @@ def build_argv(job: Job, target: Target, batch: Optional[int]) -> List[str]:
     if job.on_dla:
         argv += ["--dla", job.placement[3:]]
         if layout.needs_calibration_cache(job.placement, job.precision):
-            argv += ["--calib", layout.CALIB_CACHE]
+            argv += ["--calib", layout.CALIB_CACHE, "--layer-precisions", layout.LAYER_PRECISIONS]
     return argv
 
 

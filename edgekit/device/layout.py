@@ -27,6 +27,18 @@ BUNDLE_DIR = "device_bundle"
 EVAL_SET = "eval.npz"
 CALIB_CACHE = "calib.cache"
 CALIB_RANGES = "calib.ranges.json"
+# TensorRT layer name -> precision for implicit INT8 builds (DLA): the layers the fallback kept
+LAYER_PRECISIONS = "layer_precisions.json"
+
+# ---- what each INT8 stage writes (quantize -> fallback -> ...); the `int8` stage ships the last one's
+INT8_DIR = "int8"
+INT8_KINDS = ("qdq", "cpu", "cache", "layers")
+
+
+def int8_stage_file(stage: str, kind: str) -> str:
+    """int8/<stage>.qdq.onnx, .cpu.onnx, .calib.cache or .layers.json: one INT8 stage's own output."""
+    suffix = {"qdq": "qdq.onnx", "cpu": "cpu.onnx", "cache": "calib.cache", "layers": "layers.json"}[kind]
+    return "{}/{}.{}".format(INT8_DIR, stage, suffix)
 
 # ---- files of a bundle on the device
 TARGET_FILE = "target.yaml"
@@ -61,6 +73,8 @@ FP32 = MODELS_BY_NAME["fp32"].path
 FP16 = MODELS_BY_NAME["fp16"].path
 INT8_QDQ = MODELS_BY_NAME["int8.qdq"].path
 INT8_CPU = MODELS_BY_NAME["int8.cpu"].path
+# the shipped name of each kind of INT8 file (int8_stage_file kinds)
+SHIPPED_INT8 = {"qdq": INT8_QDQ, "cpu": INT8_CPU, "cache": CALIB_CACHE, "layers": LAYER_PRECISIONS}
 
 PLACEMENTS = ("cpu", "gpu", "dla0", "dla1")
 PRECISIONS = ("fp32", "fp16", "int8")

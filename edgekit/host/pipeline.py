@@ -1,5 +1,6 @@
-"""The main job, declared as stages: teacher → prune/distill spiral → evaluation → export → INT8 →
-measurement → variants → eval set → comparison, written under one artifacts folder.
+"""The main job, declared as stages: teacher → prune/distill spiral → evaluation → export → INT8
+(quantize → per-layer fallback → the shipped files) → measurement → variants → eval set → comparison,
+written under one artifacts folder.
 
 Each stage says what it needs (upstream stages, the recipe sections it reads, extra inputs) and what it
 writes; `edgekit.stages` derives every key the same way, reuses fresh stages, forces downstream and
@@ -11,7 +12,7 @@ import os
 import platform
 import random
 import sys
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +37,10 @@ def _quantizing(ctx: HostContext) -> bool:
     return ctx.recipe.quantize.enabled
 
 
+def _int8_outputs(stage: str) -> List[str]:
+    return [layout.int8_stage_file(stage, kind) for kind in dict(steps.INT8_STAGES)[stage]]
+
+
 STAGES = (
     # Training keys leave out the device and the process count: a run resumes on another world size.
     Stage("teacher", steps.teacher,
@@ -47,9 +52,18 @@ STAGES = (
     Stage("evaluate", steps.evaluate, needs=("teacher", "compress")),
     Stage("export", steps.export, needs=("compress",), sections=("data.image_size",),
           outputs=(layout.FP32, layout.FP16)),
-    Stage("quantize", steps.quantize, needs=("export",), sections=("quantize", "data.calibration_samples", "seed"),
-          outputs=(layout.INT8_QDQ, layout.INT8_CPU, layout.CALIB_CACHE), enabled=_quantizing),
-    Stage("measure", steps.measure, needs=("compress", "export", "quantize"), sections=("bench",),
+    # INT8: each stage writes its own int8/<stage>.* files; `int8` ships the last one's under the names
+    # the device reads (a QAT stage goes after fallback and into steps.INT8_STAGES).
+    Stage("quantize", steps.quantize, needs=("export",),
+          sections=("quantize", "data.calibration_samples", "seed"),
+          outputs=tuple(_int8_outputs("quantize")) + (layout.CALIB_RANGES,), enabled=_quantizing),
+    Stage("fallback", steps.fallback, needs=("export", "quantize"),
+          sections=("fallback", "quantize.per_channel", "quantize.cpu_reduce_range", "data.calibration_samples",
+                    "seed", "bench"),
+          outputs=tuple(_int8_outputs("fallback")), extra=_bench_threads, enabled=_quantizing),
+    Stage("int8", steps.int8, needs=("quantize", "fallback"), outputs=tuple(layout.SHIPPED_INT8.values()),
+          enabled=_quantizing),
+    Stage("measure", steps.measure, needs=("compress", "export", "int8"), sections=("bench",),
           extra=_bench_threads),
     Stage("variants", steps.variants, needs=("teacher", "compress", "evaluate"), sections=("data.image_size",),
           outputs=lambda metrics: [v["path"] for v in metrics.get("variants", [])]),

@@ -172,34 +172,163 @@ def export(ctx: HostContext) -> Dict[str, Any]:
     return {"verify": verify}
 
 
+# INT8 stages in order, with the kinds of layout.int8_stage_file each writes: the `int8` stage ships the
+# files of the last one that ran (a QAT stage appends itself here).
+INT8_STAGES = (("quantize", ("qdq", "cpu", "cache")), ("fallback", ("qdq", "cpu", "layers")))
+
+
+def _int8_paths(ctx: HostContext, stage: str) -> Dict[str, str]:
+    return {kind: ctx.path(layout.int8_stage_file(stage, kind)) for kind in dict(INT8_STAGES)[stage]}
+
+
+def _val_batches(ctx: HostContext) -> Any:
+    return lambda: ((x.numpy(), y.numpy()) for x, y in ctx.data.val_loader())
+
+
+def calibration_images(ctx: HostContext, held_out: int = 0) -> List[np.ndarray]:
+    """The calibration batches (a fixed subset of training images for data.calibration_samples and the
+    seed); with `held_out`, that many further images of the same subset's order, never calibrated on."""
+    calibrated = ctx.recipe.data.calibration_samples
+    batches = [b.numpy() for b in ctx.data.calibration_batches(calibrated + held_out, seed=ctx.recipe.seed)]
+    images = np.concatenate(batches)
+    if not held_out:
+        return batches
+    return [images[calibrated:]] if len(images) > calibrated else []
+
+
 def quantize(ctx: HostContext) -> Dict[str, Any]:
-    """Both INT8 flavours and calib.cache from real calibration samples, with the worst layers by SQNR."""
+    """One calibration; every method's Q/DQ model scored on the val split (the calibrator table); the
+    PTQ models of the chosen method and calib.cache; the TensorRT model linted; worst layers by SQNR."""
     from ..trtlint import check_tensorrt_compatible
     from .compress.quantize import quantization_error
     from .compress.quantize import quantize as quantize_int8
+    from .compress.quantize.evaluate import top1
 
-    recipe = ctx.recipe
-    calibration = [b.numpy() for b in ctx.data.calibration_batches(recipe.data.calibration_samples,
-                                                                   seed=recipe.seed)]
-    ctx.log("quantize: INT8, {} calibration on {} real samples".format(recipe.quantize.method,
-                                                                     sum(b.shape[0] for b in calibration)))
-    fp32 = ctx.path(layout.FP32)
-    quant = quantize_int8(fp32, ctx.out_dir, calibration, recipe.quantize.method, recipe.quantize.trt_version,
-                          cpu_reduce_range=recipe.quantize.cpu_reduce_range)
-    # What goes to TensorRT must pass the lint; the CPU flavour is for onnxruntime (uint8) by design.
-    check_tensorrt_compatible(ctx.path(layout.INT8_QDQ))
-    images = next(iter(ctx.data.val_loader()))[0][:recipe.quantize.report_samples].numpy()
-    reports = {m.flavour: quantization_error(fp32, ctx.path(m.path), images, top=10)
-               for m in layout.MODELS if m.precision == "int8"}
-    return {"quantization": {"method": quant["method"], "calibration_samples": quant["calibration_samples"],
+    q = ctx.recipe.quantize
+    calibration = calibration_images(ctx)
+    ctx.log("quantize: INT8, {} calibration on {} real samples{}".format(
+        q.method, sum(b.shape[0] for b in calibration), ", every method scored on val" if q.compare_methods else ""))
+    fp32, paths = ctx.path(layout.FP32), _int8_paths(ctx, "quantize")
+    paths["ranges"] = ctx.path(layout.CALIB_RANGES)
+    val = _val_batches(ctx) if q.compare_methods else None
+    quant = quantize_int8(fp32, ctx.out_dir, calibration, q.method, q.trt_version, cpu_reduce_range=q.cpu_reduce_range,
+                          per_channel=q.per_channel, evaluation=val, threads=ctx.threads, paths=paths)
+    check_tensorrt_compatible(paths["qdq"])  # the CPU flavour is for onnxruntime (uint8) by design
+    fp32_top1 = top1(fp32, val, ctx.threads) if val else None
+    for name, score in quant["methods"].items():
+        chosen = "  <- " + quant["why"] if name == quant["method"] else ""
+        ctx.log("  {:<18} top-1 {:6.2f}%{}".format(name, score, chosen))
+    images = next(iter(ctx.data.val_loader()))[0][:q.report_samples].numpy()
+    reports = {kind: quantization_error(fp32, paths[kind], images, top=10) for kind in ("qdq", "cpu")}
+    return {"quantization": {"method": quant["method"], "requested": q.method, "why": quant["why"],
+                             "methods_top1": quant["methods"], "fp32_top1": fp32_top1,
+                             "per_channel": q.per_channel, "calibration_samples": quant["calibration_samples"],
                              "residual_qdq_added": quant["residual_qdq_added"],
+                             "quantized_convs": quant["quantized_convs"], "calib_ranges": layout.CALIB_RANGES,
                              "calib_cache": layout.CALIB_CACHE, "calib_cache_tensors": quant["cache_tensors"],
-                             "trt_version": recipe.quantize.trt_version, "worst_layers": reports}}
+                             "trt_version": q.trt_version,
+                             "worst_layers": reports}}
+
+
+def fallback(ctx: HostContext) -> Dict[str, Any]:
+    """Per-layer fallback: sensitivity (only when PTQ misses the budget), the fewest layers kept in float
+    greedily, each flavour written (Q/DQ without them, CPU excluding them, TensorRT layer precisions),
+    the twin check, and the latency the kept layers cost, measured side by side."""
+    import onnx
+
+    from ..artifacts import write_json_atomic
+    from ..trtlint import check_tensorrt_compatible
+    from .compress.quantize import calibration_ranges
+    from .compress.quantize.evaluate import top1
+    from .compress.quantize.qdq import keep_float, layer_precisions, write_cpu
+
+    cfg, q = ctx.recipe.fallback, ctx.recipe.quantize
+    fp32_path, paths = ctx.path(layout.FP32), _int8_paths(ctx, "fallback")
+    qdq, fp32 = onnx.load(_int8_paths(ctx, "quantize")["qdq"]), onnx.load(fp32_path)
+    val = _val_batches(ctx)
+    fp32_top1 = ctx.metrics("quantize")["quantization"].get("fp32_top1") or top1(fp32_path, val, ctx.threads)
+    result = _kept_layers(ctx, qdq, fp32_path, fp32_top1, val)
+    kept = result["kept"]
+    ranges = calibration_ranges(ctx.path(layout.CALIB_RANGES))
+    _save_model(keep_float(qdq, kept), paths["qdq"])
+    write_cpu(fp32_path, paths["cpu"], ranges, q.per_channel, q.cpu_reduce_range, exclude=kept)
+    check_tensorrt_compatible(paths["qdq"])
+    precisions = layer_precisions(fp32, kept)
+    write_json_atomic(paths["layers"], {"schema": "edgekit.layer_precisions/1", "constraints": "obey",
+                                        "precisions": precisions, "onnx_nodes": kept})
+    result["twin"] = twin = _twin(ctx, fp32, ranges, kept, paths["qdq"], val)
+    if twin["onnxruntime_optimized_gap"] > twin["tolerance"]:
+        ctx.log("fallback: note: onnxruntime's optimized CPU kernels score the Q/DQ model {:.2f}%, {:.2f} points from "
+                "its own semantics ({:.2f}%, what TensorRT computes); the measure stage reports the former".format(
+                    twin["onnxruntime_optimized_top1"], twin["onnxruntime_optimized_gap"], twin["model_top1"]))
+    # timed here on the onnxruntime CPU flavours: the TensorRT Q/DQ flavour is not built to run fast on a CPU
+    result["latency"] = _side_by_side(ctx, {"ptq": _int8_paths(ctx, "quantize")["cpu"], "fallback": paths["cpu"]}) \
+        if kept else None
+    result["tensorrt_layer_precisions"] = precisions
+    ctx.log("fallback: {} layer(s) kept in FP16 -> INT8 top-1 {:.2f}% (PTQ {:.2f}%, FP32 {:.2f}%, budget {})".format(
+        len(kept), result["top1_after"], result["top1_before"], fp32_top1, cfg.max_drop))
+    return {"fallback": result}
+
+
+def _save_model(model: Any, path: str) -> None:
+    import onnx
+
+    from ..artifacts import atomic_path
+
+    with atomic_path(path) as tmp:
+        onnx.save(model, tmp)
+
+
+def _kept_layers(ctx: HostContext, qdq: Any, fp32_path: str, fp32_top1: float, val: Any) -> Dict[str, Any]:
+    from .compress.quantize.fallback import fallback_to_budget
+
+    cfg = ctx.recipe.fallback
+    return fallback_to_budget(qdq, fp32_path, val, lambda: _held_out(ctx), fp32_top1, cfg.max_drop, ctx.threads,
+                              ctx.log)
+
+
+def _held_out(ctx: HostContext) -> np.ndarray:
+    held = calibration_images(ctx, held_out=ctx.recipe.fallback.samples)
+    if not held:
+        raise EdgekitError("fallback.samples: no training images left beyond the {} calibration samples".format(
+            ctx.recipe.data.calibration_samples))
+    return held[0]
+
+
+def _twin(ctx: HostContext, fp32: Any, ranges: Dict[str, Any], kept: List[str], qdq_path: str,
+          val: Any) -> Dict[str, Any]:
+    from .compress.quantize.twin import ptq_twin
+
+    return ptq_twin(fp32, ranges, kept, ctx.recipe.quantize.per_channel, qdq_path, val, ctx.threads)
+
+
+def _side_by_side(ctx: HostContext, paths: Dict[str, str]) -> Dict[str, Any]:
+    from .compress.quantize.evaluate import side_by_side_p50
+
+    bench = ctx.recipe.bench
+    sample = next(iter(ctx.data.val_loader()))[0][:1].numpy()
+    return side_by_side_p50(paths, sample, ctx.bench_threads, bench.min_queries, bench.min_seconds)
+
+
+def int8(ctx: HostContext) -> Dict[str, Any]:
+    """The INT8 files the run ships (model.int8.qdq.onnx, model.int8.cpu.onnx, calib.cache,
+    layer_precisions.json): copies of the last INT8 stage's that ran."""
+    from ..artifacts import atomic_path
+
+    shipped = {}
+    for kind, name in layout.SHIPPED_INT8.items():
+        stage = next((s for s, kinds in reversed(INT8_STAGES) if kind in kinds and ctx.ran(s)), None)
+        if stage is None:
+            raise EdgekitError("no INT8 stage wrote the {} file; run the quantize stage".format(kind))
+        with atomic_path(ctx.path(name)) as tmp:
+            shutil.copyfile(ctx.path(layout.int8_stage_file(stage, kind)), tmp)
+        shipped[name] = layout.int8_stage_file(stage, kind)
+    return {"int8": {"from": shipped}}
 
 
 def exported_models(ctx: HostContext) -> List[layout.ModelFile]:
-    """The models this run exported: FP32 and FP16 always, INT8 when the quantize stage ran."""
-    return [m for m in layout.MODELS if m.precision != "int8" or ctx.ran("quantize")]
+    """The models this run exported: FP32 and FP16 always, INT8 when the int8 stage shipped them."""
+    return [m for m in layout.MODELS if m.precision != "int8" or ctx.ran("int8")]
 
 
 def measure(ctx: HostContext) -> Dict[str, Any]:

@@ -4,6 +4,8 @@
 - precision: FP32, FP16, INT8 explicit (the Q/DQ model, GPU), INT8 implicit from `calib.cache`
   (DLA on Xavier cannot take Q/DQ);
 - DLA core selection with GPU fallback; workspace limit (a Jetson shares its memory with the CPU);
+- per-layer precisions for implicit INT8 (the layers the host's fallback kept in FP16, from
+  layer_precisions.json), obeyed (`--precisionConstraints=obey --layerPrecisions=...` in trtexec);
 - builder optimization level where the version has it; an optimization profile over the batch;
 - a persistent timing cache; the build log and metadata JSON kept beside the engine.
 
@@ -11,6 +13,7 @@
 both are pure and tested without TensorRT.
 """
 
+import json
 import os
 import shlex
 import time
@@ -34,7 +37,7 @@ class BuildConfig(object):
                  opt_batch: Optional[int] = None, max_batch: Optional[int] = None,
                  static_batch: Optional[int] = None, timing_cache: Optional[str] = None,
                  calibration_cache: Optional[str] = None, input_name: str = "input",
-                 input_shape: Optional[List[int]] = None) -> None:
+                 input_shape: Optional[List[int]] = None, layer_precisions: Optional[str] = None) -> None:
         self.onnx_path = onnx_path
         self.precision = precision
         self.dla_core = dla_core
@@ -45,6 +48,7 @@ class BuildConfig(object):
         self.static_batch = static_batch
         self.timing_cache = timing_cache
         self.calibration_cache = calibration_cache
+        self.layer_precisions = layer_precisions  # layer_precisions.json (implicit INT8 only)
         self.input_name = input_name
         self.input_shape = input_shape  # [C, H, W]; read from the ONNX model when None
         device = "dla{}".format(dla_core) if dla_core is not None else "gpu"
@@ -101,6 +105,9 @@ def check_build(cfg: BuildConfig) -> str:
             raise EdgekitError("dla core must be 0 or 1 (Xavier and Orin have two), got {}".format(cfg.dla_core))
         if cfg.precision == "fp32":
             raise EdgekitError("DLA runs FP16 or INT8 only: use --precision fp16 or int8 with --dla")
+    if cfg.layer_precisions and mode != "int8-implicit":
+        raise EdgekitError("--layer-precisions applies to implicit INT8 (DLA, or the GPU with --calib); "
+                           "model.int8.qdq.onnx carries its kept layers itself (no Q/DQ around them)")
     batch_profile(cfg)
     if cfg.workspace_mb < 16:
         raise EdgekitError("workspace must be at least 16 MiB, got {}".format(cfg.workspace_mb))
@@ -169,6 +176,9 @@ def plan_build(cfg: BuildConfig, input_shape: Optional[List[int]] = None,
     device = "dla{}".format(cfg.dla_core) if cfg.dla_core is not None else "gpu"
     if cfg.dla_core is not None and cfg.gpu_fallback:
         flags.append("GPU_FALLBACK")
+    precisions, constraints = read_layer_precisions(cfg.layer_precisions)
+    if precisions:
+        flags.append(_CONSTRAINT_FLAGS[constraints])
     calibrator = None
     if mode == "int8-implicit":
         # TensorRT requires the entropy calibrator (v2) for DLA; edgekit's caches all carry its header.
@@ -177,14 +187,44 @@ def plan_build(cfg: BuildConfig, input_shape: Optional[List[int]] = None,
     return {"onnx": cfg.onnx_path, "engine_path": cfg.engine_path, "precision": cfg.precision, "mode": mode,
             "device": device, "dla_core": cfg.dla_core,
             "gpu_fallback": cfg.gpu_fallback if cfg.dla_core is not None else None,
-            "flags": flags, "calibrator": calibrator,
+            "flags": flags, "calibrator": calibrator, "layer_precisions": precisions,
             "profiles": [{"input": name, "min": [low] + list(chw), "opt": [opt] + list(chw),
                           "max": [high] + list(chw)}],
             "static": low == opt == high, "workspace_mb": cfg.workspace_mb,
             "optimization_level": cfg.optimization_level, "timing_cache": cfg.timing_cache}
 
 
-_TRTEXEC_FLAGS = {"FP16": "--fp16", "INT8": "--int8", "GPU_FALLBACK": "--allowGPUFallback"}
+_TRTEXEC_FLAGS = {"FP16": "--fp16", "INT8": "--int8", "GPU_FALLBACK": "--allowGPUFallback",
+                  "OBEY_PRECISION_CONSTRAINTS": "--precisionConstraints=obey",
+                  "PREFER_PRECISION_CONSTRAINTS": "--precisionConstraints=prefer"}
+# builder flag per `constraints` of layer_precisions.json: obey fails a build that cannot keep a layer's
+# precision, prefer lets the builder pick another (then the accuracy budget may not hold)
+_CONSTRAINT_FLAGS = {"obey": "OBEY_PRECISION_CONSTRAINTS", "prefer": "PREFER_PRECISION_CONSTRAINTS"}
+LAYER_PRECISIONS_SCHEMA = "edgekit.layer_precisions/1"
+
+
+def read_layer_precisions(path: Optional[str]) -> Tuple[Dict[str, str], str]:
+    """({TensorRT layer name: precision}, "obey" | "prefer") from layer_precisions.json ({} without one)."""
+    if not path:
+        return {}, "obey"
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise EdgekitError("cannot read layer precisions {}: {}".format(path, exc)) from None
+    if not isinstance(data, dict) or data.get("schema") != LAYER_PRECISIONS_SCHEMA:
+        raise EdgekitError("{} is not an edgekit layer-precision file ({}); it is written by edgekit run's "
+                           "fallback stage".format(path, LAYER_PRECISIONS_SCHEMA))
+    precisions, constraints = dict(data.get("precisions") or {}), data.get("constraints", "obey")
+    bad = [p for p in precisions.values() if p not in ("fp32", "fp16", "int8")]
+    if bad or constraints not in _CONSTRAINT_FLAGS:
+        raise EdgekitError("{}: precisions must be fp32, fp16 or int8 and constraints obey or prefer, got {!r}".format(
+            path, bad[0] if bad else constraints))
+    unsayable = [name for name in precisions if "," in name or ":" in name]
+    if unsayable:
+        raise EdgekitError("layer {!r} in {}: trtexec's --layerPrecisions cannot name a layer with ',' or ':'; "
+                           "rename the ONNX node".format(unsayable[0], path))
+    return precisions, constraints
 
 
 def trtexec_args(plan: Dict[str, Any], api: TrtApi) -> List[str]:
@@ -202,6 +242,9 @@ def trtexec_args(plan: Dict[str, Any], api: TrtApi) -> List[str]:
             args.append("--{}Shapes=".format(key) + ",".join(
                 "{}:{}".format(p["input"], dims(p[key])) for p in plan["profiles"]))
     args += [_TRTEXEC_FLAGS[f] for f in plan["flags"] if f != "GPU_FALLBACK"]
+    if plan["layer_precisions"]:
+        args.append("--layerPrecisions=" + ",".join(
+            "{}:{}".format(name, precision) for name, precision in sorted(plan["layer_precisions"].items())))
     if plan["calibrator"]:
         args.append("--calib=" + str(plan["calibrator"]["cache"]))
     if plan["dla_core"] is not None:
@@ -276,6 +319,7 @@ def reusable_engine(cfg: BuildConfig, tensorrt_version: str) -> Optional[Dict[st
             and meta.get("precision") == cfg.precision and meta.get("dla_core") == cfg.dla_core
             and [(profile.get(k) or [None])[0] for k in ("min", "opt", "max")] == shapes
             and flags.get("calibration_cache_sha256") == calib
+            and (meta.get("plan") or {}).get("layer_precisions", {}) == read_layer_precisions(cfg.layer_precisions)[0]
             and (cfg.dla_core is None or flags.get("gpu_fallback") == cfg.gpu_fallback))
     return meta if same else None
 
@@ -308,6 +352,7 @@ def build_engine(cfg: BuildConfig, log: Callable[[str], None] = print, force: bo
             tensor.name, chw))
     plan = plan_build(cfg, chw, tensor.name)
     config = configure(api, builder, plan)
+    set_layer_precisions(network, plan["layer_precisions"])
     config.set_timing_cache(config.create_timing_cache(_read_bytes(cfg.timing_cache)), ignore_mismatch=False)
     log("building {} engine ({}) from {} with TensorRT {}; this takes minutes on a Jetson".format(
         cfg.precision, plan["device"], cfg.onnx_path, trt.__version__))
@@ -404,7 +449,9 @@ def configure(api: TrtApi, builder: "trt.Builder", plan: Dict[str, Any]) -> "trt
     if plan["optimization_level"] is not None and api.builder_optimization_level:
         config.builder_optimization_level = plan["optimization_level"]
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    flags = {"FP16": trt.BuilderFlag.FP16, "INT8": trt.BuilderFlag.INT8, "GPU_FALLBACK": trt.BuilderFlag.GPU_FALLBACK}
+    flags = {"FP16": trt.BuilderFlag.FP16, "INT8": trt.BuilderFlag.INT8, "GPU_FALLBACK": trt.BuilderFlag.GPU_FALLBACK,
+             "OBEY_PRECISION_CONSTRAINTS": trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS,
+             "PREFER_PRECISION_CONSTRAINTS": trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS}
     for flag in plan["flags"]:
         config.set_flag(flags[flag])
     if plan["calibrator"]:
@@ -417,6 +464,22 @@ def configure(api: TrtApi, builder: "trt.Builder", plan: Dict[str, Any]) -> "trt
         profile.set_shape(p["input"], p["min"], p["opt"], p["max"])
     config.add_optimization_profile(profile)
     return config
+
+
+def set_layer_precisions(network: "trt.INetworkDefinition", precisions: Dict[str, str]) -> None:
+    """ILayer.precision for each named layer; a name the network lacks is an error (a stale file would
+    otherwise build an engine without the kept layers)."""
+    if not precisions:
+        return
+    types = {"fp32": trt.float32, "fp16": trt.float16, "int8": trt.int8}
+    layers = {network.get_layer(i).name: network.get_layer(i) for i in range(network.num_layers)}
+    missing = sorted(set(precisions) - set(layers))
+    if missing:
+        raise EdgekitError("layer {} of layer_precisions.json is not in the network ({} layers, e.g. {}): the "
+                           "file is from another model; re-run edgekit run".format(
+                               missing[0], len(layers), ", ".join(list(layers)[:3])))
+    for name, precision in precisions.items():
+        layers[name].precision = types[precision]
 
 
 def parser_error_text(api: TrtApi, error: "trt.ParserError") -> str:
