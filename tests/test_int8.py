@@ -211,10 +211,12 @@ def test_print_plan_and_print_trtexec_agree_on_layer_precisions(fragile, tmp_pat
         plan_build(BuildConfig(fp32, precision="fp16", layer_precisions=str(layers)))
 
 
-def test_the_builder_sets_each_named_layer_and_refuses_a_name_the_network_lacks():
+def test_the_builder_sets_each_named_layer_and_refuses_a_name_the_network_lacks(monkeypatch):
     import types
 
-    trt = types.SimpleNamespace(float32="float32", float16="float16", int8="int8")
+    from edgekit.device.engine import builder
+
+    monkeypatch.setattr(builder, "trt", types.SimpleNamespace(float32="float32", float16="float16", int8="int8"))
 
     class Layer(object):
         def __init__(self, name):
@@ -228,10 +230,10 @@ def test_the_builder_sets_each_named_layer_and_refuses_a_name_the_network_lacks(
             return self.layers[i]
 
     network = Network()
-    set_layer_precisions(trt, network, {"conv2": "fp16", "add": "fp16"})
+    set_layer_precisions(network, {"conv2": "fp16", "add": "fp16"})
     assert [layer.precision for layer in network.layers] == ["float32", "float16", "float16"]
     with pytest.raises(EdgekitError, match="layer conv9 of layer_precisions.json is not in the network"):
-        set_layer_precisions(trt, network, {"conv9": "fp16"})
+        set_layer_precisions(network, {"conv9": "fp16"})
 
 
 def test_the_pipeline_ships_the_last_int8_stages_files(tiny_run):
