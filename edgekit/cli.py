@@ -142,6 +142,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         batches = [int(b) for b in args.batches.split(",") if b.strip()]
     except ValueError:
         raise EdgekitError("--batches expects comma-separated integers, e.g. 1,2,4,8") from None
+    if args.harness == "loadgen":
+        return _bench_loadgen(args, batches)
+    if args.mode or "multi_stream" in (args.scenario or ()):
+        raise EdgekitError("--mode and --scenario multi_stream are LoadGen's: add --harness loadgen")
     if args.concurrent:
         return _bench_concurrent(args, batches)
     if not args.model:
@@ -184,6 +188,26 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             _log("offline batch {:>3}: {:>9.1f} img/s (p50 {:.3f} ms per batch)".format(
                 row["batch"], row["throughput"], row["latency"]["p50_ms"]))
         _log("best batch {} at {:.1f} img/s".format(off["best_batch"], off["best_throughput"]))
+    return 0
+
+
+def _bench_loadgen(args: argparse.Namespace, batches: List[int]) -> int:
+    from .device.bench.loadgen import Settings, benchmark_loadgen
+    from .summary import accuracy_for
+
+    if not args.model or args.concurrent:
+        raise EdgekitError("--harness loadgen runs one model (an ONNX file or engine; {batch} for one engine per batch)")
+    out = args.out or os.path.join("benchmarks", "results", "local", os.path.basename(args.model).replace(
+        "{batch}", "bN").rsplit(".", 1)[0] + ".loadgen.json")
+    accuracy = accuracy_for(args.summary, args.model, args.accuracy_from) if args.summary else None
+    settings = Settings(min_queries=args.queries, min_seconds=args.seconds, batch=max(batches or [1]),
+                        warmup=args.warmup)
+    benchmark_loadgen(args.model, out, runner=args.runner, threads=args.threads,
+                      scenarios=args.scenario or ("single_stream", "offline"), modes=args.mode, settings=settings,
+                      eval_set=args.eval, accuracy=accuracy, logs_root=args.mlperf_logs, precision=args.precision,
+                      labels={"variant": args.variant, "target": args.target, "placement": args.placement,
+                              "recipe": accuracy["dataset"] if accuracy else None},
+                      cuda_graph=args.cuda_graph, spin_wait=args.use_spin_wait, log=_log)
     return 0
 
 
@@ -300,8 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runner", default="auto", help="auto (TensorRT when there, else onnxruntime), or a registered "
                    "runner: onnxruntime, tensorrt, pytorch, torch-tensorrt")
     p.add_argument("--threads", type=int, help="runtime CPU threads (default: the runtime's choice)")
-    p.add_argument("--scenario", action="append", choices=["single_stream", "offline"],
-                   help="repeatable; default both")
+    p.add_argument("--scenario", action="append", choices=["single_stream", "multi_stream", "offline"],
+                   help="repeatable; default single_stream and offline (multi_stream: --harness loadgen)")
+    p.add_argument("--harness", choices=["edgekit", "loadgen"], default="edgekit", help="edgekit's own timing loop "
+                   "(default), or MLPerf LoadGen (pip install mlcommons-loadgen): its logs, VALID/INVALID, "
+                   "early stopping; Offline runs at the largest --batches size")
+    p.add_argument("--mode", action="append", choices=["performance", "accuracy"], help="LoadGen: repeatable; "
+                   "default performance, and accuracy (every --eval image once) when --eval is given")
+    p.add_argument("--mlperf-logs", metavar="DIR", help="LoadGen: the Open-division-style log tree (default: "
+                   "<--out without .json>.mlperf/)")
     p.add_argument("--batches", default="1,2,4,8", help="offline batch sweep (default 1,2,4,8)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--queries", type=int, default=100, help="minimum measured queries (single-stream)")
