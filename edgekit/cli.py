@@ -196,7 +196,8 @@ def _bench_loadgen(args: argparse.Namespace, batches: List[int]) -> int:
     from .summary import accuracy_for
 
     if not args.model or args.concurrent:
-        raise EdgekitError("--harness loadgen runs one model (an ONNX file or engine; {batch} for one engine per batch)")
+        raise EdgekitError("--harness loadgen runs one model (an ONNX file or engine; {batch} for one engine per "
+                           "batch)")
     out = args.out or os.path.join("benchmarks", "results", "local", os.path.basename(args.model).replace(
         "{batch}", "bN").rsplit(".", 1)[0] + ".loadgen.json")
     accuracy = accuracy_for(args.summary, args.model, args.accuracy_from) if args.summary else None

@@ -126,17 +126,19 @@ class SystemUnderTest(object):
         pass
 
 
-def _estimate_seconds(runner: Runner, library: SampleLibrary, batch: int, warmup: int) -> float:
-    """The fastest of `warmup` inferences at `batch`: LoadGen's expected latency (too fast an
-    estimate only makes LoadGen plan more queries than it needs; too slow a one, too few)."""
-    spec = runner.input_specs()[0]
-    feed = {spec.name: library.gather(list(range(min(batch, len(library)))), batch)}
-    runner.check_feed(feed)
+def _estimate_seconds(sut: "SystemUnderTest", warmup: int, typical: bool) -> float:
+    """Seconds the SUT takes per inference (gather, infer, argmax) over `warmup` runs: the fastest
+    (SingleStream, MultiStream: a fast estimate only makes LoadGen plan more queries than it issues)
+    or the median (Offline: LoadGen sizes its one query by it, so a fast estimate would make the run
+    last many times min_duration)."""
+    indices = list(range(min(sut.batch, len(sut.library))))
     times = []
-    for _ in range(max(2, warmup)):
-        runner.infer(feed, check=False)
-        times.append(runner.last_inference_time() or 0.0)
-    return max(min(times), 1e-6)
+    for _ in range(max(3, warmup)):
+        started = time.perf_counter()
+        sut._infer(indices, sut.batch)
+        times.append(time.perf_counter() - started)
+    sut.records.clear()
+    return max(float(np.median(times)) if typical else min(times), 1e-6)
 
 
 def test_settings(lg: Any, scenario: str, mode: str, settings: Settings, seconds_per_batch: float) -> Any:
@@ -153,9 +155,9 @@ def test_settings(lg: Any, scenario: str, mode: str, settings: Settings, seconds
         ts.multi_stream_expected_latency_ns = int(seconds_per_batch * 1e9)
         ts.min_query_count = max(ts.min_query_count, settings.multi_stream_queries)
     else:
-        # One query of max(min_query_count, 1.1 x min_duration x expected qps) samples; a little
-        # optimism keeps the run past min_duration when the machine speeds up.
-        ts.offline_expected_qps = 1.25 * settings.batch / seconds_per_batch
+        # One query of max(min_query_count, 1.1 x min_duration x expected qps) samples: LoadGen's own
+        # 10% slack keeps the run past min_duration.
+        ts.offline_expected_qps = settings.batch / seconds_per_batch
         ts.min_query_count = max(1, settings.min_queries) * settings.batch
     return ts
 
@@ -178,9 +180,11 @@ def run(runner_for: Callable[[int], Runner], library: SampleLibrary, scenario: s
         raise EdgekitError("an accuracy run scores the eval set: pass --eval eval.npz")
     lg = loadgen_module()
     batch = {"single_stream": 1, "multi_stream": MULTI_STREAM_SAMPLES}.get(scenario, settings.batch)
-    seconds = _estimate_seconds(runner_for(batch), library, batch, settings.warmup)
-    os.makedirs(folder, exist_ok=True)
+    spec = runner_for(batch).input_specs()[0]
+    runner_for(batch).check_feed({spec.name: library.gather([0], batch)})  # a mismatch fails here, not in LoadGen
     sut_impl = SystemUnderTest(lg, runner_for, library, batch)
+    seconds = _estimate_seconds(sut_impl, settings.warmup, typical=scenario == "offline")
+    os.makedirs(folder, exist_ok=True)
     sut = lg.ConstructSUT(sut_impl.issue, sut_impl.flush)
     performance_samples = min(len(library), settings.performance_samples)
     qsl = lg.ConstructQSL(len(library), performance_samples, library.load, library.unload)
@@ -239,7 +243,7 @@ def performance_record(scenario: str, outcome: Dict[str, Any]) -> Dict[str, Any]
         throughput = records.get("result_samples_per_second")
         row = {"batch": batch, "queries": len(inferences), "seconds": round(sum(inferences), 4),
                "throughput": round(float(throughput), 3) if throughput is not None else None,
-               "latency": latency_stats(inferences), "samples": records.get("result_query_count")}
+               "latency": latency_stats(inferences), "samples": records.get("effective_samples_per_query")}
         found.update(rows=[row], best_batch=batch, best_throughput=row["throughput"],
                      sample_latency=mlperf_logs.sample_latency(records))
         return found
@@ -276,7 +280,7 @@ def names_for(labels: Dict[str, Optional[str]], runtime: Dict[str, Any], precisi
 def accuracy_run(cache: RunnerCache, library: SampleLibrary, scenario: str, settings: Settings,
                  folder: str) -> Dict[str, Any]:
     """AccuracyOnly: every eval image once; top-1 from LoadGen's accuracy log (accuracy.txt beside it)."""
-    outcome = run(cache, library, scenario, "accuracy", settings, folder)
+    run(cache, library, scenario, "accuracy", settings, folder)
     assert library.labels is not None
     measured = mlperf_logs.accuracy_top1(folder, library.labels)
     measured["accuracy_txt"] = mlperf_logs.write_accuracy_txt(folder, measured)
@@ -311,9 +315,55 @@ def _describe(scenario: str, found: Dict[str, Any]) -> str:
         "" if found["validity"] == "VALID" else ": " + str(found.get("invalid_reason")))
 
 
+def run_scenarios(cache: RunnerCache, library: SampleLibrary, scenarios: Sequence[str], modes: Sequence[str],
+                  settings: Settings, root: str, names: Dict[str, str],
+                  log: Callable[[str], None]) -> Dict[str, Dict[str, Dict[str, Any]]]:
+    """Each scenario's performance run, then its accuracy run: {"performance": {...}, "accuracy": {...}}."""
+    found: Dict[str, Dict[str, Dict[str, Any]]] = {"performance": {}, "accuracy": {}}
+    for scenario in scenarios:
+        if "performance" in modes:
+            folder = mlperf_logs.run_folder(root, names["system"], names["model"], scenario, "performance")
+            found["performance"][scenario] = performance_record(
+                scenario, run(cache, library, scenario, "performance", settings, folder))
+            log(_describe(scenario, found["performance"][scenario]))
+        if "accuracy" in modes:
+            folder = mlperf_logs.run_folder(root, names["system"], names["model"], scenario, "accuracy")
+            measured = found["accuracy"][scenario] = accuracy_run(cache, library, scenario, settings, folder)
+            log("LoadGen {} AccuracyOnly: top-1 {:.2f}% on {} images (from {})".format(
+                LOADGEN_NAMES[scenario], measured["top1"], measured["images"], mlperf_logs.ACCURACY_LOG))
+    return found
+
+
+def _library(runner: Runner, evaluation: Optional[Any], eval_set: Optional[str], batch: int) -> SampleLibrary:
+    from .accuracy import feeding
+
+    spec = runner.input_specs()[0]
+    if evaluation is None:
+        return SampleLibrary.synthetic(spec)
+    feeding(runner, evaluation[0], batch)  # the eval images fit the model, or one clear error
+    return SampleLibrary(evaluation[0].astype(spec.dtype), evaluation[1], str(eval_set))
+
+
+def loadgen_section(root: str, names: Dict[str, str], system_file: str, modes: Sequence[str], settings: Settings,
+                    library: SampleLibrary, found: Dict[str, Dict[str, Dict[str, Any]]],
+                    own: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The result's `loadgen` record: the verdict, the logs, the settings, each accuracy run beside the
+    runner's own top-1 on the same images."""
+    accuracy_runs = found["accuracy"]
+    return {
+        "version": loadgen_version(), "logs": root, "system": names["system"], "model": names["model"],
+        "system_description": system_file, "modes": list(modes), "settings": settings._asdict(),
+        "samples": {"count": len(library), "source": library.source},
+        "submission_minimums": mlperf_logs.SUBMISSION_MINIMUMS, "validity": overall_validity(found["performance"]),
+        "accuracy": accuracy_runs, "runner_top1": own["top1"] if own else None,
+        "accuracy_agrees": (all(a["top1"] == own["top1"] for a in accuracy_runs.values())
+                            if own and accuracy_runs else None),
+    }
+
+
 def benchmark_loadgen(model_path: str, out_path: Optional[str] = None, runner: str = "auto",
                       threads: Optional[int] = None, scenarios: Sequence[str] = ("single_stream", "offline"),
-                      modes: Optional[Sequence[str]] = None, settings: Settings = Settings(),
+                      modes: Optional[Sequence[str]] = None, settings: Optional[Settings] = None,
                       eval_set: Optional[str] = None, accuracy: Optional[Dict[str, Any]] = None,
                       logs_root: Optional[str] = None, precision: Optional[str] = None,
                       labels: Optional[Dict[str, Optional[str]]] = None, cuda_graph: bool = False,
@@ -323,16 +373,17 @@ def benchmark_loadgen(model_path: str, out_path: Optional[str] = None, runner: s
     from ...artifacts import sha256_file
     from ..layout import new_run_id, precision_of
     from . import environment
-    from .accuracy import feeding, load_eval_set, merge, score
+    from .accuracy import load_eval_set, merge, score
     from .harness import choose_runner, make_runner
     from .results import save_result
 
+    settings = settings or Settings()
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
         raise EdgekitError("unknown scenario {}; choose {}".format(", ".join(unknown), ", ".join(SCENARIOS)))
-    modes = list(modes or (("performance", "accuracy") if eval_set else ("performance",)))
     if settings.batch < 1:
         raise EdgekitError("the Offline batch must be positive, got {}".format(settings.batch))
+    modes = list(modes or (("performance", "accuracy") if eval_set else ("performance",)))
     loadgen_module()  # a missing LoadGen fails before anything is opened
     evaluation = load_eval_set(eval_set) if eval_set else None
     first_batch = 1 if "single_stream" in scenarios else (MULTI_STREAM_SAMPLES if "multi_stream" in scenarios
@@ -342,35 +393,18 @@ def benchmark_loadgen(model_path: str, out_path: Optional[str] = None, runner: s
     log("runner: {} ({}); harness: MLPerf LoadGen {}".format(runtime_name, why, loadgen_version() or ""))
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     precision = precision or precision_of(model_path) or "unknown"
-    performance: Dict[str, Dict[str, Any]] = {}
-    accuracy_runs: Dict[str, Dict[str, Any]] = {}
+    root = logs_root or (os.path.splitext(out_path)[0] + mlperf_logs.MLPERF_LOGS_SUFFIX if out_path else "mlperf")
+    own = None
     try:
-        first = cache(first_batch)
-        info = first.runtime_info()
-        spec = first.input_specs()[0]
-        if evaluation is not None:
-            feeding(first, evaluation[0], first_batch)
-            library = SampleLibrary(evaluation[0].astype(spec.dtype), evaluation[1], str(eval_set))
-        else:
-            library = SampleLibrary.synthetic(spec)
+        info = cache(first_batch).runtime_info()
+        spec = cache(first_batch).input_specs()[0]
+        library = _library(cache(first_batch), evaluation, eval_set, first_batch)
         found_labels = _labels(model_path, runtime_name, labels or {})
         env = environment.collect(threads=threads, runtime=info, precision=precision)
         names = names_for(found_labels, info, precision)
-        root = logs_root or (os.path.splitext(out_path)[0] + mlperf_logs.MLPERF_LOGS_SUFFIX if out_path else "mlperf")
         system_file = mlperf_logs.write_system(root, names["system"], mlperf_logs.system_description(
             names["system"], env, info, found_labels["placement"]))
-        for scenario in scenarios:
-            folder = lambda mode: mlperf_logs.run_folder(root, names["system"], names["model"], scenario, mode)  # noqa: E731
-            if "performance" in modes:
-                outcome = run(cache, library, scenario, "performance", settings, folder("performance"))
-                performance[scenario] = performance_record(scenario, outcome)
-                log(_describe(scenario, performance[scenario]))
-            if "accuracy" in modes:
-                accuracy_runs[scenario] = accuracy_run(cache, library, scenario, settings, folder("accuracy"))
-                log("LoadGen {} AccuracyOnly: top-1 {:.2f}% on {} images (from {})".format(
-                    LOADGEN_NAMES[scenario], accuracy_runs[scenario]["top1"], accuracy_runs[scenario]["images"],
-                    mlperf_logs.ACCURACY_LOG))
-        own = None
+        found = run_scenarios(cache, library, scenarios, modes, settings, root, names, log)
         if evaluation is not None:
             eval_batch = settings.batch if BATCH_PLACEHOLDER not in model_path else first_batch
             own = score(cache(eval_batch), evaluation[0], evaluation[1], batch=eval_batch)
@@ -378,26 +412,15 @@ def benchmark_loadgen(model_path: str, out_path: Optional[str] = None, runner: s
             log("top-1 scored by this runner outside LoadGen: {:.2f}% on {} images".format(own["top1"], own["images"]))
     finally:
         cache.close()
-    section = {
-        "version": loadgen_version(), "logs": root, "system": names["system"], "model": names["model"],
-        "system_description": system_file, "modes": modes, "settings": settings._asdict(),
-        "samples": {"count": len(library), "source": library.source},
-        "submission_minimums": mlperf_logs.SUBMISSION_MINIMUMS, "validity": overall_validity(performance),
-        "accuracy": accuracy_runs,
-        "runner_top1": own["top1"] if own else None,
-        "accuracy_agrees": (all(a["top1"] == own["top1"] for a in accuracy_runs.values())
-                            if own and accuracy_runs else None),
-    }
     result = {
         "run_id": new_run_id(), "created": started,
         "model": {"path": model_path, "ran": run_path, "sha256": sha256_file(run_path), "precision": precision,
                   "inputs": [repr(spec)]},
-        "accuracy": accuracy, "labels": found_labels, "runtime": info, "environment": env,
-        "harness": "loadgen", "loadgen": section, "scenarios": performance,
-        "power_source": None,
+        "accuracy": accuracy, "labels": found_labels, "runtime": info, "environment": env, "harness": "loadgen",
+        "loadgen": loadgen_section(root, names, system_file, modes, settings, library, found, own),
+        "scenarios": found["performance"], "power_source": None,
         "power_unavailable_reasons": ["not sampled under LoadGen (edgekit bench's own harness samples power)"],
-        "throttled": None,
-        "settings": dict(settings._asdict(), scenarios=list(scenarios), modes=modes),
+        "throttled": None, "settings": dict(settings._asdict(), scenarios=list(scenarios), modes=modes),
     }
     if out_path:
         save_result(out_path, result)

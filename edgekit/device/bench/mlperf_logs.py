@@ -67,7 +67,8 @@ def read_detail(folder: str) -> Dict[str, Any]:
         with open(path, encoding="utf-8", errors="replace") as f:
             lines = f.readlines()
     except OSError as exc:
-        raise EdgekitError("LoadGen wrote no detail log in {} ({}); see its summary there".format(folder, exc)) from None
+        raise EdgekitError("LoadGen wrote no detail log in {} ({}); see its summary there".format(
+            folder, exc)) from None
     records: Dict[str, Any] = {}
     for line in lines:
         if not line.startswith(":::MLLOG"):
