@@ -235,6 +235,18 @@ def _bench_concurrent(args: argparse.Namespace, batches: List[int]) -> int:
     return 0
 
 
+def _cmd_handoff(args: argparse.Namespace) -> int:
+    from .handoff import package
+
+    if args.kind == "deepstream":
+        if len(args.model) != 1:
+            raise EdgekitError("handoff deepstream packages one model; give one ONNX file or engine")
+        package.deepstream(args.model[0], args.summary, args.out, precision=args.precision, build=args.build, log=_log)
+        return 0
+    package.triton(args.model, args.summary, args.out, results=args.result or [], name=args.name, log=_log)
+    return 0
+
+
 def _cmd_results(args: argparse.Namespace) -> int:
     from .report.store import build_index, format_failures, format_table, query_failures, query_runs, regressions
 
@@ -415,6 +427,22 @@ def build_parser() -> argparse.ArgumentParser:
                        "bench, one process per step; resumable")
     p.add_argument("jobs", help="jobs.json in the bundle folder")
     p.set_defaults(func=_cmd_run_jobs)
+
+    p = sub.add_parser("handoff", help="package a measured model for DeepStream (nvinfer config, labels, model) or "
+                       "Triton (a model repository)")
+    p.add_argument("kind", choices=["deepstream", "triton"])
+    p.add_argument("model", nargs="+", help="the measured ONNX file or engine (triton: several, e.g. the GPU and DLA "
+                   "engines, one model each)")
+    p.add_argument("--summary", required=True, help="summary.json of the run (its preprocessing contract)")
+    p.add_argument("--out", required=True, help="the package folder (triton: the model repository)")
+    p.add_argument("--result", action="append", help="triton: the bench result JSON of each model, in order (its "
+                   "Offline sweep sets the preferred batch sizes)")
+    p.add_argument("--name", default="model", help="triton: the model's name in the repository")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="deepstream: nvinfer's network-mode "
+                   "(default: the engine's, else from the file name)")
+    p.add_argument("--build", action="store_true", help="deepstream, with an engine: build the nvinfer model's engine "
+                   "here with the measured engine's settings (needs TensorRT)")
+    p.set_defaults(func=_cmd_handoff)
 
     results_dir = os.path.join("benchmarks", "results")
     p = sub.add_parser("results", help="index every result JSON (SQLite) and list runs as a table or CSV")
