@@ -29,7 +29,7 @@ from . import layout
 JOBS_SCHEMA = "edgekit.jobs"
 ERROR_SCHEMA = "edgekit.job-error"
 SCHEMA_VERSION = 1
-STAGES = ("build", "bench")
+STAGES = ("build", "bench", "handoff")
 ERROR_PREFIX = "edgekit: error: "
 TAIL_LINES = 20
 

@@ -15,10 +15,9 @@ import sqlite3
 import tempfile
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ..device.bench.mlperf_logs import MLPERF_LOGS_SUFFIX
 from ..device.bench.results import TOP1_CHECK_TOLERANCE_POINTS, load_result, result_rows
 from ..device.jobs import load_error
-from ..device.layout import is_error_file
+from ..device.layout import MLPERF_LOGS_SUFFIX, is_error_file
 from ..errors import EdgekitError
 
 INDEX_NAME = "index.sqlite"

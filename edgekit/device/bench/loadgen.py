@@ -23,7 +23,7 @@ import numpy as np
 
 from ...errors import EdgekitError
 from ...lazy import lazy_import
-from ..layout import BATCH_PLACEHOLDER
+from ..layout import BATCH_PLACEHOLDER, mlperf_logs_path
 from ..runtime.base import Runner, TensorSpec
 from . import mlperf_logs
 from .stats import latency_stats
@@ -393,7 +393,7 @@ def benchmark_loadgen(model_path: str, out_path: Optional[str] = None, runner: s
     log("runner: {} ({}); harness: MLPerf LoadGen {}".format(runtime_name, why, loadgen_version() or ""))
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     precision = precision or precision_of(model_path) or "unknown"
-    root = logs_root or (os.path.splitext(out_path)[0] + mlperf_logs.MLPERF_LOGS_SUFFIX if out_path else "mlperf")
+    root = logs_root or (mlperf_logs_path(out_path) if out_path else "mlperf")
     own = None
     try:
         info = cache(first_batch).runtime_info()

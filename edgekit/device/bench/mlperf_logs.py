@@ -28,7 +28,6 @@ DETAIL_LOG = "mlperf_log_detail.txt"
 ACCURACY_LOG = "mlperf_log_accuracy.json"
 ACCURACY_TXT = "accuracy.txt"
 TRACE_LOG = "mlperf_log_trace.json"
-MLPERF_LOGS_SUFFIX = ".mlperf"  # <result stem>.mlperf/: a result's log tree, beside it
 RESPONSE_DTYPE = np.dtype("<i8")  # what the system under test answers per sample: its top-1 class
 
 # What MLPerf Inference requires of an edge submission's performance run (for comparison: edgekit's runs
