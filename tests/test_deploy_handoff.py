@@ -14,8 +14,7 @@ from edgekit.deploy.plan import jobs_document, plan_jobs
 from edgekit.device.bench.results import load_result
 from edgekit.targets import load_target
 
-pytest.importorskip("mlperf_loadgen", reason="MLPerf LoadGen is not installed here: pip install "
-                    "mlcommons-loadgen==6.0.17")
+LOADGEN_MISSING = "MLPerf LoadGen is not installed here: pip install mlcommons-loadgen==6.0.17"
 
 
 def target_file(tmp_path):
@@ -45,6 +44,7 @@ def test_an_unknown_handoff_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_a_loadgen_and_handoff_deploy_brings_both_results_the_logs_and_the_packages_home(tiny_run, tmp_path):
+    pytest.importorskip("mlperf_loadgen", reason=LOADGEN_MISSING)
     out, summary, _ = tiny_run
     target_path = target_file(tmp_path)
     target = load_target(target_path)
@@ -68,3 +68,18 @@ def test_a_loadgen_and_handoff_deploy_brings_both_results_the_logs_and_the_packa
     assert os.path.isfile(os.path.join(package, "deepstream", "config_infer_primary.txt"))
     assert os.path.isfile(os.path.join(package, "triton", "digits_student_int8_cpu", "config.pbtxt"))
     assert any(line.startswith("[fetch] 3 hand-off package(s)") for line in lines)
+
+
+def test_the_check_probes_loadgen_and_onnx_when_the_target_asks_and_names_the_install_command(tmp_path):
+    from edgekit.deploy.checks import check_device, facts_script
+
+    target = load_target(target_file(tmp_path))
+    assert " numpy yaml onnxruntime mlperf_loadgen onnx 2>&1" in facts_script(target, "python3", {"onnxruntime"})
+    assert "mlperf_loadgen" not in facts_script(load_target("cpu"), "python3", {"onnxruntime"})
+    facts = {"free_kb": "9999999", "arch": "aarch64", "py.version": "3.8.10", "py.mod.numpy": "ok",
+             "py.mod.yaml": "ok", "py.mod.onnxruntime": "ok 1.19.2", "py.mod.onnx": "ok 1.16.0",
+             "py.mod.mlperf_loadgen": "missing ModuleNotFoundError: No module named 'mlperf_loadgen'"}
+    with pytest.raises(Exception, match=r"has no mlperf_loadgen: install it there: sudo apt install build-essential "
+                                        r"python3-dev && python3 -m pip install mlcommons-loadgen==6\.0\.17"):
+        check_device(target, "nvidia@jetson", facts, "python3", ["onnxruntime"])
+    check_device(target, "nvidia@jetson", dict(facts, **{"py.mod.mlperf_loadgen": "ok"}), "python3", ["onnxruntime"])

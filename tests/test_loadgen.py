@@ -83,6 +83,12 @@ def test_results_table_shows_the_verdict_and_skips_the_log_tree(tiny, capsys):
     out = capsys.readouterr()
     assert "loadgen_validity" in out.out and "VALID" in out.out
     assert "skipped" not in out.err  # the .mlperf/ tree beside the result is no result
+    from edgekit.report.dashboard import page_data
+
+    (run,) = page_data(str(tiny / "results"))["runs"]
+    assert run["harness"] == "loadgen" and run["loadgen_validity"] == "VALID" and run["loadgen_logs"].endswith(
+        "run.mlperf")
+    assert "harness" in run["series"] or "loadgen" in run["series"]  # its own series for the regression check
 
 
 def test_an_accuracy_log_with_a_missing_sample_is_refused(tmp_path):
