@@ -45,11 +45,19 @@ def loadgen_step(bench_argv: Sequence[str], stem: str) -> Dict[str, Any]:
     return {"stage": "bench", "argv": argv + ["--harness", "loadgen"]}
 
 
+def deepstream_source(job: Any, target: Target) -> str:
+    """nvinfer always runs TensorRT: a CPU job hands over the ONNX a GPU engine of its precision is built from
+    (INT8: the Q/DQ model, not onnxruntime's u8s8 flavour it measured)."""
+    if job.placement == "cpu":
+        return layout.engine_source("gpu", job.precision) or job.source
+    return measured_model(job, target)
+
+
 def handoff_steps(job: Any, target: Target, recipe: str) -> List[Dict[str, Any]]:
     model = measured_model(job, target)
     steps = []
     if "deepstream" in target.handoff:
-        argv = ["handoff", "deepstream", model, "--summary", layout.SUMMARY,
+        argv = ["handoff", "deepstream", deepstream_source(job, target), "--summary", layout.SUMMARY,
                 "--out", layout.handoff_path(job.stem, "deepstream"), "--precision", job.precision]
         steps.append({"stage": "handoff", "argv": argv + ([] if job.placement == "cpu" else ["--build"])})
     if "triton" in target.handoff:

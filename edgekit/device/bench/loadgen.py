@@ -361,6 +361,20 @@ def loadgen_section(root: str, names: Dict[str, str], system_file: str, modes: S
     }
 
 
+# What a LoadGen result says of what it does not measure (edgekit's own harness samples power and thermals).
+UNSAMPLED = {"harness": "loadgen", "power_source": None, "throttled": None,
+             "power_unavailable_reasons": ["not sampled under LoadGen (edgekit bench's own harness samples power)"]}
+
+
+def check_request(scenarios: Sequence[str], modes: Optional[Sequence[str]], settings: Settings) -> None:
+    unknown = [s for s in scenarios if s not in SCENARIOS] + [m for m in (modes or ()) if m not in MODES]
+    if unknown:
+        raise EdgekitError("unknown scenario or mode {}; choose scenarios {} and modes {}".format(
+            ", ".join(unknown), ", ".join(SCENARIOS), ", ".join(MODES)))
+    if settings.batch < 1:
+        raise EdgekitError("the Offline batch must be positive, got {}".format(settings.batch))
+
+
 def benchmark_loadgen(model_path: str, out_path: Optional[str] = None, runner: str = "auto",
                       threads: Optional[int] = None, scenarios: Sequence[str] = ("single_stream", "offline"),
                       modes: Optional[Sequence[str]] = None, settings: Optional[Settings] = None,
@@ -378,11 +392,7 @@ def benchmark_loadgen(model_path: str, out_path: Optional[str] = None, runner: s
     from .results import save_result
 
     settings = settings or Settings()
-    unknown = [s for s in scenarios if s not in SCENARIOS]
-    if unknown:
-        raise EdgekitError("unknown scenario {}; choose {}".format(", ".join(unknown), ", ".join(SCENARIOS)))
-    if settings.batch < 1:
-        raise EdgekitError("the Offline batch must be positive, got {}".format(settings.batch))
+    check_request(scenarios, modes, settings)
     modes = list(modes or (("performance", "accuracy") if eval_set else ("performance",)))
     loadgen_module()  # a missing LoadGen fails before anything is opened
     evaluation = load_eval_set(eval_set) if eval_set else None
@@ -412,16 +422,13 @@ def benchmark_loadgen(model_path: str, out_path: Optional[str] = None, runner: s
             log("top-1 scored by this runner outside LoadGen: {:.2f}% on {} images".format(own["top1"], own["images"]))
     finally:
         cache.close()
-    result = {
-        "run_id": new_run_id(), "created": started,
-        "model": {"path": model_path, "ran": run_path, "sha256": sha256_file(run_path), "precision": precision,
-                  "inputs": [repr(spec)]},
-        "accuracy": accuracy, "labels": found_labels, "runtime": info, "environment": env, "harness": "loadgen",
-        "loadgen": loadgen_section(root, names, system_file, modes, settings, library, found, own),
-        "scenarios": found["performance"], "power_source": None,
-        "power_unavailable_reasons": ["not sampled under LoadGen (edgekit bench's own harness samples power)"],
-        "throttled": None, "settings": dict(settings._asdict(), scenarios=list(scenarios), modes=modes),
-    }
+    result = dict(
+        run_id=new_run_id(), created=started, accuracy=accuracy, labels=found_labels, runtime=info, environment=env,
+        model={"path": model_path, "ran": run_path, "sha256": sha256_file(run_path), "precision": precision,
+               "inputs": [repr(spec)]},
+        loadgen=loadgen_section(root, names, system_file, modes, settings, library, found, own),
+        scenarios=found["performance"], settings=dict(settings._asdict(), scenarios=list(scenarios), modes=modes),
+        **UNSAMPLED)
     if out_path:
         save_result(out_path, result)
         log("wrote {} (MLPerf logs under {})".format(out_path, root))
