@@ -68,6 +68,10 @@ def test_a_loadgen_and_handoff_deploy_brings_both_results_the_logs_and_the_packa
     assert os.path.isfile(os.path.join(package, "deepstream", "config_infer_primary.txt"))
     assert os.path.isfile(os.path.join(package, "triton", "digits_student_int8_cpu", "config.pbtxt"))
     assert any(line.startswith("[fetch] 3 hand-off package(s)") for line in lines)
+    from edgekit.report.dashboard import page_data
+
+    data = page_data(results)  # the log trees and packages beside the results are no results
+    assert data["problems"] == [] and len(data["runs"]) == 6
 
 
 def test_the_check_probes_loadgen_and_onnx_when_the_target_asks_and_names_the_install_command(tmp_path):

@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..device.bench.results import TOP1_CHECK_TOLERANCE_POINTS, load_result, result_rows
 from ..device.jobs import load_error
-from ..device.layout import MLPERF_LOGS_SUFFIX, is_error_file
+from ..device.layout import HANDOFF_DIR, MLPERF_LOGS_SUFFIX, is_error_file
 from ..errors import EdgekitError
 
 INDEX_NAME = "index.sqlite"
@@ -144,8 +144,8 @@ def scan(results_root: str) -> Tuple[List[Tuple[str, Dict[str, Any]]], List[Dict
         rel = os.path.relpath(path, results_root)
         if any(part.startswith(".") for part in rel.split(os.sep)):
             continue  # staging folders of a fetch in progress
-        if any(part.endswith(MLPERF_LOGS_SUFFIX) for part in rel.split(os.sep)[:-1]):
-            continue  # a LoadGen run's MLPerf log tree beside its result
+        if any(part.endswith(MLPERF_LOGS_SUFFIX) or part == HANDOFF_DIR for part in rel.split(os.sep)[:-1]):
+            continue  # a LoadGen run's MLPerf log tree beside its result, or a hand-off package
         if is_error_file(rel):
             continue  # a failed job's error file: scan_failures reads those
         try:
