@@ -387,8 +387,8 @@ def regressions(runs: Sequence[Dict[str, Any]], threshold: float = 0.10,
 
 
 TABLE_COLUMNS = ("created", "target", "recipe", "variant", "precision", "placement", "runner", "top1", "p50_ms",
-                 "p99_ms", "best_throughput", "total_w", "mj_per_inference", "power_mode", "throttled",
-                 "loadgen_validity", "run_id")
+                 "p99_ms", "best_throughput", "total_w", "mj_per_inference", "loadgen_validity", "power_mode",
+                 "throttled", "run_id")
 
 
 def format_table(runs: Iterable[Dict[str, Any]], flagged: Sequence[Dict[str, Any]] = ()) -> str:
