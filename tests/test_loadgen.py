@@ -33,11 +33,22 @@ def tiny(tmp_path_factory):
     return folder
 
 
-def test_single_stream_and_offline_are_valid_and_accuracy_comes_from_loadgens_log(tiny, capsys):
-    out = tiny / "results" / "cpu" / "run.json"
-    code = main(["bench", str(tiny / "model.fp32.onnx"), "--harness", "loadgen", "--eval", str(tiny / "eval.npz"),
-                 "--batches", "1,4", "--out", str(out), "--target", "cpu", *QUICK])
+@pytest.fixture(scope="module")
+def measured(tiny):
+    """`edgekit bench --harness loadgen` once for the tests below: (result file, what it printed)."""
+    import contextlib
+    import io
+
+    out, printed = tiny / "results" / "cpu" / "run.json", io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["bench", str(tiny / "model.fp32.onnx"), "--harness", "loadgen", "--eval",
+                     str(tiny / "eval.npz"), "--batches", "1,4", "--out", str(out), "--target", "cpu", *QUICK])
     assert code == 0
+    return out, printed.getvalue()
+
+
+def test_single_stream_and_offline_are_valid_and_accuracy_comes_from_loadgens_log(measured):
+    out, printed = measured
     result = load_result(str(out))
     assert result["harness"] == "loadgen" and result["loadgen"]["validity"] == "VALID"
     ss, off = result["scenarios"]["single_stream"], result["scenarios"]["offline"]
@@ -60,7 +71,7 @@ def test_single_stream_and_offline_are_valid_and_accuracy_comes_from_loadgens_lo
     assert mlperf_logs.summary_validity(run_1) == "VALID"
     with open(mlperf_logs.system_path(root, result["loadgen"]["system"])) as f:
         assert json.load(f)["division"] == "open"
-    assert "LoadGen SingleStream: p90" in capsys.readouterr().out
+    assert "LoadGen SingleStream: p90" in printed
 
 
 def test_multi_stream_runs_eight_samples_a_query_and_is_invalid_without_enough_queries_for_early_stopping(tiny):
@@ -78,7 +89,7 @@ def test_multi_stream_runs_eight_samples_a_query_and_is_invalid_without_enough_q
     load_result(str(tiny / "ms.json"))
 
 
-def test_results_table_shows_the_verdict_and_skips_the_log_tree(tiny, capsys):
+def test_results_table_shows_the_verdict_and_skips_the_log_tree(tiny, measured, capsys):
     main(["results", "--results", str(tiny / "results")])
     out = capsys.readouterr()
     assert "loadgen_validity" in out.out and "VALID" in out.out
