@@ -87,3 +87,18 @@ def test_the_check_probes_loadgen_and_onnx_when_the_target_asks_and_names_the_in
                                         r"python3-dev && python3 -m pip install mlcommons-loadgen==6\.0\.17"):
         check_device(target, "nvidia@jetson", facts, "python3", ["onnxruntime"])
     check_device(target, "nvidia@jetson", dict(facts, **{"py.mod.mlperf_loadgen": "ok"}), "python3", ["onnxruntime"])
+
+
+def test_gpu_and_dla_jobs_hand_off_their_measured_engines(tmp_path):
+    path = tmp_path / "xavier-handoff.yaml"
+    xavier = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "edgekit", "presets", "targets",
+                                              "xavier.yaml")))
+    path.write_text(yaml.safe_dump(dict(xavier, precisions=["int8"], handoff=["deepstream", "triton"])))
+    target = load_target(str(path))
+    document = jobs_document(target, plan_jobs(target), "digits", "f", 1.0)
+    steps = {job["stem"]: [s["argv"] for s in job["steps"] if s["stage"] == "handoff"] for job in document["jobs"]}
+    deepstream, triton = steps["student.int8.dla1"]
+    assert deepstream[2] == triton[2] == "engines/student.int8.dla1.b32.engine"  # DLA: the largest static batch
+    assert deepstream[-1] == "--build" and triton[triton.index("--result") + 1] == "results/student.int8.dla1.json"
+    deepstream, triton = steps["student.int8.gpu"]
+    assert deepstream[2] == triton[2] == "engines/student.int8.gpu.engine"
