@@ -178,3 +178,25 @@ def test_triton_engines_take_max_batch_from_the_profile_and_dla_ones_their_core(
     secondary = config.instance_group[0].secondary_devices[0]
     assert secondary.kind == secondary.KIND_NVDLA and secondary.device_id == 1
     assert os.path.isfile(tmp_path / "repo" / "m_dla1" / "1" / "model.plan")
+
+
+def test_the_digits_contract_is_what_the_data_pipeline_does():
+    """The contract's resize, scale, mean and std, applied to scikit-learn's raw digits, give the val images."""
+    import torch
+    from sklearn.datasets import load_digits
+    from torch.nn import functional as F
+
+    from edgekit.host.data import load_digits_bundle
+    from edgekit.recipe import DataConfig
+
+    data = load_digits_bundle(DataConfig(image_size=16, max_val_samples=40), seed=0)
+    contract = data.preprocessing
+    assert contract["color_order"] == "GRAY" and contract["crop"] is None and contract["labels"] == list("0123456789")
+    raw = torch.from_numpy(load_digits().images.astype(np.float32))[:, None]
+    resized = F.interpolate(raw / contract["pixel_scale"], size=contract["resize"]["size"],
+                            mode=contract["resize"]["interpolation"], align_corners=False).clamp(0, 1)
+    mean, std = torch.tensor(contract["mean"]).view(1, 3, 1, 1), torch.tensor(contract["std"]).view(1, 3, 1, 1)
+    expected = ((resized.repeat(1, 3, 1, 1) - mean) / std).flatten(1)
+    val = torch.stack([data.val[i][0] for i in range(len(data.val))]).flatten(1)
+    nearest = torch.cdist(val, expected).min(1).values
+    assert float(nearest.max()) < 1e-4  # every val image is a raw digit put through the contract
