@@ -143,6 +143,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         batches = [int(b) for b in args.batches.split(",") if b.strip()]
     except ValueError:
         raise EdgekitError("--batches expects comma-separated integers, e.g. 1,2,4,8") from None
+    if args.harness == "loadgen":
+        return _bench_loadgen(args, batches)
+    if args.mode or "multi_stream" in (args.scenario or ()):
+        raise EdgekitError("--mode and --scenario multi_stream are LoadGen's: add --harness loadgen")
     if args.concurrent:
         return _bench_concurrent(args, batches)
     if not args.model:
@@ -189,6 +193,27 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_loadgen(args: argparse.Namespace, batches: List[int]) -> int:
+    from .device.bench.loadgen import Settings, benchmark_loadgen
+    from .summary import accuracy_for
+
+    if not args.model or args.concurrent:
+        raise EdgekitError("--harness loadgen runs one model (an ONNX file or engine; {batch} for one engine per "
+                           "batch)")
+    out = args.out or os.path.join("benchmarks", "results", "local", os.path.basename(args.model).replace(
+        "{batch}", "bN").rsplit(".", 1)[0] + ".loadgen.json")
+    accuracy = accuracy_for(args.summary, args.model, args.accuracy_from) if args.summary else None
+    settings = Settings(min_queries=args.queries, min_seconds=args.seconds, batch=max(batches or [1]),
+                        warmup=args.warmup)
+    benchmark_loadgen(args.model, out, runner=args.runner, threads=args.threads,
+                      scenarios=args.scenario or ("single_stream", "offline"), modes=args.mode, settings=settings,
+                      eval_set=args.eval, accuracy=accuracy, logs_root=args.mlperf_logs, precision=args.precision,
+                      labels={"variant": args.variant, "target": args.target, "placement": args.placement,
+                              "recipe": accuracy["dataset"] if accuracy else None},
+                      cuda_graph=args.cuda_graph, spin_wait=args.use_spin_wait, log=_log)
+    return 0
+
+
 def _bench_concurrent(args: argparse.Namespace, batches: List[int]) -> int:
     from .device.bench.harness import benchmark_concurrent
 
@@ -209,6 +234,18 @@ def _bench_concurrent(args: argparse.Namespace, batches: List[int]) -> int:
     power = measured.get("power") or {}
     _log("together: {:.1f} img/s{}".format(measured["throughput"], ", {:.2f} W, {:.3f} mJ/image".format(
         power["total_w"], power.get("mj_per_inference", float("nan"))) if power.get("status") == "ok" else ""))
+    return 0
+
+
+def _cmd_handoff(args: argparse.Namespace) -> int:
+    from .handoff import package
+
+    if args.kind == "deepstream":
+        if len(args.model) != 1:
+            raise EdgekitError("handoff deepstream packages one model; give one ONNX file or engine")
+        package.deepstream(args.model[0], args.summary, args.out, precision=args.precision, build=args.build, log=_log)
+        return 0
+    package.triton(args.model, args.summary, args.out, results=args.result or [], name=args.name, log=_log)
     return 0
 
 
@@ -302,8 +339,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runner", default="auto", help="auto (TensorRT when there, else onnxruntime), or a registered "
                    "runner: onnxruntime, tensorrt, pytorch, torch-tensorrt")
     p.add_argument("--threads", type=int, help="runtime CPU threads (default: the runtime's choice)")
-    p.add_argument("--scenario", action="append", choices=["single_stream", "offline"],
-                   help="repeatable; default both")
+    p.add_argument("--scenario", action="append", choices=["single_stream", "multi_stream", "offline"],
+                   help="repeatable; default single_stream and offline (multi_stream: --harness loadgen)")
+    p.add_argument("--harness", choices=["edgekit", "loadgen"], default="edgekit", help="edgekit's own timing loop "
+                   "(default), or MLPerf LoadGen (pip install mlcommons-loadgen): its logs, VALID/INVALID, "
+                   "early stopping; Offline runs at the largest --batches size")
+    p.add_argument("--mode", action="append", choices=["performance", "accuracy"], help="LoadGen: repeatable; "
+                   "default performance, and accuracy (every --eval image once) when --eval is given")
+    p.add_argument("--mlperf-logs", metavar="DIR", help="LoadGen: the Open-division-style log tree (default: "
+                   "<--out without .json>.mlperf/)")
     p.add_argument("--batches", default="1,2,4,8", help="offline batch sweep (default 1,2,4,8)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--queries", type=int, default=100, help="minimum measured queries (single-stream)")
@@ -388,6 +432,22 @@ def build_parser() -> argparse.ArgumentParser:
                        "bench, one process per step; resumable")
     p.add_argument("jobs", help="jobs.json in the bundle folder")
     p.set_defaults(func=_cmd_run_jobs)
+
+    p = sub.add_parser("handoff", help="package a measured model for DeepStream (nvinfer config, labels, model) or "
+                       "Triton (a model repository)")
+    p.add_argument("kind", choices=["deepstream", "triton"])
+    p.add_argument("model", nargs="+", help="the measured ONNX file or engine (triton: several, e.g. the GPU and DLA "
+                   "engines, one model each)")
+    p.add_argument("--summary", required=True, help="summary.json of the run (its preprocessing contract)")
+    p.add_argument("--out", required=True, help="the package folder (triton: the model repository)")
+    p.add_argument("--result", action="append", help="triton: the bench result JSON of each model, in order (its "
+                   "Offline sweep sets the preferred batch sizes)")
+    p.add_argument("--name", default="model", help="triton: the model's name in the repository")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="deepstream: nvinfer's network-mode "
+                   "(default: the engine's, else from the file name)")
+    p.add_argument("--build", action="store_true", help="deepstream, with an engine: build the nvinfer model's engine "
+                   "here with the measured engine's settings (needs TensorRT)")
+    p.set_defaults(func=_cmd_handoff)
 
     results_dir = os.path.join("benchmarks", "results")
     p = sub.add_parser("results", help="index every result JSON (SQLite) and list runs as a table or CSV")

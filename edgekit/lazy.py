@@ -20,6 +20,9 @@ INSTALL_HINTS = {
     "pynvml": "pip install nvidia-ml-py",
     "torch": "pip install 'edgekit[host]': the host stages need PyTorch",
     "torch_tensorrt": "pip install torch-tensorrt matching your torch (x86 hosts with a CUDA GPU)",
+    # 6.0.17 has x86_64 wheels only: on a Jetson (aarch64, Python 3.8) pip builds the sdist (a C++ compiler)
+    "mlperf_loadgen": "pip install mlcommons-loadgen==6.0.17 (on a Jetson pip builds it from source: "
+                      "sudo apt install build-essential python3-dev first)",
 }
 
 

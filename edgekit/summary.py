@@ -13,8 +13,14 @@ Top-level fields of "edgekit.summary/1":
   TensorRT lint), variants [...], quantization {...} ({} when disabled; the calibrator table is its
   methods_top1), fallback {...} (kept layers with their sensitivity, top-1 before/after, the latency they
   cost, the twin check; {} when disabled), int8 {from: shipped file -> the stage file it copies},
-  eval_set {...} or null,
-  compare {...} or null, recipe_config, environment, command.
+  eval_set {...} or null, compare {...} or null, preprocessing {...} or null (the contract below),
+  recipe_config, environment, command.
+
+The preprocessing contract ("edgekit.preprocessing/1"), what an application must do to an image before the
+model sees it, built by the host's data pipeline from its own constants (`preprocessing`) and read by every
+hand-off (`read_preprocessing`): resize {size or shorter_side, interpolation}, crop {mode, size} or null,
+value_range [0, 1] (the pixel divided by pixel_scale: 255 for 8-bit images), mean and std per channel
+(y = (v - mean) / std), color_order (RGB, or GRAY repeated to three channels), layout NCHW, dtype, labels.
 
 Python 3.8 clean and torch-free: the device reads summaries too.
 """
@@ -29,6 +35,8 @@ from .device import layout
 from .errors import EdgekitError
 
 SCHEMA = "edgekit.summary/1"
+PREPROCESSING_SCHEMA = "edgekit.preprocessing/1"
+COLOR_ORDERS = ("RGB", "BGR", "GRAY")
 # Round records keep these for resuming; the summary shows the figures only.
 _ROUND_PRIVATE = ("history", "width_spec", "key")
 
@@ -64,8 +72,9 @@ def build(metrics: Mapping[str, Dict[str, Any]], stages: Sequence[Dict[str, Any]
         "quantization": metrics.get("quantize", {}).get("quantization", {}),
         "fallback": metrics.get("fallback", {}).get("fallback", {}),
         "int8": metrics.get("int8", {}).get("int8", {}),
-        "eval_set": metrics.get("evalset") or None,
+        "eval_set": {k: v for k, v in (metrics.get("evalset") or {}).items() if k != "preprocessing"} or None,
         "compare": metrics.get("compare") or None,
+        "preprocessing": (metrics.get("evalset") or {}).get("preprocessing"),
         "recipe_config": config,
         "environment": environment,
         "command": list(command),
@@ -133,4 +142,30 @@ def _accuracy_entry(summary: Dict[str, Any], summary_path: str, entry: Dict[str,
         found["eval_top1"], found["eval_of"] = eval_set["top1"][entry["path"]], eval_set.get("of")
     if "macs" not in found and not is_variant and "student" in summary:
         found.update({k: summary["student"][k] for k in ("macs", "params", "macs_ratio") if k in summary["student"]})
+    return found
+
+
+def preprocessing(resize: Dict[str, Any], crop: Optional[Dict[str, Any]], mean: Sequence[float],
+                  std: Sequence[float], color_order: str, labels: Sequence[str], pixel_scale: float = 255.0,
+                  layout_name: str = "NCHW", dtype: str = "float32") -> Dict[str, Any]:
+    """The preprocessing contract, checked: three channels of mean and std (std > 0), a known colour order."""
+    if len(mean) != 3 or len(std) != 3 or any(float(s) <= 0 for s in std):
+        raise ValueError("a contract needs three means and three positive stds, got {} and {}".format(mean, std))
+    if color_order not in COLOR_ORDERS:
+        raise ValueError("color_order must be one of {}, got {!r}".format(COLOR_ORDERS, color_order))
+    return {"schema": PREPROCESSING_SCHEMA, "resize": dict(resize), "crop": dict(crop) if crop else None,
+            "value_range": [0.0, 1.0], "pixel_scale": float(pixel_scale),
+            "mean": [float(m) for m in mean], "std": [float(s) for s in std], "color_order": color_order,
+            "channels": 3, "layout": layout_name, "dtype": dtype, "labels": [str(label) for label in labels]}
+
+
+def read_preprocessing(summary_path: str) -> Dict[str, Any]:
+    """The contract a summary records, or one clear error (summaries older than the contract lack it)."""
+    found = read(summary_path).get("preprocessing")
+    if not isinstance(found, dict) or found.get("schema") != PREPROCESSING_SCHEMA:
+        raise EdgekitError("{} records no preprocessing contract ({}); re-run the host stages: edgekit run "
+                           "--force-stage evalset".format(summary_path, PREPROCESSING_SCHEMA))
+    missing = [k for k in ("resize", "mean", "std", "color_order", "layout", "labels") if k not in found]
+    if missing:
+        raise EdgekitError("{}: the preprocessing contract lacks {}".format(summary_path, ", ".join(missing)))
     return found

@@ -15,6 +15,8 @@ from .errors import EdgekitError
 from .presets import find_preset, preset_names
 from .recipe import _build, _choice, read_yaml_mapping
 
+HANDOFFS = ("deepstream", "triton")
+
 
 @dataclass
 class Target:
@@ -40,6 +42,10 @@ class Target:
     precisions: List[str] = field(default_factory=lambda: ["fp32"])
     batches: List[int] = field(default_factory=lambda: [1, 2, 4, 8])
     placements: List[str] = field(default_factory=lambda: ["cpu"])
+    # loadgen: every job also runs under MLPerf LoadGen (its logs, VALID/INVALID) beside edgekit's own bench
+    harness: str = _choice("edgekit", "edgekit", "loadgen")
+    # hand-off packages built on the device from each measured model and fetched home beside its result
+    handoff: List[str] = field(default_factory=list)
 
     def validate(self) -> "Target":
         def need(cond: bool, msg: str) -> None:
@@ -59,6 +65,8 @@ class Target:
              "power_total must be sum or one rail's name (VDD_IN), got {!r}".format(self.power_total))
         bad = [r for r in self.power_rails if not r or any(c.isspace() or c in "+\"'$`;" for c in r)]
         need(not bad, "power_rails must be rail names (VDD_GPU_SOC), got {!r}".format(bad))
+        bad = [h for h in self.handoff if h not in HANDOFFS]
+        need(not bad, "handoff must list among {}, got {}".format(", ".join(HANDOFFS), ", ".join(bad)))
         need(self.python_bin is None or (bool(self.python_bin.strip()) and not self.python_bin.startswith("-")),
              "python_bin must be an interpreter path or name, got {!r}".format(self.python_bin))
         return self

@@ -16,6 +16,7 @@ from typing import Dict, List, Sequence, Set, Tuple
 from ..device.bench.environment import parse_l4t_release
 from ..errors import EdgekitError
 from ..targets import Target
+from .deliverables import device_modules
 
 MIN_FREE_KB = 512 * 1024
 MIN_PYTHON = (3, 8)
@@ -47,6 +48,9 @@ def install_hint(module: str, python: str) -> str:
         "onnxruntime": "{} -m pip install onnxruntime".format(q),
         "tensorrt": "it comes with JetPack: sudo apt install python3-libnvinfer (or use a docker target)",
         "pycuda.driver": "{} -m pip install pycuda (or cuda-python)".format(q),
+        # no aarch64 or cp38 wheel of 6.0.17: pip builds the sdist there (a C++ compiler and Python headers)
+        "mlperf_loadgen": "sudo apt install build-essential python3-dev && {} -m pip install "
+                          "mlcommons-loadgen==6.0.17".format(q),
     }.get(module, "{} -m pip install {}".format(q, module.split(".")[0]))
 
 
@@ -60,7 +64,8 @@ def probe_modules(runtimes: Set[str]) -> List[str]:
 def facts_script(target: Target, python: str, runtimes: Set[str]) -> str:
     """The one shell command that asks the device what it is."""
     q = shlex.quote
-    probe = "-c {} {}".format(q(PROBE), " ".join(q(m) for m in probe_modules(runtimes)))
+    modules = probe_modules(runtimes) + device_modules(target)
+    probe = "-c {} {}".format(q(PROBE), " ".join(q(m) for m in modules))
     parts = ["echo arch=$(uname -m)", "echo free_kb=$(df -Pk . 2>/dev/null | tail -n +2 | awk '{print $4}')",
              "echo l4t=$(head -1 /etc/nv_tegra_release 2>/dev/null)",
              "echo nvpmodel=$(nvpmodel -q 2>/dev/null | tr '\\n' ' ')",
@@ -131,7 +136,8 @@ def check_python(target: Target, device: str, facts: Dict[str, str], python: str
     if target.python and found[:2] != _version(target.python)[:2]:
         raise EdgekitError("{} is {} but target {} is for Python {}: fix the target's python: or use its "
                            "interpreter (--device-python)".format(where, version, target.name, target.python))
-    for module in BASE_MODULES + (("onnxruntime",) if "onnxruntime" in runtimes else ()):
+    for module in BASE_MODULES + (("onnxruntime",) if "onnxruntime" in runtimes else ()) + tuple(
+            device_modules(target)):  # the harness: and handoff: keys' modules (deliverables.py)
         _need(facts, module, where, python)
     if "tensorrt" in runtimes:
         _need(facts, "tensorrt", where, python)

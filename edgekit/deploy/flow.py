@@ -24,6 +24,7 @@ from ..device.bench.results import load_result, result_rows, save_result
 from ..device.jobs import load_error
 from ..errors import EdgekitError
 from ..targets import Target
+from . import deliverables
 from .bundle import build_bundle, bundle_fingerprint, bundle_variants, write_jobs_file
 from .checks import check_device, facts_script, parse_facts
 from .plan import jobs_document, plan_jobs, runtimes_needed
@@ -126,11 +127,13 @@ def store_fetched(staging: str, destination: str, recipe: str, facts: Dict[str, 
     os.makedirs(destination, exist_ok=True)
     state = {k: facts[k] for k in ("l4t", "nvpmodel") if facts.get(k)}
     for path, result in results:
+        stem = os.path.basename(path)[:-len(".json")]
+        stored = os.path.join(destination, layout.stored_result_name(recipe, stem, result["run_id"]))
+        deliverables.place_logs(result, path, stored)
         if state:
             result["device_state"] = state
-            save_result(path, result)
-        stem = os.path.basename(path)[:-len(".json")]
-        os.replace(path, os.path.join(destination, layout.stored_result_name(recipe, stem, result["run_id"])))
+        save_result(path, result)
+        os.replace(path, stored)
     for path, error in errors:
         os.replace(path, os.path.join(destination, layout.stored_result_name(recipe, error["stem"], error["run_id"],
                                                                              error=True)))
@@ -189,8 +192,10 @@ def deploy(artifacts: str, target: Target, target_file: str, reached: Reached, r
     shutil.rmtree(staging, ignore_errors=True)
     log("[fetch] results <- {}".format(transport.label))
     names = transport.list_results()
+    names += deliverables.fetched_trees(names)
     transport.fetch(names, staging)
     results, errors = store_fetched(staging, os.path.join(results_root, target.name), recipe, facts, log)
+    deliverables.fetch_handoffs(transport, results_root, target, recipe, log)
     transport.clear(names)
     print_results(results, log)
     print_failures(errors, log)

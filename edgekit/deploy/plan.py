@@ -14,6 +14,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set
 from ..device import layout
 from ..device.jobs import JOBS_SCHEMA, SCHEMA_VERSION
 from ..targets import Target
+from .deliverables import extend_steps
 
 
 class Job(NamedTuple):
@@ -114,7 +115,8 @@ def jobs_document(target: Target, jobs: Sequence[Job], recipe: str, fingerprint:
         "target": target.name, "recipe": recipe,
         "jobs": [{"stem": job.stem, "labels": {"variant": job.variant, "precision": job.precision,
                                                "placement": job.placement},
-                  "steps": job_steps(job, target, seconds, power_total_flag)} for job in jobs],
+                  "steps": extend_steps(job_steps(job, target, seconds, power_total_flag), job, target, recipe)}
+                 for job in jobs],
     }
 
 

@@ -123,9 +123,9 @@ class Transport(object):
             self._receive(names, destination, "fetching the results from {}".format(self.label))
 
     def clear(self, names: Sequence[str]) -> None:
-        """Remove fetched files there: the next deploy measures afresh instead of resuming."""
+        """Remove fetched files (and LoadGen log trees) there: the next deploy measures afresh instead of resuming."""
         if names:
-            self.run("rm -f -- " + " ".join(shlex.quote(n) for n in names), "clearing fetched results", 60)
+            self.run("rm -rf -- " + " ".join(shlex.quote(n) for n in names), "clearing fetched results", 60)
 
 
 class Local(Transport):
@@ -146,7 +146,12 @@ class Local(Transport):
 
     def _receive(self, names: Sequence[str], destination: str, step: str) -> None:
         for name in names:
-            shutil.copy2(os.path.join(self.workdir, name), os.path.join(destination, os.path.basename(name)))
+            source, target = os.path.join(self.workdir, name), os.path.join(destination, os.path.basename(name))
+            if os.path.isdir(source):  # a LoadGen log tree, a hand-off package
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(source, target)
+            else:
+                shutil.copy2(source, target)
 
 
 class Ssh(Transport):

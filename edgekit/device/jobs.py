@@ -35,7 +35,7 @@ from . import layout
 JOBS_SCHEMA = "edgekit.jobs"
 ERROR_SCHEMA = "edgekit.job-error"
 SCHEMA_VERSION = 1
-STAGES = ("build", "bench")
+STAGES = ("build", "bench", "handoff")
 ERROR_PREFIX = "edgekit: error: "
 TAIL_LINES = 20
 # Seconds a step may take: a first Xavier build of a ResNet-50 engine takes minutes; a bench step runs

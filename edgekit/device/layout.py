@@ -45,6 +45,9 @@ TARGET_FILE = "target.yaml"
 JOBS_FILE = "jobs.json"
 ENGINES_DIR = "engines"
 RESULTS_DIR = "results"
+HANDOFF_DIR = "handoff"        # handoff/<stem>/{deepstream,triton}: the packages built from each measured model
+LOADGEN_SUFFIX = ".loadgen"    # results/<stem>.loadgen.json and its MLPerf log tree results/<stem>.loadgen.mlperf/
+MLPERF_LOGS_SUFFIX = ".mlperf"
 TIMING_CACHE = "timing.cache"
 BUNDLE_STAMP = ".bundle"       # inside results/: the fingerprint of the bundle the results measured
 ERROR_SUFFIX = ".error.json"   # a failed job writes results/<stem>.error.json instead of <stem>.json
@@ -157,6 +160,19 @@ def engine_pattern(stem: str) -> str:
 
 def result_path(stem: str) -> str:
     return "{}/{}.json".format(RESULTS_DIR, stem)
+
+
+def loadgen_result_path(stem: str) -> str:
+    return "{}/{}{}.json".format(RESULTS_DIR, stem, LOADGEN_SUFFIX)
+
+
+def mlperf_logs_path(result_file: str) -> str:
+    """The MLPerf log tree beside a LoadGen result file: <result without .json>.mlperf/."""
+    return (result_file[:-len(".json")] if result_file.endswith(".json") else result_file) + MLPERF_LOGS_SUFFIX
+
+
+def handoff_path(stem: str, kind: str) -> str:
+    return "{}/{}/{}".format(HANDOFF_DIR, stem, kind)
 
 
 def error_path(stem: str) -> str:

@@ -15,11 +15,17 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 
+from .. import summary
 from ..errors import EdgekitError
 from ..recipe import DataConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The val (and eval.npz) preprocessing: the transforms below and the hand-off contract both read these.
+VAL_RESIZE_RATIO = 256 / 224     # shorter side to size * 256/224, then a center crop of size
+VAL_INTERPOLATION = "bilinear"   # torchvision's InterpolationMode value, F.interpolate's mode
+IMAGE_PIXEL_SCALE = 255.0        # ToTensor: 8-bit RGB to 0..1
+DIGITS_PIXEL_SCALE = 16.0        # scikit-learn's digits are intensities 0..16
 
 
 @dataclass
@@ -38,6 +44,8 @@ class DataBundle:
     batch_augment: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None
     # Training images as evaluation sees them (no random crops or flips), for INT8 calibration.
     calibration_set: Optional[Dataset] = None
+    # What an application must do to an image before the model sees it (edgekit.summary.preprocessing).
+    preprocessing: Optional[dict] = None
 
     prefetch_factor: int = 4
 
@@ -123,11 +131,11 @@ def load_digits_bundle(cfg: DataConfig, seed: int) -> DataBundle:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    images = digits.images.astype(np.float32) / 16.0  # 8×8, values 0..16
+    images = digits.images.astype(np.float32) / DIGITS_PIXEL_SCALE  # 8×8, values 0..16
     labels = digits.target.astype(np.int64)
     train_idx, val_idx = _stratified_split(labels, cfg.val_fraction, seed)
     tensor = torch.from_numpy(images)[:, None]
-    tensor = F.interpolate(tensor, size=(cfg.image_size, cfg.image_size), mode="bilinear",
+    tensor = F.interpolate(tensor, size=(cfg.image_size, cfg.image_size), mode=VAL_INTERPOLATION,
                            align_corners=False).clamp_(0.0, 1.0)
     mean = float(tensor[train_idx].mean())
     std = float(tensor[train_idx].std())
@@ -140,7 +148,10 @@ def load_digits_bundle(cfg: DataConfig, seed: int) -> DataBundle:
         train=_cap(train, cfg.max_train_samples, seed), val=_cap(val, cfg.max_val_samples, seed),
         num_classes=10, class_names=[str(i) for i in range(10)], image_size=cfg.image_size,
         mean=(mean,) * 3, std=(std,) * 3, batch_size=cfg.batch_size, workers=0,
-        batch_augment=random_translate(max(1, cfg.image_size // 16), background))
+        batch_augment=random_translate(max(1, cfg.image_size // 16), background),
+        preprocessing=summary.preprocessing(
+            {"size": [cfg.image_size, cfg.image_size], "interpolation": VAL_INTERPOLATION, "align_corners": False},
+            None, (mean,) * 3, (std,) * 3, "GRAY", [str(i) for i in range(10)], pixel_scale=DIGITS_PIXEL_SCALE))
 
 
 # --------------------------------------------------------------------------- imagefolder
@@ -258,8 +269,9 @@ def load_imagefolder_bundle(cfg: DataConfig, seed: int) -> DataBundle:
         else:
             train_loader, crop = _safe_image_loader, transforms.RandomResizedCrop(size)
         train_tf = transforms.Compose([crop, transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize])
-    val_tf = transforms.Compose([transforms.Resize(int(round(size * 256 / 224))), transforms.CenterCrop(size),
-                                 transforms.ToTensor(), normalize])
+    shorter_side = int(round(size * VAL_RESIZE_RATIO))
+    val_tf = transforms.Compose([transforms.Resize(shorter_side, interpolation=transforms.InterpolationMode(
+        VAL_INTERPOLATION)), transforms.CenterCrop(size), transforms.ToTensor(), normalize])
     # Validation (and calibration) keep torchvision's exact full-resolution preprocessing: the
     # accuracy a checkpoint is known by, and the images the device scores engines on.
     train = _image_folder(os.path.join(cfg.root, "train"), train_tf, "train", train_loader)
@@ -273,7 +285,11 @@ def load_imagefolder_bundle(cfg: DataConfig, seed: int) -> DataBundle:
                       num_classes=len(classes), class_names=classes, image_size=size,
                       mean=IMAGENET_MEAN, std=IMAGENET_STD, batch_size=cfg.batch_size, workers=cfg.workers,
                       prefetch_factor=cfg.prefetch_factor,
-                      calibration_set=_cap(calibration, cfg.max_train_samples, seed))
+                      calibration_set=_cap(calibration, cfg.max_train_samples, seed),
+                      preprocessing=summary.preprocessing(
+                          {"shorter_side": shorter_side, "interpolation": VAL_INTERPOLATION, "antialias": True},
+                          {"mode": "center", "size": [size, size]}, IMAGENET_MEAN, IMAGENET_STD, "RGB", classes,
+                          pixel_scale=IMAGE_PIXEL_SCALE))
 
 
 def load_data(cfg: DataConfig, seed: int) -> DataBundle:

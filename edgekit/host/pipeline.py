@@ -68,7 +68,7 @@ STAGES = (
     Stage("variants", steps.variants, needs=("teacher", "compress", "evaluate"), sections=("data.image_size",),
           outputs=lambda metrics: [v["path"] for v in metrics.get("variants", [])]),
     Stage("evalset", steps.evalset, needs=("measure", "variants"), sections=("data",), outputs=(layout.EVAL_SET,),
-          extra=lambda ctx: steps.EVAL_SET_BYTES),
+          extra=lambda ctx: (steps.EVAL_SET_BYTES, summary.PREPROCESSING_SCHEMA)),
     Stage("compare", steps.compare, needs=("teacher", "compress"), sections=("compare", "quantize", "bench", "seed"),
           extra=_bench_threads, enabled=lambda ctx: ctx.recipe.compare.enabled and _quantizing(ctx)),
 )

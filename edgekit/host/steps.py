@@ -423,7 +423,7 @@ def evalset(ctx: HostContext) -> Dict[str, Any]:
     ctx.log("eval set: {} of {} val images -> {} ({:.1f} MB), the device scores every engine on them".format(
         len(x), total, path, os.path.getsize(path) / 1e6))
     return {"file": layout.EVAL_SET, "images": int(len(x)), "of": int(total), "sha256": sha256_file(path),
-            "top1": top1}
+            "top1": top1, "preprocessing": data.preprocessing}
 
 
 def _eval_images(data: DataBundle) -> Tuple[np.ndarray, np.ndarray, int]:

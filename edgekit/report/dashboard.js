@@ -82,7 +82,7 @@
     ["precision", "precision"], ["placement", "placement"], ["runner", "runner"], ["top1", "top-1 %", 2],
     ["top1_check_delta", "top-1 Δ vs host", 2], ["p50_ms", "p50 ms", 3], ["p99_ms", "p99 ms", 3], ["best_throughput", "best img/s", 1],
     ["best_batch", "best batch", 0], ["total_w", "W", 2], ["mj_per_inference", "mJ/inf", 2],
-    ["power_mode", "power mode"], ["run_id", "run"], ["flag", "regressed"]
+    ["power_mode", "power mode"], ["loadgen_validity", "LoadGen"], ["run_id", "run"], ["flag", "regressed"]
   ];
   var sortKey = "created", sortDir = -1;
   var table = document.getElementById("runs-table");
@@ -141,6 +141,9 @@
                     fmt(r.top1_check_delta, 2) + " points vs the host") + ")"],
                  ["power", r.power_status === "ok" ? (r.power_source + ", idle " + fmt(r.idle_w, 2) + " W")
                    : (r.power_unavailable || r.power_status || "–")]];
+    if (r.harness === "loadgen") {
+      items.push(["MLPerf LoadGen", (r.loadgen_validity || "accuracy only") + ", logs " + (r.loadgen_logs || "–")]);
+    }
     Object.keys(env).sort().forEach(function (k) {
       var v = env[k];
       items.push([k, (v !== null && typeof v === "object") ? JSON.stringify(v) : v]);

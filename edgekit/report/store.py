@@ -17,13 +17,13 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..device.bench.results import TOP1_CHECK_TOLERANCE_POINTS, load_result, result_rows
 from ..device.jobs import load_error
-from ..device.layout import is_error_file
+from ..device.layout import HANDOFF_DIR, MLPERF_LOGS_SUFFIX, is_error_file
 from ..errors import EdgekitError
 
 INDEX_NAME = "index.sqlite"
 INDEX_VERSION = 1
 # What identifies "the same thing measured again": the regression check compares along it.
-SERIES = ("target", "recipe", "variant", "precision", "placement", "runner")
+SERIES = ("target", "recipe", "variant", "precision", "placement", "runner", "harness")
 
 RUN_COLUMNS = [
     ("run_id", "TEXT PRIMARY KEY"), ("file", "TEXT"), ("created", "TEXT"), ("target", "TEXT"),
@@ -36,6 +36,8 @@ RUN_COLUMNS = [
     ("idle_w", "REAL"), ("mj_per_inference", "REAL"), ("inferences_per_joule", "REAL"), ("power_status", "TEXT"),
     ("throttled", "INTEGER"),  # a measured window's clocks dropped or a zone reached a trip point (1), none (0)
     ("environment", "TEXT"),
+    # edgekit's own timing loop or MLPerf LoadGen; LoadGen's verdict and where its logs are
+    ("harness", "TEXT"), ("loadgen_validity", "TEXT"), ("loadgen_logs", "TEXT"),
 ]
 # A device job that failed (results/<stem>.error.json, fetched by deploy): what and why.
 FAILURE_COLUMNS = [
@@ -126,6 +128,9 @@ def flatten(result: Dict[str, Any], file: str, folder_target: Optional[str] = No
         "power_status": power.get("status") or ("unavailable" if not result.get("power_source") else None),
         "throttled": {True: 1, False: 0}.get(result.get("throttled")),  # type: ignore[arg-type]
         "environment": json.dumps(env, sort_keys=True, default=str),
+        "harness": result.get("harness") or "edgekit",
+        "loadgen_validity": (result.get("loadgen") or {}).get("validity"),
+        "loadgen_logs": (result.get("loadgen") or {}).get("logs"),
     }
 
 
@@ -139,6 +144,8 @@ def scan(results_root: str) -> Tuple[List[Tuple[str, Dict[str, Any]]], List[Dict
         rel = os.path.relpath(path, results_root)
         if any(part.startswith(".") for part in rel.split(os.sep)):
             continue  # staging folders of a fetch in progress
+        if any(part.endswith(MLPERF_LOGS_SUFFIX) or part == HANDOFF_DIR for part in rel.split(os.sep)[:-1]):
+            continue  # a LoadGen run's MLPerf log tree beside its result, or a hand-off package
         if is_error_file(rel):
             continue  # a failed job's error file: scan_failures reads those
         try:
@@ -283,8 +290,7 @@ def measurement_rows(result: Dict[str, Any]) -> List[Dict[str, Any]]:
     rows = result_rows(result)
     scenarios = result.get("scenarios", {})
     windows = []
-    if scenarios.get("single_stream"):
-        windows.append(scenarios["single_stream"])
+    windows += [scenarios[name] for name in ("single_stream", "multi_stream") if scenarios.get(name)]
     windows += list((scenarios.get("offline") or {}).get("rows", []))
     for row, window in zip(rows, windows):
         power = window.get("power") or {}
@@ -381,7 +387,8 @@ def regressions(runs: Sequence[Dict[str, Any]], threshold: float = 0.10,
 
 
 TABLE_COLUMNS = ("created", "target", "recipe", "variant", "precision", "placement", "runner", "top1", "p50_ms",
-                 "p99_ms", "best_throughput", "total_w", "mj_per_inference", "power_mode", "throttled", "run_id")
+                 "p99_ms", "best_throughput", "total_w", "mj_per_inference", "loadgen_validity", "power_mode",
+                 "throttled", "run_id")
 
 
 def format_table(runs: Iterable[Dict[str, Any]], flagged: Sequence[Dict[str, Any]] = ()) -> str:

@@ -47,8 +47,14 @@ def schema_problem(data: Dict[str, Any]) -> str:
     if not isinstance(model, dict) or not isinstance(model.get("path"), str):
         return "no model.path"
     scenarios = data.get("scenarios")
+    loadgen = data.get("loadgen")
+    if loadgen is not None and (not isinstance(loadgen, dict) or loadgen.get("validity") not in (None, "VALID",
+                                                                                                   "INVALID")):
+        return "loadgen has no VALID/INVALID verdict"
+    accuracy_only = bool(loadgen and loadgen.get("accuracy"))
     if not isinstance(scenarios, dict) or not (scenarios.get("single_stream") or scenarios.get("offline")
-                                               or scenarios.get("concurrent_offline")):
+                                               or scenarios.get("concurrent_offline")
+                                               or scenarios.get("multi_stream") or accuracy_only):
         return "no scenario results"
     latencies = []
     concurrent = scenarios.get("concurrent_offline")
@@ -64,6 +70,11 @@ def schema_problem(data: Dict[str, Any]) -> str:
         if not isinstance(ss, dict) or not _number(ss.get("batch")) or not _number(ss.get("queries")):
             return "single_stream has no batch or queries"
         latencies.append(("single_stream", ss.get("latency")))
+    ms = scenarios.get("multi_stream")
+    if ms:
+        if not isinstance(ms, dict) or not _number(ms.get("batch")) or not _number(ms.get("queries")):
+            return "multi_stream has no batch or queries"
+        latencies.append(("multi_stream", ms.get("latency")))
     off = scenarios.get("offline")
     if off:
         if not isinstance(off, dict) or not isinstance(off.get("rows"), list) or not off["rows"]:
@@ -107,10 +118,12 @@ def result_rows(result: Dict[str, Any]) -> List[Dict[str, Any]]:
             "runner": runtime.get("runner")}
     rows = []
     scenarios = result.get("scenarios", {})
-    ss = scenarios.get("single_stream")
-    if ss:
+    for name in ("single_stream", "multi_stream"):
+        ss = scenarios.get(name)
+        if not ss:
+            continue
         power = ss.get("power") or {}
-        rows.append(dict(base, scenario="single_stream", batch=ss["batch"], queries=ss["queries"],
+        rows.append(dict(base, scenario=name, batch=ss["batch"], queries=ss["queries"],
                          throughput=ss.get("qps"), total_w=power.get("total_w"),
                          mj_per_inference=power.get("mj_per_inference"),
                          **{k: ss["latency"][k] for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms")}))
