@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from edgekit.device.layout import BUNDLE_DIR
 from edgekit.errors import EdgekitError
 from edgekit.host.dist import Dist, current, resolve_device, setup
 from edgekit.recipe import load_recipe
@@ -146,7 +147,8 @@ def test_the_digits_pipeline_under_torchrun_two_processes(tmp_path, tiny_run):
 
     def files(folder):
         found = set()
-        for root, _, names in os.walk(folder):
+        for root, dirs, names in os.walk(folder):
+            dirs[:] = [d for d in dirs if d != BUNDLE_DIR]  # a deploy test may have staged a bundle in tiny_run's
             for name in names:
                 rel = os.path.relpath(os.path.join(root, name), folder)
                 if not name.endswith(".lock"):

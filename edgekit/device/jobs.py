@@ -40,7 +40,7 @@ ERROR_PREFIX = "edgekit: error: "
 TAIL_LINES = 20
 # Seconds a step may take: a first Xavier build of a ResNet-50 engine takes minutes; a bench step runs
 # a few seconds per scenario and batch, plus scoring the eval set.
-STEP_TIMEOUTS = {"build": 3600.0, "bench": 3600.0}
+STEP_TIMEOUTS = {"build": 3600.0, "bench": 3600.0, "handoff": 3600.0}  # a DeepStream hand-off builds its engine
 TIMED_OUT = 124  # the exit status `timeout` gives a step it stopped
 
 # A step: (argv, cwd, log, timeout seconds) -> (exit code, output lines). Tests pass their own.

@@ -52,6 +52,7 @@ class Settings(NamedTuple):
     performance_samples: int = 1024
     # LoadGen's early stopping needs 662 queries for MultiStream's p99 (fewer: INVALID, whatever the duration)
     multi_stream_queries: int = 662
+    max_queries: int = 0      # LoadGen's max_query_count; 0: no cap (a cap below the minimums makes the run INVALID)
 
 
 class SampleLibrary(object):
@@ -161,6 +162,8 @@ def test_settings(lg: Any, scenario: str, mode: str, settings: Settings, seconds
         # the median alone), so the estimate is taken half as fast again.
         ts.offline_expected_qps = OFFLINE_OPTIMISM * settings.batch / seconds_per_batch
         ts.min_query_count = max(1, settings.min_queries) * settings.batch
+    if settings.max_queries > 0:
+        ts.max_query_count = settings.max_queries
     return ts
 
 
