@@ -14,7 +14,7 @@ from onnx_fixtures import linear_classifier
 from edgekit.device.bench.harness import benchmark, benchmark_concurrent, choose_runner, make_runner
 from edgekit.device.bench.results import load_result, schema_problem
 from edgekit.device.bench.scenarios import export_times
-from edgekit.device.bench.thermal import ThermalWindow, clocks, thermal_zones, throttle_check
+from edgekit.device.bench.thermal import ThermalMonitor, clocks, thermal_zones, throttle_check
 from edgekit.device.runtime import registry
 from edgekit.device.runtime.onnxrt import OnnxRuntimeRunner
 from edgekit.errors import EdgekitError
@@ -64,7 +64,7 @@ def test_thermal_and_clocks_on_a_fake_xavier(tmp_path):
     assert zones["zones"][1]["temp_c"] == 45.5 and {"type": "passive", "temp_c": 95.5} in zones["zones"][1]["trips"]
     c = clocks(root)
     assert c["gpu"]["cur_freq"] == 1377000000 and c["emc"]["rate_hz"] == 2133000000
-    window = ThermalWindow(root)
+    window = ThermalMonitor(root)
     window.start()
     record = window.stop(10, 1.0)["thermal"]
     assert record["throttled"] is False and record["reasons"] == []  # 45.5 C is past the fan's "active" trip only
@@ -80,7 +80,7 @@ def test_missing_nodes_are_unavailable_with_the_reason(tmp_path):
     root = str(tmp_path)
     assert thermal_zones(root)["reason"].startswith("no thermal zones under")
     assert clocks(root)["gpu"]["status"] == "unavailable" and "EMC" in clocks(root)["emc"]["reason"]
-    window = ThermalWindow(root)
+    window = ThermalMonitor(root)
     window.start()
     record = window.stop(1, 1.0)["thermal"]
     assert record["throttled"] is None and record["status"] == "unavailable" and "no thermal zones" in record["reason"]
@@ -180,7 +180,8 @@ def test_runners_come_from_the_registry(tiny):
         made.append(options)
         return Counting(path, threads=options.get("threads"))
 
-    registry.register("counting", factory, (".onnx",), lambda: "1.0", "a test runtime")
+    registry.register(registry.RunnerEntry("counting", factory, placements={"cpu": ("fp32",)}, suffixes=(".onnx",),
+                                           version=lambda: "1.0", description="a test runtime"))
     try:
         assert choose_runner(tiny, "counting") == ("counting", tiny, "asked for")
         runner = make_runner(tiny, "counting", threads=1)

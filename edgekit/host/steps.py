@@ -40,6 +40,8 @@ class HostContext(Context):
 
     @property
     def data(self) -> DataBundle:
+        # Read before the cache: a stage that uses the data must declare it, even when an earlier one loaded it.
+        _ = self.recipe.data, self.recipe.seed
         return self.cache("data", self._load_data)
 
     @property

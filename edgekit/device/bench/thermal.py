@@ -22,7 +22,7 @@ import time
 from typing import Dict, List, Optional
 
 from .environment import gpu_clocks
-from .scenarios import Window
+from .scenarios import Monitor
 
 EMC_RATE = ("sys/kernel/debug/bpmp/debug/clk/emc/rate", "sys/kernel/debug/clock/emc/rate")
 THROTTLING_TRIPS = ("passive", "hot", "critical")
@@ -122,7 +122,7 @@ def throttle_check(start: Dict[str, object], end: Dict[str, object]) -> Dict[str
     return {"throttled": bool(reasons) if readable else None, "reasons": reasons}
 
 
-class ThermalWindow(Window):
+class ThermalMonitor(Monitor):
     """Snapshots at each measured window's start and end; the row gets `thermal` with the flag."""
 
     def __init__(self, root: str = "/") -> None:
