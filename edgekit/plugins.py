@@ -8,7 +8,7 @@ imported only when its name is asked for, and a missing dependency becomes one l
 install. Python 3.8 clean and torch-free.
 """
 
-import importlib.metadata
+import importlib
 from typing import Any, Dict
 
 from .errors import EdgekitError
@@ -22,6 +22,8 @@ ARCHITECTURES = "edgekit.architectures"
 def entry_points(group: str) -> Dict[str, "importlib.metadata.EntryPoint"]:
     """The entry points of `group` by name; where two installed distributions declare one name, the
     first on sys.path wins (the one `import` would find)."""
+    import importlib.metadata  # here, not at import: only a plugin lookup pays for the metadata scan
+
     found = importlib.metadata.entry_points()
     if hasattr(found, "select"):  # Python 3.10+
         points = found.select(group=group)

@@ -196,6 +196,8 @@ def test_runner_choice_says_why(tiny, tmp_path):
     assert choose_runner(str(tmp_path / "m.engine"))[0] == "tensorrt"
     with pytest.raises(EdgekitError, match="the onnxruntime runner runs .onnx files, not "):
         choose_runner(str(tmp_path / "m.engine"), "onnxruntime")
+    with pytest.raises(EdgekitError, match=r"no automatic runner opens .*m\.pt; name one with --runner: .*pytorch"):
+        choose_runner(str(tmp_path / "m.pt"))
 
 
 def _eval_set(path, w, b, n=10, image=8, right=7):

@@ -89,7 +89,8 @@ def choose_runner(model_path: str, runner: str = "auto") -> Tuple[str, str, str]
     for entry in registry.automatic():
         if entry.suffixes and entry.runs(model_path):
             return entry.name, model_path, "; ".join(passed_over) or "runs {} files".format("/".join(entry.suffixes))
-    raise EdgekitError("no runner runs {}; registered: {}".format(model_path, ", ".join(registry.names())))
+    raise EdgekitError("no automatic runner opens {}; name one with --runner: {}".format(
+        model_path, ", ".join(registry.names())))
 
 
 def _asked_for(entry: "registry.RunnerEntry", model_path: str) -> Tuple[str, str, str]:

@@ -72,7 +72,9 @@ class RunnerEntry(NamedTuple):
     # placement -> the exported model (a layout.MODELS name) its INT8 runs from; FP32/FP16 run their own
     int8_from: Optional[Mapping[str, str]] = None
     built_from: Optional[BuiltFrom] = None
-    auto: bool = False                          # chosen by `--runner auto` and job planning, in registration order
+    # chosen by `--runner auto` and job planning, in registration order; only registered entries are:
+    # a plugin is imported when named, never to choose
+    auto: bool = False
 
     def runs(self, path: str) -> bool:
         return not self.suffixes or path.endswith(self.suffixes)
