@@ -29,3 +29,13 @@ def test_every_stage_declares_sections_the_recipe_has(tmp_path):
         ctx = HostContext(recipe, recipe.to_dict(), str(tmp_path), lambda line: None, World())
         for stage in STAGES:
             assert stage_key(stage, ctx)  # a declared path the recipe lacks raises KeyError
+
+
+def test_the_data_loads_under_any_stage_that_declares_only_the_data_and_its_seed(tmp_path):
+    """Whichever stage first needs the data loads it (a reused teacher leaves it to compress or measure)."""
+    from edgekit.stages import Stage
+
+    recipe = load_recipe("digits", ["data.image_size=16", "data.max_train_samples=64", "data.max_val_samples=32"])
+    ctx = HostContext(recipe, recipe.to_dict(), str(tmp_path), lambda line: None, World())
+    with ctx.seeing(Stage("uses-data", dict, sections=("data", "seed"))):
+        assert len(ctx.data.val) == 32

@@ -165,7 +165,8 @@ def _facts(**change):
     ({"py.mod.numpy": "missing ModuleNotFoundError: No module named 'numpy'"},
      "has no numpy: install it there: python3 -m pip install numpy"),
     ({"py.mod.tensorrt": "missing ModuleNotFoundError: No module named 'tensorrt'"},
-     "has no tensorrt, which the tensorrt runner needs: install it there: it comes with JetPack"),
+     "has no tensorrt, which the tensorrt runner needs: install it there: on JetPack it comes with the system "
+     "Python (sudo apt install python3-libnvinfer)"),
     ({"py.mod.tensorrt": "missing ImportError: libnvinfer.so.8: cannot open shared object file"},
      "has no tensorrt (ImportError: libnvinfer.so.8: cannot open shared object file)"),
     ({"py.mod.pycuda.driver": "missing ModuleNotFoundError: No module named 'pycuda'"},

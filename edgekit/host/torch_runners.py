@@ -127,7 +127,7 @@ PYTORCH = registry.RunnerEntry(
     version=lambda: torch.__version__, description="a ResNet-50 checkpoint in PyTorch eager mode (host)")
 TORCH_TENSORRT = registry.RunnerEntry(
     "torch-tensorrt", _torch_tensorrt, placements={"gpu": ("fp32", "fp16")}, suffixes=(".pt", ".pth"),
-    needs=(TORCH, registry.Need(("torch_tensorrt",), "{python} -m pip install torch-tensorrt matching your torch "
+    needs=(TORCH, registry.Need(("torch_tensorrt",), "pip install torch-tensorrt matching your torch "
                                 "(x86 hosts with a CUDA GPU)")),
     version=_torch_tensorrt_version,
     description="a ResNet-50 checkpoint compiled by torch-tensorrt (x86 CUDA hosts)")

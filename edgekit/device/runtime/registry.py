@@ -23,6 +23,7 @@ import importlib
 import importlib.util
 import json
 import os
+import sys
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from ... import plugins
@@ -140,8 +141,12 @@ def runner_for(placement: str, precision: str) -> Optional[RunnerEntry]:
 
 
 def install_hint(module: str) -> Optional[str]:
-    """How a registered runner says to install `module` (or a module of the same package), if it says."""
+    """How a runner says to install `module` (or a module of the same package), if one says: the registered
+    runners and those of plugins already imported (a lookup imports nothing new)."""
     top = module.split(".")[0]
+    for name, point in plugins.entry_points(plugins.RUNNERS).items():
+        if name not in _RUNNERS and point.value.split(":")[0].strip() in sys.modules:
+            get(name)
     for entry in list(_RUNNERS.values()):
         for need in entry.needs:
             if module in need.modules or top in [m.split(".")[0] for m in need.modules]:
@@ -270,8 +275,8 @@ CUDA_BINDINGS = ("pycuda.driver", "cuda.bindings.runtime", "cuda.cudart")
 register(RunnerEntry(
     "tensorrt", _tensorrt, placements={"gpu": ALL_PRECISIONS, "dla": ("fp16", "int8")},
     suffixes=(".engine", ".plan"),
-    needs=(Need(("tensorrt",), "it comes with JetPack: sudo apt install python3-libnvinfer on the device, or run "
-                "in the Jetson image (docker/jetson)"),
+    needs=(Need(("tensorrt",), "on JetPack it comes with the system Python (sudo apt install python3-libnvinfer); "
+                "elsewhere run in the Jetson image (docker/jetson)"),
            Need(CUDA_BINDINGS, "{python} -m pip install pycuda (needs JetPack's CUDA toolkit), or cuda-python "
                 "matching the CUDA version (11.4 on JetPack 5)", "pycuda or cuda-python")),
     version=_tensorrt_version,
