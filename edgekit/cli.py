@@ -285,6 +285,14 @@ def _cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_runners(args: argparse.Namespace) -> int:
+    from .device.runtime.registry import status_lines
+
+    for line in status_lines():
+        print(line)
+    return 0
+
+
 def _cmd_latency_table(args: argparse.Namespace) -> int:
     from .device.latency.command import run
 
@@ -336,8 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="result JSON (default: benchmarks/results/local/<model>.json)")
     p.add_argument("--csv", help="also write the rows as CSV here")
     p.add_argument("--summary", help="summary.json of the run that exported the model: records its top-1")
-    p.add_argument("--runner", default="auto", help="auto (TensorRT when there, else onnxruntime), or a registered "
-                   "runner: onnxruntime, tensorrt, pytorch, torch-tensorrt")
+    p.add_argument("--runner", default="auto", help="auto (TensorRT when there and an engine was built from the "
+                   "ONNX, else onnxruntime), or any runner `edgekit runners` lists")
     p.add_argument("--threads", type=int, help="runtime CPU threads (default: the runtime's choice)")
     p.add_argument("--scenario", action="append", choices=["single_stream", "multi_stream", "offline"],
                    help="repeatable; default single_stream and offline (multi_stream: --harness loadgen)")
@@ -478,6 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     latency_table_arguments(p)
     p.set_defaults(func=_cmd_latency_table)
+
+    p = sub.add_parser("runners", help="every runner and latency backend, what it runs, and what to install where "
+                       "one cannot load here")
+    p.set_defaults(func=_cmd_runners)
 
     p = sub.add_parser("show-recipe", parents=[recipe_args], help="print a recipe with every default filled in")
     p.set_defaults(func=_cmd_show_recipe)

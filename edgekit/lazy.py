@@ -1,29 +1,41 @@
 """Import heavy optional modules only when they are used, with an error that says what to install.
 
-Python 3.8 clean and torch-free: the device side uses it for tensorrt, pycuda and onnxruntime.
+Python 3.8 clean and torch-free: the device side uses it for tensorrt, pycuda and onnxruntime. How to
+install a runner's modules is declared in its registry entry (`edgekit.device.runtime.registry`) and
+read from there; the table below holds the modules no runner declares.
 """
 
 import importlib
+import shlex
 import sys
 from types import ModuleType
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from .errors import EdgekitError
 
-INSTALL_HINTS = {
-    "onnxruntime": "pip install 'edgekit[device]' (or onnxruntime)",
+# top-level module -> how to install it; "{python}" is the interpreter that lacks it
+INSTALL_HINTS: Dict[str, str] = {
     "onnx": "pip install 'edgekit[host]' (or onnx)",
-    "tensorrt": "run on the device or in the Jetson image (docker/jetson); on JetPack it comes with "
-                "the system Python (python3-libnvinfer)",
-    "pycuda": "pip install pycuda on the device (needs the CUDA toolkit from JetPack)",
-    "cuda": "pip install cuda-python matching the CUDA version (11.4 on JetPack 5) for CUDA graphs",
     "pynvml": "pip install nvidia-ml-py",
     "torch": "pip install 'edgekit[host]': the host stages need PyTorch",
-    "torch_tensorrt": "pip install torch-tensorrt matching your torch (x86 hosts with a CUDA GPU)",
+    "torch_tensorrt": "{python} -m pip install torch-tensorrt matching your torch (x86 hosts with a CUDA GPU)",
     # 6.0.17 has x86_64 wheels only: on a Jetson (aarch64, Python 3.8) pip builds the sdist (a C++ compiler)
-    "mlperf_loadgen": "pip install mlcommons-loadgen==6.0.17 (on a Jetson pip builds it from source: "
-                      "sudo apt install build-essential python3-dev first)",
+    "mlperf_loadgen": "sudo apt install build-essential python3-dev && {python} -m pip install "
+                      "mlcommons-loadgen==6.0.17",
 }
+
+
+def install_hint(module: str, python: Optional[str] = None) -> str:
+    """How to install `module` into `python` (default: this interpreter)."""
+    top = module.split(".")[0]
+    hint = INSTALL_HINTS.get(top) or _declared_hint(module) or "{python} -m pip install " + top
+    return hint.replace("{python}", shlex.quote(python or sys.executable or "python3"))
+
+
+def _declared_hint(module: str) -> Optional[str]:
+    from .device.runtime import registry  # imported here: the registry imports this module
+
+    return registry.install_hint(module)
 
 
 def lazy_import(name: str) -> ModuleType:
@@ -32,7 +44,7 @@ def lazy_import(name: str) -> ModuleType:
         return importlib.import_module(name)
     except ImportError as exc:
         top = name.split(".")[0]
-        hint = INSTALL_HINTS.get(top, "pip install " + top)
+        hint = install_hint(top)
         if isinstance(exc, ModuleNotFoundError) and exc.name == top:
             raise EdgekitError("{} is not installed: {}".format(top, hint)) from None
         # installed but broken (a missing shared library, a wrong CUDA): say what failed
@@ -66,6 +78,7 @@ class LazyModule(object):
                 first = first or exc
                 continue
             self._module, self._name = module, name
+            first = None  # a kept error's traceback would hold the callers' frames (and their locals) alive
             return module
         assert first is not None
         raise first

@@ -9,7 +9,7 @@ overrides use dotted keys (`--set distill.alpha=0.5`) and are validated exactly 
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import yaml
 
@@ -19,6 +19,17 @@ from .presets import find_preset, preset_names
 
 def _choice(default: Any, *choices: Any) -> Any:
     return field(default=default, metadata={"choices": choices})
+
+
+def _registered(default: str, names: Callable[[], Sequence[str]]) -> Any:
+    """A field whose choices are a registry's names, read when a recipe is built (not copied here)."""
+    return field(default=default, metadata={"choices": names})
+
+
+def _latency_backends() -> Sequence[str]:
+    from .device.runtime.registry import latency_backends
+
+    return latency_backends()
 
 
 @dataclass
@@ -36,7 +47,7 @@ class DataConfig:
     decode: str = _choice("tensor", "tensor", "draft", "full")
     max_train_samples: Optional[int] = None   # cap for quick runs and tests
     max_val_samples: Optional[int] = None
-    calibration_samples: int = 256      # used by quantization (issue 2/5)
+    calibration_samples: int = 256      # real training images the INT8 calibration sees
 
 
 @dataclass
@@ -53,7 +64,7 @@ class OptimizerConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "resnet50"              # a name in edgekit.host.models.ARCHITECTURES (checked by `run`)
+    arch: str = "resnet50"              # a registered architecture (checked by `run` before any stage)
     checkpoint: Optional[str] = None    # a torchvision-format ResNet-50 checkpoint (the teacher)
     num_classes: Optional[int] = None   # None: the dataset's class count
 
@@ -67,8 +78,9 @@ class TeacherConfig:
 
 @dataclass
 class PruneConfig:
-    # channel importance, a name in edgekit.host.compress.prune.IMPORTANCES (a test keeps the two in step)
-    method: str = _choice("l1", "l1", "l2", "bn_scale", "lamp", "fpgm", "unstructured")
+    # a registered channel importance (edgekit.host.compress.prune), or unstructured; checked by `run`
+    # before any stage, since the registry lives with torch
+    method: str = "l1"
     target_macs_ratio: float = 0.5      # student MACs / teacher MACs to reach
     rounds: int = 3                     # spiral: prune→distill rounds to reach the target
     allocation: str = _choice("global", "global", "uniform")
@@ -78,7 +90,7 @@ class PruneConfig:
     target: str = _choice("macs", "macs", "latency")   # what the spiral's budget counts
     target_latency_ratio: Optional[float] = None   # latency: of the dense model's measured latency
     target_latency_ms: Optional[float] = None      # latency: an absolute budget instead of the ratio
-    latency_backend: str = _choice("onnxruntime-cpu", "onnxruntime-cpu", "torch-cuda", "tensorrt")
+    latency_backend: str = _registered("onnxruntime-cpu", _latency_backends)  # its precisions: checked by `run`
     latency_image_size: int = 224       # the deployment input the latency is measured at
     latency_batch: int = 1
     latency_precision: str = _choice("fp32", "fp32", "fp16", "int8")
@@ -266,6 +278,7 @@ def _build(cls: Any, data: Dict[str, Any], prefix: str = "") -> Any:
         where = prefix + name
         converted = _convert(value, hints[name], where)
         choices = fields[name].metadata.get("choices")
+        choices = choices() if callable(choices) else choices
         if choices and converted not in choices:
             raise EdgekitError("recipe: {} must be one of {}, got {!r}".format(
                 where, ", ".join(map(str, choices)), converted))

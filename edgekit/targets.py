@@ -37,7 +37,8 @@ class Target:
     # How the board's total power is read: "sum" adds the rails (`power_rails` when named), or the name of
     # a rail that already is the total (VDD_IN on Orin NX/Nano, POM_5V_IN on Nano).
     power_total: str = "sum"
-    runtime: str = _choice("native", "native", "docker")
+    # how the device side starts there: natively, or in `image` under Docker (`runtime:` in older files)
+    launch: str = _choice("native", "native", "docker")
     image: Optional[str] = None        # docker image to run the device side in
     precisions: List[str] = field(default_factory=lambda: ["fp32"])
     batches: List[int] = field(default_factory=lambda: [1, 2, 4, 8])
@@ -60,7 +61,7 @@ class Target:
         dla = [p for p in self.placements if p.startswith("dla")]
         need(all(int(p[3:]) < self.dla_cores for p in dla),
              "placements name DLA cores the target does not have (dla_cores: {})".format(self.dla_cores))
-        need(self.runtime != "docker" or bool(self.image), "runtime docker needs an image")
+        need(self.launch != "docker" or bool(self.image), "launch docker needs an image")
         need(bool(self.power_total) and not any(c.isspace() or c in "\"'$`;" for c in self.power_total),
              "power_total must be sum or one rail's name (VDD_IN), got {!r}".format(self.power_total))
         bad = [r for r in self.power_rails if not r or any(c.isspace() or c in "+\"'$`;" for c in r)]
@@ -92,9 +93,24 @@ def resolve_target_path(name_or_path: str) -> str:
     return path
 
 
+# old key -> its name now (`runtime` also meant the runners, onnxruntime and TensorRT)
+OLD_KEYS = {"runtime": "launch"}
+
+
+def _renamed(data: Dict[str, Any], path: str) -> Dict[str, Any]:
+    data = dict(data)
+    for old, new in OLD_KEYS.items():
+        if old in data:
+            if new in data:
+                raise EdgekitError("target {}: {}: is the old name of {}:; keep only {}:".format(
+                    os.path.basename(path), old, new, new))
+            data[new] = data.pop(old)
+    return data
+
+
 def load_target(name_or_path: str) -> Target:
     path = resolve_target_path(name_or_path)
-    data = read_yaml_mapping(path, "target")
+    data = _renamed(read_yaml_mapping(path, "target"), path)
     try:
         return _build(Target, data).validate()
     except EdgekitError as exc:

@@ -183,7 +183,7 @@ def test_runner_choice_says_why(tiny, tmp_path):
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        assert why == "TensorRT is not installed here"
+        assert why == "tensorrt is not installed here"
         # an engine built from this very ONNX exists, but without TensorRT onnxruntime still runs it
         engine = os.path.join(os.path.dirname(tiny), "tiny.fp32.gpu.engine")
         open(engine, "wb").close()
@@ -191,11 +191,13 @@ def test_runner_choice_says_why(tiny, tmp_path):
 
         save_metadata(engine, EngineMetadata.create(onnx_sha256=sha256_file(tiny), precision="fp32"))
         assert choose_runner(tiny)[0] == "onnxruntime"
-        with pytest.raises(EdgekitError, match="and TensorRT is not installed here"):
+        with pytest.raises(EdgekitError, match="and tensorrt is not installed here: run edgekit build-engine first"):
             choose_runner(tiny, "tensorrt")
     assert choose_runner(str(tmp_path / "m.engine"))[0] == "tensorrt"
-    with pytest.raises(EdgekitError, match="onnxruntime cannot run it"):
+    with pytest.raises(EdgekitError, match="the onnxruntime runner runs .onnx files, not "):
         choose_runner(str(tmp_path / "m.engine"), "onnxruntime")
+    with pytest.raises(EdgekitError, match=r"no automatic runner opens .*m\.pt; name one with --runner: .*pytorch"):
+        choose_runner(str(tmp_path / "m.pt"))
 
 
 def _eval_set(path, w, b, n=10, image=8, right=7):
@@ -213,7 +215,8 @@ def test_the_runner_scores_the_eval_set_itself(tmp_path):
     model = tmp_path / "tiny.fp32.onnx"
     w, b = linear_classifier(model)
     _eval_set(tmp_path / "eval.npz", w, b)
-    images, labels = load_eval_set(str(tmp_path / "eval.npz"))
+    images, labels, task = load_eval_set(str(tmp_path / "eval.npz"))
+    assert (task.name, task.metric) == ("classification", "top1")
     with OnnxRuntimeRunner(str(model)) as runner:
         assert score(runner, images, labels, batch=4)["top1"] == 70.0
         assert score(runner, images, labels, batch=32) == dict(score(runner, images, labels, batch=1),
@@ -224,7 +227,8 @@ def test_the_runner_scores_the_eval_set_itself(tmp_path):
     static.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 4
     onnx.save(static, str(tmp_path / "static.fp32.onnx"))
     with OnnxRuntimeRunner(str(tmp_path / "static.fp32.onnx")) as runner:
-        assert score(runner, images, labels, batch=32) == dict(top1=70.0, images=10, seconds=pytest.approx(0, abs=10))
+        assert score(runner, images, labels, batch=32) == dict(task="classification", metric="top1", top1=70.0,
+                                                               images=10, seconds=pytest.approx(0, abs=10))
 
 
 def test_bench_takes_its_own_top1_when_the_eval_set_is_the_whole_split(tmp_path):

@@ -15,7 +15,7 @@ from onnx_fixtures import linear_classifier
 from edgekit.device.bench.harness import benchmark, benchmark_concurrent, choose_runner, make_runner
 from edgekit.device.bench.results import load_result, schema_problem
 from edgekit.device.bench.scenarios import export_times
-from edgekit.device.bench.thermal import ThermalWindow, clocks, thermal_zones, throttle_check
+from edgekit.device.bench.thermal import ThermalMonitor, clocks, thermal_zones, throttle_check
 from edgekit.device.runtime import registry
 from edgekit.device.runtime.onnxrt import OnnxRuntimeRunner
 from edgekit.errors import EdgekitError
@@ -70,7 +70,7 @@ def jetson_thermal_tree(root, gpu_temp=45.5, gpu_hz=1377000000, emc_hz=213300000
 def _window(root, before, after):
     """One thermal window over a tree written by `before` and then by `after` (jetson_thermal_tree kwargs)."""
     jetson_thermal_tree(root, **before)
-    window = ThermalWindow(root)
+    window = ThermalMonitor(root)
     window.start()
     jetson_thermal_tree(root, **after)
     return window.stop(10, 1.0)["thermal"]
@@ -176,7 +176,7 @@ def test_missing_nodes_are_unavailable_with_the_reason(tmp_path):
     root = str(tmp_path)
     assert thermal_zones(root)["reason"].startswith("no thermal zones under")
     assert clocks(root)["gpu"]["status"] == "unavailable" and "EMC" in clocks(root)["emc"]["reason"]
-    window = ThermalWindow(root)
+    window = ThermalMonitor(root)
     window.start()
     record = window.stop(1, 1.0)["thermal"]
     assert record["throttled"] is None and record["status"] == "unavailable" and "no thermal zones" in record["reason"]
@@ -237,7 +237,8 @@ def test_offline_throughput_is_images_over_the_windows_wall_time(tiny):
             clock.sleep(0.004)  # the host's own work after each query
             return super(SlowHost, self).last_timings()
 
-    registry.register("slow-host", lambda path, **options: SlowHost(path, threads=1), (".onnx",), lambda: "1")
+    registry.register(registry.RunnerEntry("slow-host", lambda path, **options: SlowHost(path, threads=1),
+                                           placements={"cpu": ("fp32",)}, suffixes=(".onnx",), version=lambda: "1"))
     try:
         result = benchmark(tiny, None, runner="slow-host", scenarios=["offline"], batches=[2], power=False,
                            **dict(FAST, min_queries=25))
@@ -265,7 +266,8 @@ def test_the_idle_baseline_is_taken_before_any_warm_up(tiny, tmp_path):
             os.replace(current + ".new", current)  # in one step: the sampler thread reads it meanwhile
             return super(Loading, self).infer_impl(feed)
 
-    registry.register("loading", lambda path, **options: Loading(path, threads=1), (".onnx",), lambda: "1")
+    registry.register(registry.RunnerEntry("loading", lambda path, **options: Loading(path, threads=1),
+                                           placements={"cpu": ("fp32",)}, suffixes=(".onnx",), version=lambda: "1"))
     try:
         result = benchmark(tiny, None, runner="loading", scenarios=["single_stream"], power_root=root,
                            **dict(FAST, idle_seconds=0.15, warmup=3))
@@ -350,7 +352,8 @@ def test_runners_come_from_the_registry(tiny):
         made.append(options)
         return Counting(path, threads=options.get("threads"))
 
-    registry.register("counting", factory, (".onnx",), lambda: "1.0", "a test runtime")
+    registry.register(registry.RunnerEntry("counting", factory, placements={"cpu": ("fp32",)}, suffixes=(".onnx",),
+                                           version=lambda: "1.0", description="a test runtime"))
     try:
         assert choose_runner(tiny, "counting") == ("counting", tiny, "asked for")
         runner = make_runner(tiny, "counting", threads=1)

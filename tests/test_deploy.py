@@ -10,7 +10,7 @@ import pytest
 from edgekit.deploy.bundle import build_bundle, bundle_fingerprint
 from edgekit.deploy.checks import check_device, facts_script, parse_facts, probe_modules
 from edgekit.deploy.flow import device_command, device_python, docker_command, store_fetched
-from edgekit.deploy.plan import jobs_document, plan_jobs, runtimes_needed
+from edgekit.deploy.plan import jobs_document, plan_jobs, runners_needed
 from edgekit.deploy.transport import Ssh
 from edgekit.device import layout
 from edgekit.device.bench.environment import parse_l4t_release as l4t_release
@@ -33,8 +33,8 @@ def test_what_each_target_measures():
     assert jobs["teacher.fp16.gpu"].source == "variants/teacher.fp32.onnx"
     cpu = [j.stem for j in plan_jobs(load_target("cpu"), ["teacher"])]
     assert cpu == ["student.fp32.cpu", "student.fp16.cpu", "student.int8.cpu", "teacher.fp32.cpu"]
-    assert runtimes_needed(plan_jobs(load_target("cpu"))) == {"onnxruntime"}
-    assert runtimes_needed(plan_jobs(load_target("xavier"))) == {"tensorrt"}
+    assert runners_needed(plan_jobs(load_target("cpu"))) == {"onnxruntime"}
+    assert runners_needed(plan_jobs(load_target("xavier"))) == {"tensorrt"}
 
 
 def test_dla_jobs_build_one_static_engine_per_batch_and_gpu_jobs_one_dynamic_engine():
@@ -170,11 +170,13 @@ def _facts(**change):
     ({"py.mod.numpy": "missing ModuleNotFoundError: No module named 'numpy'"},
      "has no numpy: install it there: python3 -m pip install numpy"),
     ({"py.mod.tensorrt": "missing ModuleNotFoundError: No module named 'tensorrt'"},
-     "has no tensorrt: install it there: it comes with JetPack"),
+     "has no tensorrt, which the tensorrt runner needs: install it there: on JetPack it comes with the system "
+     "Python (sudo apt install python3-libnvinfer)"),
     ({"py.mod.tensorrt": "missing ImportError: libnvinfer.so.8: cannot open shared object file"},
      "has no tensorrt (ImportError: libnvinfer.so.8: cannot open shared object file)"),
     ({"py.mod.pycuda.driver": "missing ModuleNotFoundError: No module named 'pycuda'"},
-     "has neither pycuda nor cuda-python"),
+     "has no pycuda or cuda-python, which the tensorrt runner needs: install it there: python3 -m pip install "
+     "pycuda"),
     ({"py.mod.tensorrt": "ok 8.6.2.3"}, "has TensorRT 8.6.2.3 but target xavier is for TensorRT 8.5.2"),
 ])
 def test_device_checks_refuse_with_the_reason(change, message):
@@ -188,8 +190,9 @@ def test_cpu_jobs_need_onnxruntime_and_say_how_to_install_it():
     cpu = load_target("cpu")
     facts = _facts(**{"py.mod.onnxruntime": "missing ModuleNotFoundError: No module named 'onnxruntime'"})
     with pytest.raises(EdgekitError, match=re.escape(
-            "me@host's Python (/opt/py/bin/python3) has no onnxruntime: install it there: /opt/py/bin/python3 -m pip "
-            "install onnxruntime (or point --device-python / python_bin at an interpreter that has it)")):
+            "me@host's Python (/opt/py/bin/python3) has no onnxruntime, which the onnxruntime runner needs: install "
+            "it there: /opt/py/bin/python3 -m pip install onnxruntime (or point --device-python / python_bin at an "
+            "interpreter that has it)")):
         check_device(cpu, "me@host", facts, "/opt/py/bin/python3", ["onnxruntime"])
     check_device(cpu, "me@host", _facts(**{"py.mod.onnxruntime": "ok 1.23.0"}), "python3", ["onnxruntime"])
     # the cpu target names no L4T, TensorRT or Python: a laptop without them passes

@@ -83,7 +83,8 @@ def test_the_check_probes_loadgen_and_onnx_when_the_target_asks_and_names_the_in
     facts = {"free_kb": "9999999", "arch": "aarch64", "py.version": "3.8.10", "py.mod.numpy": "ok",
              "py.mod.yaml": "ok", "py.mod.onnxruntime": "ok 1.19.2", "py.mod.onnx": "ok 1.16.0",
              "py.mod.mlperf_loadgen": "missing ModuleNotFoundError: No module named 'mlperf_loadgen'"}
-    with pytest.raises(Exception, match=r"has no mlperf_loadgen: install it there: sudo apt install build-essential "
+    with pytest.raises(Exception, match=r"has no mlperf_loadgen, which the loadgen harness needs: install it there: "
+                                        r"sudo apt install build-essential "
                                         r"python3-dev && python3 -m pip install mlcommons-loadgen==6\.0\.17"):
         check_device(target, "nvidia@jetson", facts, "python3", ["onnxruntime"])
     check_device(target, "nvidia@jetson", dict(facts, **{"py.mod.mlperf_loadgen": "ok"}), "python3", ["onnxruntime"])

@@ -203,8 +203,8 @@ def test_build_engine_without_tensorrt_is_one_clear_line(tmp_path):
         pass
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        "edgekit: error: tensorrt is not installed: run on the device or in the Jetson image (docker/jetson); on "
-        "JetPack it comes with the system Python (python3-libnvinfer)"]
+        "edgekit: error: tensorrt is not installed: on JetPack it comes with the system Python (sudo apt install "
+        "python3-libnvinfer); elsewhere run in the Jetson image (docker/jetson)"]
     line = subprocess.run(edgekit_cmd("build-engine", str(path), "--print-trtexec", "--input-shape", "3x8x8"),
                           capture_output=True, text=True, cwd=REPO)
     assert line.returncode == 0 and "--minShapes=input:1x3x8x8" in line.stdout and "--fp16" in line.stdout
@@ -328,7 +328,7 @@ def test_torch_tensorrt_runner_says_what_to_install():
         pytest.skip("torch-tensorrt is installed: the gpu tier compiles for real")
     except ImportError:
         pass
-    with pytest.raises(EdgekitError, match=r"^torch_tensorrt is not installed: pip install torch-tensorrt"):
+    with pytest.raises(EdgekitError, match=r"^torch_tensorrt is not installed: \S+ -m pip install torch-tensorrt"):
         TorchTensorRTRunner(resnet50(num_classes=10), 32).activate()
 
 

@@ -120,7 +120,7 @@ def test_quantization_report_names_layers_worst_first(tiny_run):
 def test_compare_section(tiny_run):
     _, summary, _ = tiny_run
     compare = summary["compare"]
-    combos = {(r["variant"], r["runtime"], r["precision"]) for r in compare["rows"]}
+    combos = {(r["model"], r["runtime"], r["precision"]) for r in compare["rows"]}
     assert {("dense", "pytorch-eager", "fp32"), ("dense", "onnxruntime", "fp32"), ("dense", "onnxruntime", "int8"),
             ("ours", "onnxruntime", "int8")} <= combos
     assert sorted({r["batch"] for r in compare["rows"]}) == [1, 2]

@@ -23,8 +23,12 @@ def test_unknown_key_is_rejected_with_the_valid_keys():
 def test_types_and_choices_are_checked():
     with pytest.raises(EdgekitError, match=r"distill\.alpha must be float"):
         recipe_from_dict({"distill": {"alpha": "high"}})
-    with pytest.raises(EdgekitError, match=r"prune\.method must be one of l1, l2, bn_scale, lamp, fpgm, unstructured"):
-        recipe_from_dict({"prune": {"method": "l3"}})
+    with pytest.raises(EdgekitError, match=r"prune\.allocation must be one of global, uniform"):
+        recipe_from_dict({"prune": {"allocation": "l3"}})
+    # read from the runner registry and its plugins' entry points, not copied into the recipe
+    with pytest.raises(EdgekitError, match=r"prune\.latency_backend must be one of onnxruntime-cpu, tensorrt, "
+                                           r"torch-cuda, got 'cuda'"):
+        recipe_from_dict({"prune": {"latency_backend": "cuda"}})
     with pytest.raises(EdgekitError, match=r"data must be a mapping"):
         recipe_from_dict({"data": 3})
     with pytest.raises(EdgekitError, match=r"target_macs_ratio must be in"):

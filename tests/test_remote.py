@@ -283,8 +283,9 @@ def test_a_device_python_without_onnxruntime_stops_at_check_in_seconds(tiny_run,
     seconds = time.time() - started
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert errors == ["edgekit: error: {}'s Python ({}) has no onnxruntime: install it there: {} -m pip install "
-                      "onnxruntime (or point --device-python / python_bin at an interpreter that has it)".format(
+    assert errors == ["edgekit: error: {}'s Python ({}) has no onnxruntime, which the onnxruntime runner needs: "
+                      "install it there: {} -m pip install onnxruntime (or point --device-python / python_bin at an "
+                      "interpreter that has it)".format(
                           sshd["device"], python_without_onnxruntime, python_without_onnxruntime)]
     assert "[check] reaching" in proc.stdout and "[host]" not in proc.stdout and "[bundle]" not in proc.stdout
     assert not os.path.exists(remote_dir) and not os.path.exists(results)  # nothing copied, nothing fetched

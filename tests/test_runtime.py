@@ -60,6 +60,7 @@ def test_bad_model_files(tmp_path, tiny):
 
 
 def test_missing_heavy_modules_say_what_to_install():
-    with pytest.raises(EdgekitError, match=r"^tensorrt is not installed: run on the device or in the Jetson image"):
+    with pytest.raises(EdgekitError, match=r"^tensorrt is not installed: on JetPack it comes with the system Python "
+                                           r"\(sudo apt install python3-libnvinfer\); elsewhere run in the Jetson"):
         lazy_import("tensorrt")
     assert lazy_import("json").dumps([]) == "[]"

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from edgekit.errors import EdgekitError
-from edgekit.stages import Context, Stage, World, config_slice, downstream, run_stages
+from edgekit.stages import Context, Stage, UndeclaredRead, World, config_slice, downstream, run_stages
 
 
 def _writer(name, text_of):
@@ -134,3 +134,63 @@ def test_declarations_are_checked():
     with pytest.raises(KeyError, match="recipe section 'q.r'"):
         config_slice({"q": {}}, ["q.r"])
     assert downstream(toy_stages(), ["c"]) == {"c", "d"}
+
+
+class Config(object):
+    """A recipe-like object: attributes, sub-objects, to_dict."""
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+    def to_dict(self):
+        return {k: v.to_dict() if isinstance(v, Config) else v for k, v in self.__dict__.items()}
+
+
+def _reading(*paths):
+    def compute(ctx):
+        for path in paths:
+            value = ctx.recipe
+            for part in path.split("."):
+                value = getattr(value, part)
+        return {"read": list(paths)}
+    return compute
+
+
+def test_a_stage_reads_only_what_it_declared(tmp_path):
+    recipe = Config(bench=Config(threads=2, seconds=1.0), threads=None, seed=0)
+    config = recipe.to_dict()
+
+    def run_one(stage):
+        ctx = Context(recipe, config, str(tmp_path), lambda line: None, World())
+        return run_stages((stage,), ctx, force=True)[stage.name].metrics
+
+    assert run_one(Stage("a", _reading("bench.threads", "seed"), sections=("bench.threads", "seed")))
+    with pytest.raises(UndeclaredRead, match=r"stage b reads recipe bench\.seconds but declares only bench\.threads"):
+        run_one(Stage("b", _reading("bench.seconds"), sections=("bench.threads",)))
+    with pytest.raises(UndeclaredRead, match=r"stage c reads recipe threads"):
+        run_one(Stage("c", _reading("threads"), sections=("bench",)))
+    # the config dict, the extra and the enabled hook see the same view
+    with pytest.raises(UndeclaredRead, match=r"stage d reads recipe seed"):
+        run_one(Stage("d", lambda ctx: {"seed": ctx.config["seed"]}, sections=("bench",)))
+    with pytest.raises(UndeclaredRead, match=r"stage e reads recipe threads"):
+        run_one(Stage("e", dict, sections=("bench",), extra=lambda ctx: ctx.recipe.threads))
+    with pytest.raises(UndeclaredRead, match=r"stage f reads recipe seed"):
+        run_one(Stage("f", dict, enabled=lambda ctx: ctx.recipe.seed == 0))
+    # to_dict hands out the declared part only
+    assert run_one(Stage("g", lambda ctx: ctx.recipe.to_dict(), sections=("bench.threads",))) == {
+        "bench": {"threads": 2}}
+
+
+def test_reads_are_readable_but_not_in_the_key_and_sections_may_follow_the_config(tmp_path):
+    def stages():
+        return (Stage("a", _writer("a", lambda ctx: str(ctx.config["x"]) + str(ctx.config["how"])),
+                      sections=lambda config: ("x", "y.z") if config["x"] > 1 else ("x",), reads=("how",),
+                      outputs=("a.txt",)),)
+
+    base = {"x": 1, "y": {"z": 2}, "how": "fast"}
+    assert run(tmp_path, config=base, stages=stages())[0] == ["a"]
+    # `how` is read, not keyed: changing it reuses; y.z is no input while x is 1
+    assert run(tmp_path, config=dict(base, how="slow"), stages=stages())[0] == []
+    assert run(tmp_path, config=dict(base, y={"z": 3}), stages=stages())[0] == []
+    assert run(tmp_path, config=dict(base, x=2), stages=stages())[0] == ["a"]
+    assert run(tmp_path, config=dict(base, x=2, y={"z": 3}), stages=stages())[0] == ["a"]

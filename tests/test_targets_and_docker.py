@@ -20,7 +20,7 @@ def test_every_target_loads_and_xavier_says_what_it_is():
     assert xavier.dla_cores == 2 and xavier.nvpmodel == 0 and xavier.placements == ["gpu", "dla0", "dla1"]
     assert xavier.power_rails == ["GPU", "CPU", "SOC", "CV", "VDDRQ", "SYS5V"]
     assert load_target("orin").tensorrt.startswith("10.")
-    assert load_target("cpu").runtime == "native"
+    assert load_target("cpu").launch == "native"
 
 
 def test_bad_targets(tmp_path):
@@ -35,9 +35,19 @@ def test_bad_targets(tmp_path):
     with pytest.raises(EdgekitError, match="DLA cores the target does not have"):
         load_target(str(dla))
     docker = tmp_path / "docker.yaml"
-    docker.write_text("name: d\nruntime: docker\n")
-    with pytest.raises(EdgekitError, match="runtime docker needs an image"):
+    docker.write_text("name: d\nlaunch: docker\n")
+    with pytest.raises(EdgekitError, match="launch docker needs an image"):
         load_target(str(docker))
+
+
+def test_a_target_file_that_says_runtime_for_how_it_launches_still_reads(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("name: old\nruntime: docker\nimage: edgekit/cpu\n")
+    assert load_target(str(old)).launch == "docker"
+    both = tmp_path / "both.yaml"
+    both.write_text("name: both\nruntime: docker\nlaunch: native\n")
+    with pytest.raises(EdgekitError, match=r"both\.yaml: runtime: is the old name of launch:; keep only launch:"):
+        load_target(str(both))
 
 
 @pytest.mark.parametrize("image", ["jetson", "host", "cpu"])

@@ -3,20 +3,22 @@
 One shell command gathers the device's facts as `key=value` lines: architecture, free disk, the
 L4T release, the power mode, Docker and the image (docker targets), and a tiny `python -c` probe of
 the interpreter that will run the jobs (inside the image for docker targets): its version and the
-modules the planned jobs import (numpy, yaml; onnxruntime for CPU jobs; tensorrt and pycuda or
-cuda-python for GPU/DLA jobs). `check_device` then refuses, with the reason and the fix, anything
-that would fail minutes later; the target's `l4t`, `tensorrt` and `python` are compared with what
-the device reports.
+modules the planned jobs import (numpy, yaml, and what each planned runner's registry entry says it
+needs: onnxruntime for CPU jobs; tensorrt and pycuda or cuda-python for GPU/DLA jobs). `check_device`
+then refuses, with the reason, the runner that needs it and the fix, anything that would fail minutes
+later; the target's `l4t`, `tensorrt` and `python` are compared with what the device reports.
 """
 
 import re
 import shlex
-from typing import Dict, List, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..device.bench.environment import parse_l4t_release
+from ..device.runtime.registry import Need
+from ..device.runtime.registry import get as runner_entry
 from ..errors import EdgekitError
 from ..targets import Target
-from .deliverables import device_modules
+from .deliverables import device_needs
 
 MIN_FREE_KB = 512 * 1024
 MIN_PYTHON = (3, 8)
@@ -33,44 +35,50 @@ PROBE = (
     "        print('py.mod.%s=missing %s: %s' % (name, type(e).__name__, str(e).replace('\\n', ' ')[:200]))\n"
 )
 
-# What each runtime needs on the device: (module to import, what to tell the user). Alternatives
-# share a group: one of them suffices.
-CUDA_BINDINGS = ("pycuda.driver", "cuda.bindings.runtime", "cuda.cudart")
-BASE_MODULES = ("numpy", "yaml")
-RUNTIME_MODULES = {"onnxruntime": ("onnxruntime",), "tensorrt": ("tensorrt",) + CUDA_BINDINGS}
+# What every job needs, whatever its runner; each runner's own needs are in its registry entry.
+BASE_NEEDS = (Need(("numpy",), "{python} -m pip install numpy"), Need(("yaml",), "{python} -m pip install pyyaml"))
 
 
-def install_hint(module: str, python: str) -> str:
-    q = shlex.quote(python)
-    return {
-        "numpy": "{} -m pip install numpy".format(q),
-        "yaml": "{} -m pip install pyyaml".format(q),
-        "onnxruntime": "{} -m pip install onnxruntime".format(q),
-        "tensorrt": "it comes with JetPack: sudo apt install python3-libnvinfer (or use a docker target)",
-        "pycuda.driver": "{} -m pip install pycuda (or cuda-python)".format(q),
-        # no aarch64 or cp38 wheel of 6.0.17: pip builds the sdist there (a C++ compiler and Python headers)
-        "mlperf_loadgen": "sudo apt install build-essential python3-dev && {} -m pip install "
-                          "mlcommons-loadgen==6.0.17".format(q),
-    }.get(module, "{} -m pip install {}".format(q, module.split(".")[0]))
+def needs_of(runners: Iterable[str], target: Optional[Target] = None) -> List[Tuple[str, Need]]:
+    """(who needs it, the need): the base modules, each runner's declared needs, then what the target's
+    harness: and handoff: keys add (deliverables.device_needs)."""
+    found = [("", need) for need in BASE_NEEDS]
+    for name in sorted(set(runners)):
+        found += [("the {} runner".format(name), need) for need in runner_entry(name).needs]
+    return found + (device_needs(target) if target is not None else [])
 
 
-def probe_modules(runtimes: Set[str]) -> List[str]:
-    modules = list(BASE_MODULES)
-    for runtime in sorted(runtimes):
-        modules += [m for m in RUNTIME_MODULES[runtime] if m not in modules]
+def install_hint(need: Need, python: str) -> str:
+    return need.install.replace("{python}", shlex.quote(python))
+
+
+def probe_modules(runners: Iterable[str], target: Optional[Target] = None) -> List[str]:
+    modules: List[str] = []
+    for _, need in needs_of(runners, target):
+        modules += [m for m in need.modules if m not in modules]
     return modules
 
 
-def facts_script(target: Target, python: str, runtimes: Set[str]) -> str:
+def describe_runners(facts: Dict[str, str], runners: Iterable[str]) -> str:
+    """Each planned runner with the version of the module it found first: "tensorrt (tensorrt 8.5.2.2)"."""
+    shown = []
+    for name in sorted(set(runners)):
+        needs = runner_entry(name).needs
+        state = facts.get("py.mod." + needs[0].modules[0], "") if needs else ""
+        shown.append("{} ({} {})".format(name, needs[0].modules[0], state[2:].strip()) if state.startswith("ok")
+                     else name)
+    return ", ".join(shown) or "none"
+
+
+def facts_script(target: Target, python: str, runners: Iterable[str]) -> str:
     """The one shell command that asks the device what it is."""
     q = shlex.quote
-    modules = probe_modules(runtimes) + device_modules(target)
-    probe = "-c {} {}".format(q(PROBE), " ".join(q(m) for m in modules))
+    probe = "-c {} {}".format(q(PROBE), " ".join(q(m) for m in probe_modules(runners, target)))
     parts = ["echo arch=$(uname -m)", "echo free_kb=$(df -Pk . 2>/dev/null | tail -n +2 | awk '{print $4}')",
              "echo l4t=$(head -1 /etc/nv_tegra_release 2>/dev/null)",
              "echo nvpmodel=$(nvpmodel -q 2>/dev/null | tr '\\n' ' ')",
              "command -v sha256sum >/dev/null && echo sha256sum=yes"]
-    if target.runtime == "docker":
+    if target.launch == "docker":
         image = q(target.image or "")
         parts += ["if ! command -v docker >/dev/null; then echo docker=none; "
                   "elif out=$(docker info --format '{{json .Runtimes}}' 2>&1); then echo docker=$out | tr '\\n' ' '; "
@@ -122,8 +130,9 @@ def check_docker(target: Target, device: str, facts: Dict[str, str]) -> None:
             device, target.image))
 
 
-def check_python(target: Target, device: str, facts: Dict[str, str], python: str, runtimes: Set[str]) -> None:
-    where = "{}'s Python ({}{})".format(device, python, " in " + target.image if target.runtime == "docker" else "")
+def check_python(target: Target, device: str, facts: Dict[str, str], python: str, runners: Iterable[str]) -> None:
+    runners = sorted(set(runners))
+    where = "{}'s Python ({}{})".format(device, python, " in " + target.image if target.launch == "docker" else "")
     version = facts.get("py.version")
     if not version:
         said = facts.get("py.output") or "exit status {}".format(facts.get("py.status", "?"))
@@ -136,14 +145,9 @@ def check_python(target: Target, device: str, facts: Dict[str, str], python: str
     if target.python and found[:2] != _version(target.python)[:2]:
         raise EdgekitError("{} is {} but target {} is for Python {}: fix the target's python: or use its "
                            "interpreter (--device-python)".format(where, version, target.name, target.python))
-    for module in BASE_MODULES + (("onnxruntime",) if "onnxruntime" in runtimes else ()) + tuple(
-            device_modules(target)):  # the harness: and handoff: keys' modules (deliverables.py)
-        _need(facts, module, where, python)
-    if "tensorrt" in runtimes:
-        _need(facts, "tensorrt", where, python)
-        if not any(facts.get("py.mod." + m, "").startswith("ok") for m in CUDA_BINDINGS):
-            raise EdgekitError("{} has neither pycuda nor cuda-python (TensorRT jobs need one): install it there: "
-                               "{}".format(where, install_hint("pycuda.driver", python)))
+    for who, need in needs_of(runners, target):
+        _need(facts, who, need, where, python)
+    if "tensorrt" in runners:
         trt = facts["py.mod.tensorrt"][2:].strip()
         if target.tensorrt and not same_release(target.tensorrt, trt):
             raise EdgekitError("{} has TensorRT {} but target {} is for TensorRT {}: engines and calibration "
@@ -151,18 +155,20 @@ def check_python(target: Target, device: str, facts: Dict[str, str], python: str
                                    where, trt or "of unknown version", target.name, target.tensorrt))
 
 
-def _need(facts: Dict[str, str], module: str, where: str, python: str) -> None:
-    state = facts.get("py.mod." + module, "missing (not probed)")
-    if not state.startswith("ok"):
-        reason = state[len("missing"):].strip()
-        broken = "" if reason.startswith(("ModuleNotFoundError", "ImportError: No module")) or not reason \
-            else " ({})".format(reason[:160])
-        raise EdgekitError("{} has no {}{}: install it there: {} (or point --device-python / python_bin at an "
-                           "interpreter that has it)".format(where, module, broken, install_hint(module, python)))
+def _need(facts: Dict[str, str], who: str, need: Need, where: str, python: str) -> None:
+    states = [facts.get("py.mod." + m, "missing (not probed)") for m in need.modules]
+    if any(state.startswith("ok") for state in states):
+        return
+    reason = states[0][len("missing"):].strip()
+    broken = "" if reason.startswith(("ModuleNotFoundError", "ImportError: No module")) or not reason \
+        else " ({})".format(reason[:160])
+    whose = ", which {} needs".format(who) if who else ""
+    raise EdgekitError("{} has no {}{}{}: install it there: {} (or point --device-python / python_bin at an "
+                       "interpreter that has it)".format(where, need.name, broken, whose, install_hint(need, python)))
 
 
 def check_device(target: Target, device: str, facts: Dict[str, str], python: str = "python3",
-                 runtimes: Sequence[str] = ()) -> None:
+                 runners: Sequence[str] = ()) -> None:
     """Refuse, with the reason and the fix, a device that cannot run `target`'s planned jobs."""
     free = facts.get("free_kb", "")
     if not free.isdigit():
@@ -180,7 +186,7 @@ def check_device(target: Target, device: str, facts: Dict[str, str], python: str
         if release != target.l4t:
             raise EdgekitError("{} runs {} but target {} is for L4T {}: the {} would not match".format(
                 device, release or line or "no L4T", target.name, target.l4t,
-                "container" if target.runtime == "docker" else "TensorRT and CUDA"))
-    if target.runtime == "docker":
+                "container" if target.launch == "docker" else "TensorRT and CUDA"))
+    if target.launch == "docker":
         check_docker(target, device, facts)
-    check_python(target, device, facts, python, set(runtimes))
+    check_python(target, device, facts, python, runners)

@@ -11,22 +11,26 @@
 
 import os
 import shutil
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..device import layout
+from ..device.runtime.registry import Need
 from ..targets import Target
 
-# The module each key needs on the device, and how to get it there (named by the [check] when missing).
-MODULES = {"loadgen": "mlperf_loadgen", "deepstream": "onnx"}
+# What each key needs on the device, and how to get it there (the [check] names it when missing).
+# LoadGen 6.0.17 has no aarch64 or cp38 wheel: pip builds the sdist there (a C++ compiler, Python headers).
+NEEDS = {"loadgen": ("the loadgen harness", Need(("mlperf_loadgen",), "sudo apt install build-essential python3-dev "
+                                                 "&& {python} -m pip install mlcommons-loadgen==6.0.17")),
+         "deepstream": ("the deepstream hand-off", Need(("onnx",), "{python} -m pip install onnx"))}
 
 
-def device_modules(target: Target) -> List[str]:
-    """The extra modules the planned steps import on the device."""
+def device_needs(target: Target) -> List[Tuple[str, Need]]:
+    """(who, the need) for the extra modules the planned steps import on the device."""
     wanted = []
     if target.harness == "loadgen":
-        wanted.append(MODULES["loadgen"])
+        wanted.append(NEEDS["loadgen"])
     if "deepstream" in target.handoff:
-        wanted.append(MODULES["deepstream"])
+        wanted.append(NEEDS["deepstream"])
     return wanted
 
 

@@ -26,8 +26,8 @@ from ..errors import EdgekitError
 from ..targets import Target
 from . import deliverables
 from .bundle import build_bundle, bundle_fingerprint, bundle_variants, write_jobs_file
-from .checks import check_device, facts_script, parse_facts
-from .plan import jobs_document, plan_jobs, runtimes_needed
+from .checks import check_device, describe_runners, facts_script, parse_facts
+from .plan import jobs_document, plan_jobs, runners_needed
 from .transport import Local, Ssh, Transport, checked
 
 REMOTE_ROOT = "edgekit-deploy"  # under the SSH user's home; EDGEKIT_REMOTE_ROOT names another folder
@@ -55,7 +55,7 @@ def device_python(target: Target, device: Optional[str], python: Optional[str]) 
 def transport_for(target: Target, recipe: str, artifacts: str, device: Optional[str], ssh_port: Optional[int] = None,
                   ssh_key: Optional[str] = None, known_hosts: Optional[str] = None) -> Transport:
     if device is None:
-        if target.runtime == "docker" or target.arch not in ("native", platform.machine()):
+        if target.launch == "docker" or target.arch not in ("native", platform.machine()):
             raise EdgekitError("target {} runs on a device: give DEVICE=user@host (and SSH_PORT, SSH_KEY if "
                                "needed)".format(target.name))
         return Local(os.path.abspath(os.path.join(artifacts, layout.BUNDLE_DIR)))
@@ -66,16 +66,16 @@ def transport_for(target: Target, recipe: str, artifacts: str, device: Optional[
 def reach(target: Target, transport: Transport, python: str, variants: Sequence[str] = (),
           log: Callable[[str], None] = print) -> Reached:
     """Step 1: can this target be measured there? Seconds, so it runs before minutes of host stages."""
-    runtimes = runtimes_needed(plan_jobs(target, variants or ["teacher"]))
+    runners = runners_needed(plan_jobs(target, variants or ["teacher"]))
     log("[check] reaching {}".format(transport.label))
-    out = transport.run(facts_script(target, python, runtimes), "reaching {}{}".format(
+    out = transport.run(facts_script(target, python, runners), "reaching {}{}".format(
         transport.label, " over SSH" if isinstance(transport, Ssh) else ""), timeout=120, in_workdir=False).stdout
     facts = parse_facts(out)
-    check_device(target, transport.label, facts, python, sorted(runtimes))
-    log("[check] {} is {}{}{}, Python {} with {}".format(
+    check_device(target, transport.label, facts, python, sorted(runners))
+    log("[check] {} is {}{}{}, Python {}; runners: {}".format(
         transport.label, facts.get("arch"), ", " + facts["l4t"] if facts.get("l4t") else "",
         ", " + facts["nvpmodel"] if facts.get("nvpmodel") else "", facts.get("py.version"),
-        ", ".join(sorted(runtimes))))
+        describe_runners(facts, runners)))
     wheel = not (isinstance(transport, Local) and python == sys.executable)
     return Reached(transport, facts, python, wheel)
 
@@ -180,9 +180,9 @@ def deploy(artifacts: str, target: Target, target_file: str, reached: Reached, r
 
     wheel = next((f for f in files if f.endswith(".whl")), None)
     command = device_command(reached.python, wheel)
-    where = "{} in {} (--runtime nvidia)".format(transport.label, target.image) if target.runtime == "docker" \
+    where = "{} in {} (--runtime nvidia)".format(transport.label, target.image) if target.launch == "docker" \
         else "{} (target {})".format(transport.label, target.name)
-    if target.runtime == "docker":
+    if target.launch == "docker":
         command = docker_command(target, transport.workdir, command)
     log("[run] {} measurement(s) {}{}".format(len(jobs), "" if isinstance(transport, Local) else "on ", where))
     proc = transport.run(command, "running the benchmarks on {}".format(transport.label), timeout=RUN_TIMEOUT,

@@ -1,7 +1,9 @@
 """What a target measures, as jobs: each a variant at a precision on a placement, with its steps.
 
-The plan is data (jobs.json): the device's runner (`edgekit run-jobs`, edgekit.device.jobs) executes
-it step by step. File names come from edgekit.device.layout only.
+The plan is data (jobs.json): the device's job runner (`edgekit run-jobs`, edgekit.device.jobs) executes
+it step by step. File names come from edgekit.device.layout only; which runner a job runs on, whether
+it opens the exported model itself or builds an engine from it, and which modules the device needs for
+it come from that runner's registry entry (edgekit.device.runtime.registry).
 
 GPU jobs build one engine with a dynamic batch profile whose opt batch is the one measured most
 (`opt_batch`), so the Offline sweep runs on kernels tuned for it. DLA jobs build one static
@@ -13,6 +15,8 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set
 
 from ..device import layout
 from ..device.jobs import JOBS_SCHEMA, SCHEMA_VERSION
+from ..device.runtime import registry
+from ..errors import EdgekitError
 from ..targets import Target
 from .deliverables import extend_steps
 
@@ -32,15 +36,27 @@ class Job(NamedTuple):
     def on_dla(self) -> bool:
         return self.placement.startswith("dla")
 
+    @property
+    def runner(self) -> registry.RunnerEntry:
+        found = registry.runner_for(self.placement, self.precision)
+        if found is None:
+            raise EdgekitError("no runner runs {} on {}".format(self.precision, self.placement))
+        return found
+
+    @property
+    def opens_source(self) -> bool:
+        """Whether the runner opens the exported model itself (onnxruntime) rather than an engine built from it."""
+        return self.runner.runs(self.source)
+
     def engines(self, batches: Sequence[int]) -> List[Optional[int]]:
         """The static batch of each engine this job builds ([None]: one dynamic engine; []: none)."""
-        if self.placement == "cpu":
+        if self.opens_source:
             return []
         return sorted(set(batches)) if self.on_dla else [None]
 
     def model(self) -> str:
         """What the bench step opens: the ONNX, the engine, or the per-batch engine pattern."""
-        if self.placement == "cpu":
+        if self.opens_source:
             return self.source
         if self.on_dla:
             return layout.engine_pattern(self.stem)
@@ -120,6 +136,6 @@ def jobs_document(target: Target, jobs: Sequence[Job], recipe: str, fingerprint:
     }
 
 
-def runtimes_needed(jobs: Sequence[Job]) -> Set[str]:
-    """The device runtimes the planned jobs use: onnxruntime (CPU) and/or tensorrt (GPU, DLA)."""
-    return {"onnxruntime" if job.placement == "cpu" else "tensorrt" for job in jobs}
+def runners_needed(jobs: Sequence[Job]) -> Set[str]:
+    """The runners the planned jobs use on the device (onnxruntime for CPU jobs, tensorrt for GPU/DLA ones)."""
+    return {job.runner.name for job in jobs}

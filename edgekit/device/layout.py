@@ -1,8 +1,9 @@
 """The artifact layout: the one place that names every file a run writes, ships or measures.
 
-What each exported model is (precision, flavour, the runtimes it is for), which ONNX feeds which engine
-on which placement, which exported model is each engine's accuracy twin, and how result files are
-named and parsed. Every other module asks here instead of spelling a file name.
+What each exported model is (precision, flavour), which exported model each job runs or builds its
+engine from (as the placement's runner declares in its registry entry), which exported model is each
+engine's accuracy twin, and how result files are named and parsed. Every other module asks here instead
+of spelling a file name.
 
 Python 3.8 clean and torch-free: the host writes this layout, the device reads it.
 """
@@ -11,9 +12,10 @@ import os
 import re
 import time
 import uuid
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional
 
 from ..errors import EdgekitError
+from .runtime import registry
 
 # ---- files of an artifacts folder (host side writes them; the bundle carries some to the device)
 SUMMARY = "summary.json"
@@ -59,15 +61,14 @@ class ModelFile(NamedTuple):
     path: str                # file name inside the artifacts folder and the bundle
     precision: str           # fp32, fp16 or int8
     flavour: str             # plain, qdq (explicit INT8 for TensorRT), cpu (u8s8 for onnxruntime)
-    runtimes: Tuple[str, ...]
-    description: str
+    description: str         # what it is for (summary.json's "for")
 
 
 MODELS = (
-    ModelFile("fp32", "model.fp32.onnx", "fp32", "plain", ("tensorrt", "onnxruntime"), "tensorrt, onnxruntime"),
-    ModelFile("fp16", "model.fp16.onnx", "fp16", "plain", ("tensorrt", "onnxruntime"), "tensorrt"),
-    ModelFile("int8.qdq", "model.int8.qdq.onnx", "int8", "qdq", ("tensorrt",), "tensorrt (explicit Q/DQ)"),
-    ModelFile("int8.cpu", "model.int8.cpu.onnx", "int8", "cpu", ("onnxruntime",), "onnxruntime cpu"),
+    ModelFile("fp32", "model.fp32.onnx", "fp32", "plain", "tensorrt, onnxruntime"),
+    ModelFile("fp16", "model.fp16.onnx", "fp16", "plain", "tensorrt"),
+    ModelFile("int8.qdq", "model.int8.qdq.onnx", "int8", "qdq", "tensorrt (explicit Q/DQ)"),
+    ModelFile("int8.cpu", "model.int8.cpu.onnx", "int8", "cpu", "onnxruntime cpu"),
 )
 MODELS_BY_NAME = {m.name: m for m in MODELS}
 MODELS_BY_PATH = {m.path: m for m in MODELS}
@@ -101,32 +102,41 @@ def precision_of(path: str) -> Optional[str]:
 
 # ---- which ONNX feeds which engine, and which exported model stands for its accuracy
 def engine_source(placement: str, precision: str) -> Optional[str]:
-    """The exported model a job at (placement, precision) runs or builds its engine from.
+    """The exported model a job at (placement, precision) runs or builds its engine from; None when no
+    runner runs that combination (DLA has no FP32).
 
-    CPU (onnxruntime): each precision's own file, INT8 the u8s8 flavour. GPU: FP32/FP16 from their
-    files, INT8 from the explicit Q/DQ model. DLA: FP16 from the FP16 model; INT8 implicit, from the
-    FP32 graph and the calibration cache (Xavier's DLA takes no explicit Q/DQ); no FP32 on DLA (None).
+    FP32 and FP16 run their own files; INT8 runs what the placement's runner declares (`int8_from`):
+    onnxruntime the u8s8 CPU flavour, TensorRT on the GPU the explicit Q/DQ model, and on DLA the FP32
+    graph with the calibration cache (implicit INT8: Xavier's DLA takes no explicit Q/DQ).
     """
     if placement not in PLACEMENTS or precision not in PRECISIONS:
         raise EdgekitError("no model for placement {!r} at precision {!r}".format(placement, precision))
-    if placement == "cpu":
-        return {"fp32": FP32, "fp16": FP16, "int8": INT8_CPU}[precision]
-    if placement.startswith("dla"):
-        return {"fp32": None, "fp16": FP16, "int8": FP32}[precision]
-    return {"fp32": FP32, "fp16": FP16, "int8": INT8_QDQ}[precision]
+    runner = registry.runner_for(placement, precision)
+    if runner is None:
+        return None
+    if precision != "int8":
+        return MODELS_BY_NAME[precision].path
+    name = (runner.int8_from or {}).get(registry.placement_kind(placement))
+    if name not in MODELS_BY_NAME:
+        raise EdgekitError("the {} runner runs INT8 on {} but its entry names no exported model for it "
+                           "(int8_from): one of {}".format(runner.name, placement, ", ".join(MODELS_BY_NAME)))
+    return MODELS_BY_NAME[name].path
 
 
 def accuracy_twin(placement: str, precision: str) -> str:
     """The exported model whose host-measured top-1 an engine at (placement, precision) is checked
-    against: the nearest ONNX. DLA INT8 runs the FP32 graph with calib.cache, the same calibration
-    as the Q/DQ model, so the Q/DQ model is its twin."""
-    if precision == "int8":
-        return INT8_CPU if placement == "cpu" else INT8_QDQ
-    return {"fp32": FP32, "fp16": FP16}[precision]
+    against: the nearest ONNX, its own source. An INT8 engine built from a non-INT8 graph (DLA: FP32
+    with calib.cache) shares the Q/DQ model's calibration, so the Q/DQ model is its twin."""
+    source = engine_source(placement, precision)
+    if source is None:
+        raise EdgekitError("no runner runs {} on {}".format(precision, placement))
+    return source if MODELS_BY_PATH[source].precision == precision else INT8_QDQ
 
 
 def needs_calibration_cache(placement: str, precision: str) -> bool:
-    return placement.startswith("dla") and precision == "int8"
+    """INT8 from a graph without Q/DQ (DLA): the engine takes its scales from calib.cache."""
+    source = engine_source(placement, precision) if precision == "int8" else None
+    return source is not None and MODELS_BY_PATH[source].precision != "int8"
 
 
 def variant_onnx(variant: str) -> str:

@@ -115,9 +115,9 @@ def properties(contract: Dict[str, Any], norm: Dict[str, Any], model_file: str, 
 
 def engine_built_from(onnx_path: str) -> Optional[str]:
     """An engine beside `onnx_path` whose metadata names it (as `edgekit build-engine` leaves one)."""
-    from ..device.bench.harness import engine_for
+    from ..device.runtime.registry import engine_built_from as found
 
-    return engine_for(onnx_path)
+    return found(onnx_path)
 
 
 def write(out_dir: str, onnx_path: str, contract: Dict[str, Any], precision: str, batch: int = 1,

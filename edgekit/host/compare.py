@@ -1,8 +1,9 @@
 """The comparison suite: dense vs compressed, PyTorch eager vs onnxruntime, FP32 vs INT8, side by side.
 
-Every variant is measured in one run, on the same real input resized to the deployment resolution
-(224×224 by default), batch 1 (SingleStream) and a batch sweep (Offline), with the same harness and
-thread count. The ONNX files timed are kept under `<artifacts>/compare/`.
+Both models (dense: the teacher; ours: the student) are measured in one run, by each runtime, on the
+same real input resized to the deployment resolution (224×224 by default), batch 1 (SingleStream) and a
+batch sweep (Offline), with the same harness and thread count. The ONNX files timed are kept under
+`<artifacts>/compare/`.
 """
 
 import os
@@ -57,7 +58,9 @@ def compare(teacher: nn.Module, student: nn.Module, data: DataBundle, recipe: Re
     def ort(key: str) -> Callable[[], Runner]:
         return lambda: OnnxRuntimeRunner(paths[key], providers=["CPUExecutionProvider"], threads=threads)
 
-    variants = [
+    # (model: dense or ours, runtime, file, precision, runner); a run's variants (teacher, rounds,
+    # student) are another axis, the one the deploy jobs measure
+    contenders = [
         ("dense", "pytorch-eager", None, "fp32", lambda: TorchEagerRunner(teacher, size, threads)),
         ("dense", "onnxruntime", paths["dense.fp32"], "fp32", ort("dense.fp32")),
         ("dense", "onnxruntime", paths["dense.int8"], "int8", ort("dense.int8")),
@@ -65,13 +68,13 @@ def compare(teacher: nn.Module, student: nn.Module, data: DataBundle, recipe: Re
         ("ours", "onnxruntime", paths["ours.int8"], "int8", ort("ours.int8")),
     ]
     rows = []
-    for variant, runtime, path, precision, make in variants:
+    for model, runtime, path, precision, make in contenders:
         with make() as runner:
             ss = single_stream(runner, feed(1), warmup=3, min_queries=cfg.min_queries, min_seconds=cfg.min_seconds)
             sweep = [b for b in cfg.batches if b != 1]
             off = offline(runner, feed, sweep, warmup=1, min_queries=max(3, cfg.min_queries // 4),
                           min_seconds=cfg.min_seconds) if sweep else {"rows": []}
-        base = {"variant": variant, "runtime": runtime, "path": os.path.relpath(path, out_dir) if path else None,
+        base = {"model": model, "runtime": runtime, "path": os.path.relpath(path, out_dir) if path else None,
                 "precision": precision}
         rows.append(dict(base, input_shape=[1, 3, size, size], batch=1, p50_ms=ss["latency"]["p50_ms"],
                          p99_ms=ss["latency"]["p99_ms"], throughput=round(1000.0 / ss["latency"]["p50_ms"], 3)))
@@ -79,11 +82,11 @@ def compare(teacher: nn.Module, student: nn.Module, data: DataBundle, recipe: Re
             rows.append(dict(base, input_shape=[row["batch"], 3, size, size], batch=row["batch"],
                              p50_ms=row["latency"]["p50_ms"], p99_ms=row["latency"]["p99_ms"],
                              throughput=row["throughput"]))
-        log("compare: {:<5} {:<13} {:<4} batch 1 p50 {:8.2f} ms".format(variant, runtime, precision,
+        log("compare: {:<5} {:<13} {:<4} batch 1 p50 {:8.2f} ms".format(model, runtime, precision,
                                                                         ss["latency"]["p50_ms"]))
 
-    def p50(variant: str, runtime: str, precision: str) -> float:
-        return next(r["p50_ms"] for r in rows if r["variant"] == variant and r["runtime"] == runtime
+    def p50(model: str, runtime: str, precision: str) -> float:
+        return next(r["p50_ms"] for r in rows if r["model"] == model and r["runtime"] == runtime
                     and r["precision"] == precision and r["batch"] == 1)
 
     ours = p50("ours", "onnxruntime", "int8")
@@ -98,13 +101,13 @@ def format_table(section: Dict[str, Any]) -> str:
     """The comparison as a fixed-width table with ratios against dense FP32 in onnxruntime."""
     rows = section["rows"]
     base = {r["batch"]: r["p50_ms"] for r in rows
-            if r["variant"] == "dense" and r["runtime"] == "onnxruntime" and r["precision"] == "fp32"}
+            if r["model"] == "dense" and r["runtime"] == "onnxruntime" and r["precision"] == "fp32"}
     lines = ["{:<6} {:<14} {:<5} {:>5} {:>10} {:>10} {:>11} {:>9}".format(
         "model", "runtime", "prec", "batch", "p50 ms", "p99 ms", "img/s", "vs ORT32")]
-    for r in sorted(rows, key=lambda r: (r["batch"], r["variant"], r["runtime"], r["precision"])):
+    for r in sorted(rows, key=lambda r: (r["batch"], r["model"], r["runtime"], r["precision"])):
         ratio = base.get(r["batch"], 0.0) / r["p50_ms"] if r["p50_ms"] else 0.0
         lines.append("{:<6} {:<14} {:<5} {:>5} {:>10.2f} {:>10.2f} {:>11.1f} {:>8.2f}x".format(
-            r["variant"], r["runtime"], r["precision"], r["batch"], r["p50_ms"], r["p99_ms"], r["throughput"] or 0,
+            r["model"], r["runtime"], r["precision"], r["batch"], r["p50_ms"], r["p99_ms"], r["throughput"] or 0,
             ratio))
     lines.append("ours INT8 at batch 1: {:.2f}x faster than dense FP32 in onnxruntime, {:.2f}x than dense FP32 "
                  "in PyTorch eager ({}x{}, {} threads)".format(section["speedup_vs_ort_fp32"],

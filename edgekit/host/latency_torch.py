@@ -1,7 +1,9 @@
-"""The `torch-cuda` latency backend: FP16, channels_last, CUDA-graph replay on a GPU host (issue 13's setup).
+"""The `torch-cuda` latency backend: FP16, channels_last, CUDA-graph replay on a GPU host (the setup the
+GPU measurements in FACTS.md used, so its tables are comparable with them).
 
-Registered into `edgekit.device.latency.backends.BACKENDS` on import (the device side stays torch-free).
-Layers are built as torch modules from the same layer kinds the ONNX backends time.
+Declared by `TORCH_CUDA` below and found through the entry-point group `edgekit.latency_backends`
+(pyproject.toml): the torch-free registry never names this module. Layers are built as torch modules
+from the same layer kinds the ONNX backends time.
 """
 
 from typing import Any, Callable, Dict
@@ -9,7 +11,8 @@ from typing import Any, Callable, Dict
 import torch
 from torch import nn
 
-from ..device.latency.backends import Backend, register_backend
+from ..device.latency.backends import Backend
+from ..device.runtime.registry import Timer
 from ..errors import EdgekitError
 from .models import resnet50_from_width_spec
 
@@ -36,9 +39,8 @@ class _AddRelu(nn.Module):
         return torch.relu(self.body(x) + residual)
 
 
-@register_backend("torch-cuda")
 class TorchCudaBackend(Backend):
-    precisions = ("fp16", "fp32")
+    name = "torch-cuda"
 
     def __init__(self, precision: str = "fp16", **kwargs: Any) -> None:
         if not torch.cuda.is_available():
@@ -101,3 +103,6 @@ class TorchCudaBackend(Backend):
 
     def time_model(self, model: Any, feeds: Dict[str, Any]) -> float:
         raise EdgekitError("latency backend torch-cuda times torch modules, not ONNX files")
+
+
+TORCH_CUDA = Timer("torch-cuda", ("fp16", "fp32"), TorchCudaBackend, "PyTorch FP16 with CUDA graphs on a GPU host")

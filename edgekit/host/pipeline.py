@@ -21,6 +21,7 @@ from .. import __version__, summary
 from ..artifacts import write_json_atomic
 from ..device import layout
 from ..device.bench.environment import cpu_model
+from ..errors import EdgekitError
 from ..lock import folder_lock
 from ..recipe import Recipe
 from ..stages import Stage, World, file_digest, run_stages
@@ -41,36 +42,50 @@ def _int8_outputs(stage: str) -> List[str]:
     return [layout.int8_stage_file(stage, kind) for kind in dict(steps.INT8_STAGES)[stage]]
 
 
+def _comparing(ctx: HostContext) -> bool:
+    return ctx.recipe.compare.enabled and _quantizing(ctx)
+
+
+# Every stage that uses the data declares it whole and the seed that splits it.
+DATA = ("data", "seed")
+# Training keys leave out the device and the process count (a run resumes on another world size): the
+# rest of `train` is read, not keyed.
+TRAINING = ("train.precision", "train.lr_scaling")
+
+
+def _compress_sections(config: Dict[str, Any]) -> Sequence[str]:
+    """A latency target times models on the latency backend with the recipe's bench threads (else its
+    threads), so those are inputs of the spiral; a MACs target times nothing."""
+    timing = ("bench.threads", "threads") if config["prune"]["target"] == "latency" else ()
+    return DATA + ("prune", "distill") + TRAINING + timing
+
+
 STAGES = (
-    # Training keys leave out the device and the process count: a run resumes on another world size.
-    Stage("teacher", steps.teacher,
-          sections=("data", "model", "teacher", "train.precision", "train.lr_scaling", "seed"),
+    Stage("teacher", steps.teacher, sections=DATA + ("model", "teacher") + TRAINING, reads=("name", "train"),
           outputs=(layout.TEACHER,), extra=lambda ctx: file_digest(ctx.recipe.model.checkpoint), collective=True),
-    Stage("compress", steps.compress, needs=("teacher",),
-          sections=("prune", "distill", "train.precision", "train.lr_scaling", "seed"),
+    Stage("compress", steps.compress, needs=("teacher",), sections=_compress_sections, reads=("name", "train"),
           outputs=(layout.STUDENT,), on_force=steps.drop_rounds, collective=True),
-    Stage("evaluate", steps.evaluate, needs=("teacher", "compress")),
-    Stage("export", steps.export, needs=("compress",), sections=("data.image_size",),
+    Stage("evaluate", steps.evaluate, needs=("teacher", "compress"), sections=DATA),
+    Stage("export", steps.export, needs=("compress",), sections=DATA, reads=("threads",),
           outputs=(layout.FP32, layout.FP16)),
     # INT8: each stage writes its own int8/<stage>.* files; `int8` ships the last one's under the names
     # the device reads (a QAT stage goes after fallback and into steps.INT8_STAGES).
-    Stage("quantize", steps.quantize, needs=("export",),
-          sections=("quantize", "data.calibration_samples", "seed"),
+    Stage("quantize", steps.quantize, needs=("export",), sections=DATA + ("quantize",), reads=("threads",),
           outputs=tuple(_int8_outputs("quantize")) + (layout.CALIB_RANGES,), enabled=_quantizing),
     Stage("fallback", steps.fallback, needs=("export", "quantize"),
-          sections=("fallback", "quantize.per_channel", "quantize.cpu_reduce_range", "data.calibration_samples",
-                    "seed", "bench"),
-          outputs=tuple(_int8_outputs("fallback")), extra=_bench_threads, enabled=_quantizing),
-    Stage("int8", steps.int8, needs=("quantize", "fallback"), outputs=tuple(layout.SHIPPED_INT8.values()),
+          sections=DATA + ("fallback", "quantize.per_channel", "quantize.cpu_reduce_range", "bench"),
+          reads=("threads", "quantize.enabled"), outputs=tuple(_int8_outputs("fallback")), extra=_bench_threads,
           enabled=_quantizing),
-    Stage("measure", steps.measure, needs=("compress", "export", "int8"), sections=("bench",),
-          extra=_bench_threads),
-    Stage("variants", steps.variants, needs=("teacher", "compress", "evaluate"), sections=("data.image_size",),
+    Stage("int8", steps.int8, needs=("quantize", "fallback"), reads=("quantize.enabled",),
+          outputs=tuple(layout.SHIPPED_INT8.values()), enabled=_quantizing),
+    Stage("measure", steps.measure, needs=("compress", "export", "int8"), sections=DATA + ("bench",),
+          reads=("threads",), extra=_bench_threads),
+    Stage("variants", steps.variants, needs=("teacher", "compress", "evaluate"), sections=DATA,
           outputs=lambda metrics: [v["path"] for v in metrics.get("variants", [])]),
-    Stage("evalset", steps.evalset, needs=("measure", "variants"), sections=("data",), outputs=(layout.EVAL_SET,),
-          extra=lambda ctx: (steps.EVAL_SET_BYTES, summary.PREPROCESSING_SCHEMA)),
-    Stage("compare", steps.compare, needs=("teacher", "compress"), sections=("compare", "quantize", "bench", "seed"),
-          extra=_bench_threads, enabled=lambda ctx: ctx.recipe.compare.enabled and _quantizing(ctx)),
+    Stage("evalset", steps.evalset, needs=("measure", "variants"), sections=DATA, reads=("threads",),
+          outputs=(layout.EVAL_SET,), extra=lambda ctx: (steps.EVAL_SET_BYTES, summary.PREPROCESSING_SCHEMA)),
+    Stage("compare", steps.compare, needs=("teacher", "compress"), sections=DATA + ("compare", "quantize", "bench"),
+          reads=("threads",), extra=_bench_threads, enabled=_comparing),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
@@ -89,6 +104,26 @@ def environment(threads: int) -> Dict[str, Any]:
             "torch_pruning": tp_version, "edgekit": __version__}
 
 
+def check_choices(recipe: Recipe) -> None:
+    """The recipe's names of registered things, read from their registries (the recipe is torch-free and
+    cannot hold these lists): the architecture, the pruning importance, and for a latency target the
+    latency backend (a plugin that cannot load here says what to install) and a precision it times."""
+    from ..device.runtime.registry import timer
+    from .compress.prune import IMPORTANCES
+
+    architecture(recipe.model.arch)
+    methods = list(IMPORTANCES) + ["unstructured"]
+    if recipe.prune.method not in methods:
+        raise EdgekitError("recipe: prune.method must be one of {}, got {!r}".format(
+            ", ".join(methods), recipe.prune.method))
+    if recipe.prune.target != "latency":
+        return
+    found = timer(recipe.prune.latency_backend)
+    if recipe.prune.latency_precision not in found.precisions:
+        raise EdgekitError("recipe: prune.latency_precision is {} but latency backend {} times {} only".format(
+            recipe.prune.latency_precision, found.backend, " or ".join(found.precisions)))
+
+
 def run(recipe: Recipe, out_dir: str, force: bool = False, force_stages: Sequence[str] = (),
         log: Callable[[str], None] = print, world: Optional[World] = None) -> Dict[str, Any]:
     """Run the host stages of `recipe` into `out_dir`; return the summary (also in summary.json).
@@ -96,7 +131,7 @@ def run(recipe: Recipe, out_dir: str, force: bool = False, force_stages: Sequenc
     `force` recomputes every stage; `force_stages` the named ones and everything downstream of them.
     `world` is the torchrun hook (`edgekit.host.dist.Dist` fits); by default one process.
     """
-    architecture(recipe.model.arch)  # an unknown architecture fails before any work
+    check_choices(recipe)  # a name no registry knows fails before any work
     world = world or World()
     with folder_lock(out_dir):
         ctx = HostContext(recipe, recipe.to_dict(), out_dir, log, world)

@@ -40,11 +40,16 @@ class HostContext(Context):
 
     @property
     def data(self) -> DataBundle:
+        # Read before the cache: a stage that uses the data must declare it, even when an earlier one loaded it.
+        _ = self.recipe.data, self.recipe.seed
         return self.cache("data", self._load_data)
 
     @property
     def num_classes(self) -> int:
-        return self.recipe.model.num_classes or self.data.num_classes
+        wanted, found = self.recipe.model.num_classes, self.data.num_classes
+        if wanted and wanted != found:
+            raise EdgekitError("model.num_classes is {} but the data has {} classes".format(wanted, found))
+        return wanted or found
 
     def model(self, name: str) -> torch.nn.Module:
         """teacher.pt / student.pt as saved by their stage, in eval mode (loaded once)."""
@@ -53,10 +58,7 @@ class HostContext(Context):
     def _load_data(self) -> DataBundle:
         recipe = self.recipe
         self.log("data: {} ({}x{})".format(recipe.data.dataset, recipe.data.image_size, recipe.data.image_size))
-        data = load_data(recipe.data, recipe.seed)
-        if recipe.model.num_classes and recipe.model.num_classes != data.num_classes:
-            raise EdgekitError("model.num_classes is {} but the data has {} classes".format(
-                recipe.model.num_classes, data.num_classes))
+        data = load_data(recipe.data, recipe.seed)  # only data and seed: whichever stage first uses it loads it
         self.log("data: {} train / {} val images, {} classes".format(len(data.train), len(data.val),
                                                                      data.num_classes))
         return data

@@ -2,6 +2,9 @@
 
 torch-tensorrt compiles the student directly (no ONNX, no engine file); it is optional and
 imported only when that runner activates, with an error that says what to install.
+
+Both runners are declared here as registry entries and found through the entry-point group
+`edgekit.runners` (pyproject.toml), so the torch-free registry never names this module.
 """
 
 import copy
@@ -110,7 +113,21 @@ def _torch_tensorrt(path: str, **options: object) -> Runner:
     return TorchTensorRTRunner(_checkpoint_model(path), int(options.get("image_size") or 224))  # type: ignore[arg-type]
 
 
-registry.register("pytorch", _eager, (".pt", ".pth"), lambda: torch.__version__,
-                  "a ResNet-50 checkpoint in PyTorch eager mode (host)")
-registry.register("torch-tensorrt", _torch_tensorrt, (".pt", ".pth"), None,
-                  "a ResNet-50 checkpoint compiled by torch-tensorrt (x86 CUDA hosts)")
+def _torch_tensorrt_version() -> Optional[str]:
+    try:
+        return lazy_import("torch_tensorrt").__version__
+    except EdgekitError:
+        return None
+
+
+TORCH = registry.Need(("torch",), "{python} -m pip install 'edgekit[host]': the host stages need PyTorch")
+
+PYTORCH = registry.RunnerEntry(
+    "pytorch", _eager, placements={"cpu": ("fp32",)}, suffixes=(".pt", ".pth"), needs=(TORCH,),
+    version=lambda: torch.__version__, description="a ResNet-50 checkpoint in PyTorch eager mode (host)")
+TORCH_TENSORRT = registry.RunnerEntry(
+    "torch-tensorrt", _torch_tensorrt, placements={"gpu": ("fp32", "fp16")}, suffixes=(".pt", ".pth"),
+    needs=(TORCH, registry.Need(("torch_tensorrt",), "pip install torch-tensorrt matching your torch "
+                                "(x86 hosts with a CUDA GPU)")),
+    version=_torch_tensorrt_version,
+    description="a ResNet-50 checkpoint compiled by torch-tensorrt (x86 CUDA hosts)")

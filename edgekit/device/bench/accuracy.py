@@ -1,43 +1,49 @@
-"""Top-1 measured by the runner being benchmarked, on the host's eval set (device side: no torch).
+"""The model's own score, measured by the runner being benchmarked on the host's eval set (device side:
+no torch). What is scored, and how, is the eval set's task (`tasks.py`: top-1 for classification).
 
-The host writes `eval.npz` (val images preprocessed as the models take them, and their labels) and
-scores every exported ONNX model on exactly those images. On the device, each engine scores them
-too: an INT8 engine calibrated for DLA, or an FP16 one, then carries its own accuracy instead of
+The host writes `eval.npz` (val images preprocessed as the models take them, and the task's targets:
+labels) and scores every exported ONNX model on exactly those images. On the device, each engine scores
+them too: an INT8 engine calibrated for DLA, or an FP16 one, then carries its own accuracy instead of
 borrowing its ONNX twin's, and the difference from the host's figure is recorded as a check.
 """
 
 import os
 import time
 import zipfile
-from typing import Dict, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from ...errors import EdgekitError
 from ..runtime.base import Runner, TensorSpec
-from .results import TOP1_CHECK_TOLERANCE_POINTS
+from .tasks import DEFAULT_TASK, Task, get_task
 
 
-def load_eval_set(path: str) -> Tuple[np.ndarray, np.ndarray]:
-    """(images float32 NCHW, labels int) from an eval.npz; a clear error for anything else."""
+class EvalSet(NamedTuple):
+    images: np.ndarray      # float32 NCHW, as the models take them
+    targets: np.ndarray     # what the task scores against (classification: integer labels)
+    task: Task
+
+
+def load_eval_set(path: str) -> EvalSet:
+    """The images, targets and task of an eval.npz (no `task` array: classification); a clear error for
+    anything else."""
     if not os.path.isfile(path):
         raise EdgekitError("eval set not found: {} (the host's `edgekit run` writes eval.npz beside the models)"
                            .format(path))
     try:
         with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in ("images", "labels") if k not in data.files]
-            if missing:
-                raise EdgekitError("eval set {} has no '{}' array; re-run the host stages to write it again".format(
-                    path, missing[0]))
-            images, labels = data["images"], data["labels"]
+            arrays = {name: data[name] for name in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise EdgekitError("eval set {} is not a readable .npz ({}); copy it again".format(path, exc)) from None
-    if images.ndim != 4 or labels.ndim != 1 or images.shape[0] != labels.shape[0] or images.shape[0] == 0:
-        raise EdgekitError("eval set {} has images {} and labels {}; expected N images (N, C, H, W) and N "
-                           "labels".format(path, list(images.shape), list(labels.shape)))
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise EdgekitError("eval set {} has {} labels; expected integers".format(path, labels.dtype.name))
-    return images, labels
+    if "images" not in arrays:
+        raise EdgekitError("eval set {} has no 'images' array; re-run the host stages to write it again".format(path))
+    images = arrays["images"]
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise EdgekitError("eval set {} has images {}; expected N images (N, C, H, W)".format(
+            path, list(images.shape)))
+    task = get_task(str(arrays["task"]) if "task" in arrays else DEFAULT_TASK)
+    return EvalSet(images, task.targets(arrays, path, images), task)
 
 
 def feeding(runner: Runner, images: np.ndarray, batch: int = 32) -> Tuple[TensorSpec, Optional[int], int]:
@@ -55,23 +61,23 @@ def feeding(runner: Runner, images: np.ndarray, batch: int = 32) -> Tuple[Tensor
     return spec, static, step
 
 
-def score(runner: Runner, images: np.ndarray, labels: np.ndarray, batch: int = 32) -> Dict[str, object]:
-    """Top-1 of an active runner on `images`, fed `batch` at a time (a static batch is padded)."""
+def score(runner: Runner, images: np.ndarray, targets: np.ndarray, batch: int = 32,
+          task: Optional[Task] = None) -> Dict[str, object]:
+    """The task's figure (default: top-1) of an active runner on `images`, fed `batch` at a time (a static
+    batch is padded): {"task", "metric", <metric>: value, "images", "seconds"}."""
+    task = task or get_task(DEFAULT_TASK)
     spec, static, step = feeding(runner, images, batch)
-    output = runner.output_names()[0]
-    correct = 0
+    names = runner.output_names()
+    meter = task.meter()
     start = time.perf_counter()
     for i in range(0, images.shape[0], step):
         chunk = images[i:i + step].astype(spec.dtype)
         real = chunk.shape[0]
         if static and real < static:
             chunk = np.concatenate([chunk, np.zeros((static - real,) + chunk.shape[1:], chunk.dtype)])
-        logits = np.asarray(runner.infer({spec.name: chunk})[output])[:real]
-        if logits.ndim != 2 or logits.shape[0] != real:
-            raise EdgekitError("output {} has shape {}; scoring expects (batch, classes) logits".format(
-                output, list(logits.shape)))
-        correct += int((logits.argmax(1) == labels[i:i + real]).sum())
-    return {"top1": round(100.0 * correct / images.shape[0], 3), "images": int(images.shape[0]),
+        outputs = runner.infer({spec.name: chunk})
+        meter.update({name: np.asarray(outputs[name])[:real] for name in names}, targets[i:i + real])
+    return {"task": task.name, "metric": task.metric, task.metric: meter.value(), "images": int(images.shape[0]),
             "seconds": round(time.perf_counter() - start, 3)}
 
 
@@ -79,24 +85,41 @@ def merge(accuracy: Optional[Dict[str, object]], measured: Dict[str, object],
           runtime: str) -> Dict[str, object]:
     """The result's accuracy record once this run has scored the eval set itself.
 
-    `accuracy` is what the host's summary said (its top-1 on the full val split, `eval_top1` on
+    `accuracy` is what the host's summary said (its figure on the full val split, `eval_<metric>` on
     these images, `eval_of` the split size). When the eval set is the whole split, this run's own
-    figure becomes the top-1 (the host's is kept as `host_top1`); when it is a subset, the host's
-    full-split figure stays the top-1 and this run's is the check beside it.
+    figure becomes the record's (the host's is kept as `host_<metric>`); when it is a subset, the host's
+    full-split figure stays and this run's is the check beside it. For classification the metric is
+    `top1`: `top1`, `host_top1`, `device_check.top1`, `device_check.reference_top1`.
     """
+    task = get_task(str(measured["task"]))
+    metric = task.metric
     accuracy = dict(accuracy or {})
-    reference = accuracy.pop("eval_top1", None)
+    reference = accuracy.pop("eval_" + metric, None)
     of = accuracy.pop("eval_of", None)
-    check = dict(measured, runtime=runtime, of=of, reference_top1=reference,
-                 reference_model=accuracy.get("measured_on"))
+    check = dict(measured, runtime=runtime, of=of, reference_model=accuracy.get("measured_on"))
+    check["reference_" + metric] = reference
     if reference is not None:
-        check["delta_points"] = round(float(measured["top1"]) - float(reference), 3)
-        check["within_tolerance"] = check["delta_points"] >= -TOP1_CHECK_TOLERANCE_POINTS
+        check["delta_points"] = round(float(measured[metric]) - float(reference), 3)  # type: ignore[arg-type]
+        check["within_tolerance"] = check["delta_points"] >= -task.tolerance
     accuracy["device_check"] = check
-    if "top1" not in accuracy or (of is not None and measured["images"] == of):
-        if "top1" in accuracy:
-            accuracy["host_top1"] = accuracy["top1"]
-        accuracy["top1"] = measured["top1"]
+    accuracy.setdefault("task", task.name)
+    accuracy.setdefault("metric", metric)
+    if metric not in accuracy or (of is not None and measured["images"] == of):
+        if metric in accuracy:
+            accuracy["host_" + metric] = accuracy[metric]
+        accuracy[metric] = measured[metric]
         accuracy["runtime"] = runtime
         accuracy["measured_on"] = "this run ({}, {} images)".format(runtime, measured["images"])
     return accuracy
+
+
+def describe(measured: Dict[str, object], check: Dict[str, object]) -> str:
+    """One log line: this runner's figure, and the host's beside it when there is one."""
+    task = get_task(str(measured["task"]))
+    line = "{} scored by this runner: {:.2f}{} on {} images".format(task.label, measured[task.metric], task.unit,
+                                                                   measured["images"])
+    reference = check.get("reference_" + task.metric)
+    if reference is not None:
+        line += " (host {}: {:.2f}{}, {:+.2f} points)".format(check["reference_model"], reference, task.unit,
+                                                              check["delta_points"])
+    return line

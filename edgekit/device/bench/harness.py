@@ -15,7 +15,7 @@ from ..layout import precision_of as _layout_precision
 from ..runtime import registry
 from ..runtime.base import Runner
 from . import environment
-from .accuracy import feeding, load_eval_set, merge, score
+from .accuracy import describe, feeding, load_eval_set, merge, score
 from .power import (  # noqa: F401
     PowerSampler,
     PowerSource,
@@ -26,11 +26,11 @@ from .power import (  # noqa: F401
     total_rule,
 )
 from .results import save_result
-from .scenarios import Window, Windows, concurrent_offline, export_times, offline, single_stream
-from .thermal import ThermalWindow
+from .scenarios import Monitor, Monitors, concurrent_offline, export_times, offline, single_stream
+from .thermal import ThermalMonitor
 
 
-class PowerWindow(Window):
+class PowerMonitor(Monitor):
     """Samples power over each measured window, against an idle baseline that `baseline` takes once,
     before any warm-up: after a warm-up the clocks are still high (or already falling), and the idle
     figure would be neither idle nor loaded.
@@ -68,51 +68,56 @@ class PowerWindow(Window):
             self.source.close()
 
 
-def engine_for(onnx_path: str) -> Optional[str]:
-    """An engine built from exactly this ONNX file (its metadata names the ONNX sha256), if any."""
-    import glob
-    import json
-
-    digest = sha256_file(onnx_path)
-    for meta_path in sorted(glob.glob(os.path.join(os.path.dirname(onnx_path) or ".", "*.engine.json"))):
-        try:
-            with open(meta_path, encoding="utf-8") as f:
-                if json.load(f).get("onnx_sha256") == digest:
-                    return meta_path[: -len(".json")]
-        except (OSError, ValueError):
-            continue
-    return None
-
-
 def choose_runner(model_path: str, runner: str = "auto") -> Tuple[str, str, str]:
-    """(runtime, path to run, why): TensorRT when it is here and an engine exists, else onnxruntime;
-    any other registered runner (runtime/registry.py) when asked for by name."""
+    """(runner, path to run, why), from the registry's entries (runtime/registry.py): a runner asked for by
+    name runs the file, or the file of its own built from it (a TensorRT engine built from this ONNX);
+    `auto` takes the first automatic runner that is installed here and can, in order of preference."""
     if runner != "auto":
-        registry.get(runner)  # an unknown name fails here, listing the registered ones
-    is_engine = model_path.endswith((".engine", ".plan"))
-    if is_engine:
-        if runner not in ("auto", "tensorrt"):
-            raise EdgekitError("{} is a TensorRT engine: {} cannot run it".format(model_path, runner))
-        return "tensorrt", model_path, "a TensorRT engine"
-    if runner not in ("auto", "tensorrt"):
-        return runner, model_path, "asked for"
-    version = registry.get("tensorrt").available()  # type: ignore[misc]
-    engine = engine_for(model_path) if os.path.isfile(model_path) else None
-    if version and engine:
-        return "tensorrt", engine, "TensorRT {} is here and {} was built from this ONNX".format(
-            version, os.path.basename(engine))
-    if runner == "tensorrt":
-        raise EdgekitError("no TensorRT engine built from {}{}: run edgekit build-engine first".format(
-            model_path, "" if version else " and TensorRT is not installed here"))
-    why = "TensorRT is not installed here" if not version else "no engine was built from this ONNX yet"
-    return "onnxruntime", model_path, why
+        return _asked_for(registry.get(runner), model_path)
+    passed_over: List[str] = []
+    for entry in registry.automatic():
+        version = entry.version() if entry.version else "?"
+        if not version:
+            passed_over.append("{} is not installed here".format(entry.name))
+            continue
+        if entry.runs(model_path):
+            return entry.name, model_path, passed_over[-1] if passed_over else "{} {} runs {} files".format(
+                entry.name, version, "/".join(entry.suffixes) or "any")
+        built = entry.built_from.find(model_path) if entry.builds_from(model_path) else None
+        if built:
+            return entry.name, built, "{} {} is here and {} was built from this file".format(
+                entry.name, version, os.path.basename(built))
+        if entry.builds_from(model_path):
+            passed_over.append("no {} file was built from this one yet".format(entry.name))
+    # Nothing installed here runs it: the runner made for this kind of file says, when it activates, what to install.
+    for entry in registry.automatic():
+        if entry.suffixes and entry.runs(model_path):
+            return entry.name, model_path, "; ".join(passed_over) or "runs {} files".format("/".join(entry.suffixes))
+    raise EdgekitError("no automatic runner opens {}; name one with --runner: {}".format(
+        model_path, ", ".join(registry.names())))
+
+
+def _asked_for(entry: "registry.RunnerEntry", model_path: str) -> Tuple[str, str, str]:
+    if entry.runs(model_path):
+        return entry.name, model_path, "asked for"
+    if not entry.builds_from(model_path):
+        raise EdgekitError("the {} runner runs {} files, not {}".format(
+            entry.name, "/".join(entry.suffixes), model_path))
+    built = entry.built_from.find(model_path)  # type: ignore[union-attr]
+    version = entry.version() if entry.version else "?"
+    if not built or not version:
+        raise EdgekitError("no {} file was built from {}{}: run {} first".format(
+            "/".join(entry.suffixes), model_path, "" if version else " and {} is not installed here".format(entry.name),
+            entry.built_from.command))  # type: ignore[union-attr]
+    return entry.name, built, "asked for; {} {} is here and {} was built from this file".format(
+        entry.name, version, os.path.basename(built))
 
 
 def make_runner(model_path: str, runner: str = "auto", threads: Optional[int] = None,
                 cuda_graph: bool = False, spin_wait: bool = False) -> Runner:
     """The runner `choose_runner` picks, made by its registry entry (cheap: nothing loads before `activate`)."""
-    runtime, path, _ = choose_runner(model_path, runner)
-    return registry.create(runtime, path, threads=threads, cuda_graph=cuda_graph, spin_wait=spin_wait)
+    name, path, _ = choose_runner(model_path, runner)
+    return registry.create(name, path, threads=threads, cuda_graph=cuda_graph, spin_wait=spin_wait)
 
 
 def random_feed(runner: Runner, batch: int, seed: int = 0) -> Dict[str, np.ndarray]:
@@ -182,8 +187,8 @@ class _Runners(object):
         self.open.clear()
 
 
-def _power_window(power: bool, power_root: str, power_total: Optional[str],
-                  idle_seconds: float) -> Tuple["PowerWindow", str, str]:
+def _power_monitor(power: bool, power_root: str, power_total: Optional[str],
+                  idle_seconds: float) -> Tuple["PowerMonitor", str, str]:
     """The power sampler for the measured windows, and the rule that makes its board total.
 
     A total rule this board cannot follow (a named input rail it lacks) leaves power "unavailable" with
@@ -198,7 +203,7 @@ def _power_window(power: bool, power_root: str, power_total: Optional[str],
             source.close()
             source, reasons = None, [str(exc)]
             rule, rule_why = "none", str(exc)
-    return PowerWindow(source, reasons, idle_seconds=idle_seconds, total=rule), rule, rule_why
+    return PowerMonitor(source, reasons, idle_seconds=idle_seconds, total=rule), rule, rule_why
 
 
 def _swept(runners: "_Runners", first_batch: int, batches: Sequence[int], scenarios: Sequence[str]) -> List[int]:
@@ -208,10 +213,10 @@ def _swept(runners: "_Runners", first_batch: int, batches: Sequence[int], scenar
     return sorted({first_batch, *(batches if "offline" in scenarios else [])})
 
 
-def _power_label(window: "PowerWindow") -> str:
-    if window.source is not None:
-        return window.source.name
-    return "unavailable ({})".format(window.reasons[-1] if window.reasons else "none")
+def _power_label(monitor: "PowerMonitor") -> str:
+    if monitor.source is not None:
+        return monitor.source.name
+    return "unavailable ({})".format(monitor.reasons[-1] if monitor.reasons else "none")
 
 
 def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "auto",
@@ -246,8 +251,8 @@ def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "au
     for batch in (batches if "offline" in scenarios else []):
         runners.choose(batch)  # every engine of the sweep exists before anything is timed
     log("runner: {} ({})".format(runtime_name, why))
-    power_window, rule, rule_why = _power_window(power, power_root, power_total, idle_seconds)
-    window = Windows([power_window, ThermalWindow(thermal_root or power_root)])
+    power_monitor, rule, rule_why = _power_monitor(power, power_root, power_total, idle_seconds)
+    monitor = Monitors([power_monitor, ThermalMonitor(thermal_root or power_root)])
     show = _progress_printer() if progress else None
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     exported: List[Tuple[str, List[Dict[str, float]], Dict[str, float]]] = []
@@ -263,46 +268,43 @@ def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "au
         info = first.runtime_info()
         log("benchmark {} with {} {} ({}); power: {} (total: {})".format(
             model_path, info.get("runtime", info["runner"]), info.get("runtime_version", ""),
-            info.get("providers", ""), _power_label(power_window), rule))
+            info.get("providers", ""), _power_label(power_monitor), rule))
         specs = first.input_specs()
         eval_batch = 1
         if "offline" in scenarios and batches:
             fitting = [b for b in batches if b <= 32]
             eval_batch = max(fitting) if runners.per_batch and fitting else min(32, max(batches))
         if evaluation is not None:
-            feeding(runners(eval_batch), evaluation[0], eval_batch)
+            feeding(runners(eval_batch), evaluation.images, eval_batch)
         for batch in sorted({first_batch, *(batches if "offline" in scenarios else [])}):
             runners(batch).check_feed(random_feed(runners(batch), batch))  # e.g. beyond an engine's profile
-        power_window.baseline()  # idle, before the soak and every warm-up
+        power_monitor.baseline()  # idle, before the soak and every warm-up
         if soak_seconds > 0:
             soak = _soak(first, first_batch, soak_seconds, log)
         results: Dict[str, object] = {}
         if "single_stream" in scenarios:
             results["single_stream"] = single_stream(
                 runners(1), random_feed(runners(1), 1), warmup=warmup, min_queries=min_queries,
-                min_seconds=min_seconds, max_seconds=max_seconds, progress=show, window=window,
+                min_seconds=min_seconds, max_seconds=max_seconds, progress=show, monitor=monitor,
                 warmup_ms=warmup_ms, times=keep_times)
         if "offline" in scenarios:
             results["offline"] = offline(
                 None, lambda b: random_feed(runners(b), b), batches, warmup=max(1, warmup // 3),
                 min_queries=max(5, min_queries // 5), min_seconds=min_seconds, max_seconds=max_seconds,
-                progress=show, window=window, warmup_ms=warmup_ms, times=keep_times, runner_for=runners)
+                progress=show, monitor=monitor, warmup_ms=warmup_ms, times=keep_times, runner_for=runners)
         if export_profile_path:
             profile = _profile(first, first_batch, export_profile_path, log)
         if evaluation is not None:
             # Outside the timed windows; the largest swept batch the engine was built for, at most 32.
-            measured = score(runners(eval_batch), evaluation[0], evaluation[1], batch=eval_batch)
+            measured = score(runners(eval_batch), evaluation.images, evaluation.targets, batch=eval_batch,
+                             task=evaluation.task)
             accuracy = merge(accuracy, measured, info.get("runtime", info["runner"]))
-            check = accuracy["device_check"]
-            log("top-1 scored by this runner: {:.2f}% on {} images{}".format(
-                measured["top1"], measured["images"], "" if check.get("reference_top1") is None else
-                " (host {}: {:.2f}%, {:+.2f} points)".format(check["reference_model"], check["reference_top1"],
-                                                            check["delta_points"])))
+            log(describe(measured, accuracy["device_check"]))
             if runners.per_batch:
                 accuracy["device_check"]["engine"] = runners.path(eval_batch)
     finally:
         runners.close()
-        power_window.close()
+        power_monitor.close()
     times_file = None
     if export_times_path and exported:
         write_json_atomic(export_times_path, export_times(exported[0][1], exported[0][2]))
@@ -325,8 +327,8 @@ def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "au
         "runtime": info,
         "environment": environment.collect(threads=threads, runtime=info, precision=precision),
         "scenarios": results,
-        "power_source": power_window.source.name if power_window.source else None,
-        "power_unavailable_reasons": power_window.reasons if power_window.source is None else [],
+        "power_source": power_monitor.source.name if power_monitor.source else None,
+        "power_unavailable_reasons": power_monitor.reasons if power_monitor.source is None else [],
         "power_total": {"rule": rule, "why": rule_why},
         "throttled": _throttled(results),
         "soak": soak,
@@ -396,7 +398,7 @@ def benchmark_concurrent(model_paths: Sequence[str], out_path: Optional[str] = N
         raise EdgekitError("batch must be positive, got {}".format(batch))
     paths = [p.replace(BATCH_PLACEHOLDER, str(batch)) for p in model_paths]
     chosen = [choose_runner(p, runner) for p in paths]
-    power_window, rule, rule_why = _power_window(power, power_root, power_total, idle_seconds)
+    power_monitor, rule, rule_why = _power_monitor(power, power_root, power_total, idle_seconds)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     opened: Dict[str, Runner] = {}
     try:
@@ -406,14 +408,14 @@ def benchmark_concurrent(model_paths: Sequence[str], out_path: Optional[str] = N
         log("concurrent offline: {} at batch {} together".format(", ".join(opened), batch))
         feeds = {name: random_feed(r, batch) for name, r in opened.items()}
         info = {name: r.runtime_info() for name, r in opened.items()}
-        power_window.baseline()  # idle, before the warm-up
+        power_monitor.baseline()  # idle, before the warm-up
         measured = concurrent_offline(opened, feeds, min_seconds=min_seconds, warmup=warmup,
-                                      window=Windows([power_window, ThermalWindow(thermal_root or power_root)]),
+                                      monitor=Monitors([power_monitor, ThermalMonitor(thermal_root or power_root)]),
                                       progress=_progress_printer() if progress else None)
     finally:
         for r in opened.values():
             r.deactivate()
-        power_window.close()
+        power_monitor.close()
     first_info = next(iter(info.values()))
     concurrent = [{"path": c[1], "sha256": sha256_file(c[1]), "runtime": c[0]} for c in chosen]
     result = {
@@ -429,8 +431,8 @@ def benchmark_concurrent(model_paths: Sequence[str], out_path: Optional[str] = N
         "runtimes": info,
         "environment": environment.collect(threads=threads, runtime=first_info),
         "scenarios": {"concurrent_offline": measured},
-        "power_source": power_window.source.name if power_window.source else None,
-        "power_unavailable_reasons": power_window.reasons if power_window.source is None else [],
+        "power_source": power_monitor.source.name if power_monitor.source else None,
+        "power_unavailable_reasons": power_monitor.reasons if power_monitor.source is None else [],
         "power_total": {"rule": rule, "why": rule_why},
         "throttled": _throttled({"concurrent_offline": measured}),
         "settings": {"warmup": warmup, "min_seconds": min_seconds, "batch": batch,
@@ -448,6 +450,6 @@ def _labels(model_path: str, runtime_name: str, given: Dict[str, Optional[str]])
     placement = given.get("placement")
     if not placement:
         dla = [part for part in name.split(".") if part in ("dla0", "dla1")]
-        placement = dla[0] if dla else ("gpu" if runtime_name == "tensorrt" else "cpu")
+        placement = dla[0] if dla else next(iter(registry.get(runtime_name).placements), "cpu")
     return {"variant": variant, "target": given.get("target") or "local", "placement": placement,
             "recipe": given.get("recipe")}

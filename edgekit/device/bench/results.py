@@ -7,8 +7,8 @@ from typing import Any, Dict, List
 from ...artifacts import read_json, write_json_atomic, write_text_atomic
 from ...errors import EdgekitError
 
-# accuracy.device_check: a run that scored the host's eval images more than this many points below
-# the host's figure for the same model and images is out of tolerance (the store flags it).
+# accuracy.device_check: a run that scored the host's eval images more than this many points of top-1
+# below the host's figure for the same model and images is out of tolerance (the store flags it).
 TOP1_CHECK_TOLERANCE_POINTS = 1.0
 
 SCHEMA = "edgekit.bench"
@@ -90,8 +90,9 @@ def schema_problem(data: Dict[str, Any]) -> str:
             if not _number(latency.get(key)):
                 return "{} latency.{} is not a number".format(where, key)
     accuracy = data.get("accuracy")
-    if accuracy is not None and (not isinstance(accuracy, dict) or not _number(accuracy.get("top1"))):
-        return "accuracy.top1 is not a number"
+    metric = accuracy.get("metric", "top1") if isinstance(accuracy, dict) else "top1"  # the task's figure
+    if accuracy is not None and (not isinstance(accuracy, dict) or not _number(accuracy.get(metric))):
+        return "accuracy.{} is not a number".format(metric)
     for key in ("labels", "environment", "runtime", "power_total", "soak", "profile", "times_file"):
         if data.get(key) is not None and not isinstance(data[key], dict):
             return "{} is not an object".format(key)

@@ -26,8 +26,8 @@ TimesSink = Callable[[str, List[Dict[str, float]], Dict[str, float]], None]
 SPLIT_PARTS = ("enqueue", "h2d", "compute", "d2h")
 
 
-class Window(object):
-    """Something to run over each measured window (power, thermal): start, then stop -> fields for the row."""
+class Monitor(object):
+    """Watches each measured window (power, thermal): start, then stop -> fields for the window's row."""
 
     def start(self) -> None:
         raise NotImplementedError
@@ -36,20 +36,20 @@ class Window(object):
         raise NotImplementedError
 
 
-class Windows(Window):
-    """Several windows over the same measured span; their fields are merged."""
+class Monitors(Monitor):
+    """Several monitors over the same measured window; their fields are merged."""
 
-    def __init__(self, windows: Sequence[Optional[Window]]) -> None:
-        self.windows = [w for w in windows if w is not None]
+    def __init__(self, monitors: Sequence[Optional[Monitor]]) -> None:
+        self.monitors = [m for m in monitors if m is not None]
 
     def start(self) -> None:
-        for window in self.windows:
-            window.start()
+        for monitor in self.monitors:
+            monitor.start()
 
     def stop(self, inferences: int, seconds: float) -> Dict[str, object]:
         fields: Dict[str, object] = {}
-        for window in reversed(self.windows):
-            fields.update(window.stop(inferences, seconds))
+        for monitor in reversed(self.monitors):
+            fields.update(monitor.stop(inferences, seconds))
         return fields
 
 
@@ -117,10 +117,10 @@ def _warm_up(runner: Runner, feed: Dict[str, np.ndarray], warmup: int, warmup_ms
 
 def _measure(runner: Runner, feed: Dict[str, np.ndarray], warmup: int, min_queries: int, min_seconds: float,
              max_seconds: Optional[float], label: str, progress: Optional[Progress],
-             window: Optional[Window], warmup_ms: float = 0.0):  # noqa: ANN202
+             monitor: Optional[Monitor], warmup_ms: float = 0.0):  # noqa: ANN202
     origin = _warm_up(runner, feed, warmup, warmup_ms)
-    if window is not None:
-        window.start()  # power is sampled over the measured queries only, not the warm-up
+    if monitor is not None:
+        monitor.start()  # power is sampled over the measured queries only, not the warm-up
     records: List[Dict[str, float]] = []
     started = time.perf_counter()
     last_report = started
@@ -137,7 +137,7 @@ def _measure(runner: Runner, feed: Dict[str, np.ndarray], warmup: int, min_queri
         if max_seconds is not None and elapsed >= max_seconds and len(records) >= 2:
             break
     wall = time.perf_counter() - started
-    fields = window.stop(inferences=len(records) * _batch_of(feed), seconds=wall) if window is not None else {}
+    fields = monitor.stop(inferences=len(records) * _batch_of(feed), seconds=wall) if monitor is not None else {}
     if progress is not None:
         progress(label, len(records), wall, done=True)
     return records, wall, fields, origin or records[0]
@@ -151,12 +151,12 @@ def _summary(runner: Runner, records: List[Dict[str, float]]):  # noqa: ANN202
 
 def single_stream(runner: Runner, feed: Dict[str, np.ndarray], warmup: int = 10, min_queries: int = 200,
                   min_seconds: float = 5.0, max_seconds: Optional[float] = None,
-                  progress: Optional[Progress] = None, window: Optional[Window] = None, warmup_ms: float = 0.0,
+                  progress: Optional[Progress] = None, monitor: Optional[Monitor] = None, warmup_ms: float = 0.0,
                   times: Optional[TimesSink] = None) -> Dict[str, object]:
     """Batch-1 latency: one query at a time, back to back."""
     runner.check_feed(feed)
     records, wall, fields, origin = _measure(runner, feed, warmup, min_queries, min_seconds, max_seconds,
-                                             "single-stream", progress, window, warmup_ms)
+                                             "single-stream", progress, monitor, warmup_ms)
     e2e, compute = _summary(runner, records)
     result = {"scenario": "single_stream", "batch": _batch_of(feed), "warmup": warmup, "warmup_ms": warmup_ms,
               "queries": len(e2e), "seconds": round(wall, 4),
@@ -172,7 +172,7 @@ def single_stream(runner: Runner, feed: Dict[str, np.ndarray], warmup: int = 10,
 
 def offline(runner: Optional[Runner], make_feed: Callable[[int], Dict[str, np.ndarray]], batches: Sequence[int],
             warmup: int = 3, min_queries: int = 20, min_seconds: float = 3.0, max_seconds: Optional[float] = None,
-            progress: Optional[Progress] = None, window: Optional[Window] = None, warmup_ms: float = 0.0,
+            progress: Optional[Progress] = None, monitor: Optional[Monitor] = None, warmup_ms: float = 0.0,
             times: Optional[TimesSink] = None,
             runner_for: Optional[Callable[[int], Runner]] = None) -> Dict[str, object]:
     """Throughput (images per second) at each batch size of the sweep; the best batch is named.
@@ -184,7 +184,7 @@ def offline(runner: Optional[Runner], make_feed: Callable[[int], Dict[str, np.nd
         feed = make_feed(batch)
         current.check_feed(feed)
         records, wall, fields, origin = _measure(current, feed, warmup, min_queries, min_seconds, max_seconds,
-                                                 "offline batch {}".format(batch), progress, window, warmup_ms)
+                                                 "offline batch {}".format(batch), progress, monitor, warmup_ms)
         e2e, compute = _summary(current, records)
         images = batch * len(e2e)
         # Images over the window's wall time, as LoadGen's Offline and trtexec's throughput: a sum of
@@ -204,11 +204,11 @@ def offline(runner: Optional[Runner], make_feed: Callable[[int], Dict[str, np.nd
 
 
 def concurrent_offline(runners: Dict[str, Runner], feeds: Dict[str, Dict[str, np.ndarray]], min_seconds: float = 3.0,
-                       warmup: int = 3, window: Optional[Window] = None,
+                       warmup: int = 3, monitor: Optional[Monitor] = None,
                        progress: Optional[Progress] = None) -> Dict[str, object]:
     """Every runner at once, one thread (and, for TensorRT, one stream) each, for `min_seconds`:
     each engine's images and share, and the combined throughput (MLPerf's Xavier Offline runs GPU +
-    DLA0 + DLA1 together this way). The window (power, thermal) spans them all."""
+    DLA0 + DLA1 together this way). The monitors (power, thermal) watch them all."""
     for name, runner in runners.items():
         runner.check_feed(feeds[name])
         for _ in range(max(0, warmup)):
@@ -237,8 +237,8 @@ def concurrent_offline(runners: Dict[str, Runner], feeds: Dict[str, Dict[str, np
                for name in runners]
     for thread in threads:
         thread.start()
-    if window is not None:
-        window.start()
+    if monitor is not None:
+        monitor.start()
     started = time.perf_counter()
     go.set()
     while not stop.wait(0.25):
@@ -253,12 +253,12 @@ def concurrent_offline(runners: Dict[str, Runner], feeds: Dict[str, Dict[str, np
     if progress is not None:
         progress("concurrent", sum(counts.values()), wall, done=True)
     if errors:
-        if window is not None:
-            window.stop(inferences=0, seconds=wall)  # ends the power sampler's thread
+        if monitor is not None:
+            monitor.stop(inferences=0, seconds=wall)  # ends the power sampler's thread
         raise next(iter(errors.values()))
     images = {name: counts[name] * _batch_of(feeds[name]) for name in runners}
     total = sum(images.values())
-    fields = window.stop(inferences=total, seconds=wall) if window is not None else {}
+    fields = monitor.stop(inferences=total, seconds=wall) if monitor is not None else {}
     engines = []
     for name in runners:
         engines.append({"model": name, "batch": _batch_of(feeds[name]), "queries": counts[name],

@@ -28,7 +28,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from .environment import gpu_clocks
-from .scenarios import Window
+from .scenarios import Monitor
 from .sysfs import read_optional
 
 EMC_RATE = ("sys/kernel/debug/bpmp/debug/clk/emc/rate", "sys/kernel/debug/clk/emc/clk_rate")
@@ -176,7 +176,7 @@ def throttle_check(start: Dict[str, Any], end: Dict[str, Any]) -> Dict[str, obje
             "notes": trips["notes"] + moved["notes"]}
 
 
-class ThermalWindow(Window):
+class ThermalMonitor(Monitor):
     """Snapshots at each measured window's start and end; the row gets `thermal` with the flag."""
 
     def __init__(self, root: str = "/") -> None:

@@ -1,10 +1,11 @@
-"""Latency backends: where a layer or a whole model is timed. A registry keyed by name.
+"""Latency backends: where a layer or a whole model is timed for latency tables.
 
 Each backend times an ONNX ModelProto (a layer from `layers.layer_onnx` or a whole network) at a
-static batch and returns milliseconds (the 10th percentile of the timed runs), and names the device and runtime
-version that the table's cache key records. `onnxruntime-cpu` runs here; `tensorrt` runs on the
-device (Python 3.8, no torch); `torch-cuda` is registered by `edgekit.host.latency_torch` because
-it needs PyTorch.
+static batch and returns milliseconds (the median of a window of timed runs), and names the device and
+runtime version that the table's cache key records. A backend is found by name through the runner
+registry: `onnxruntime-cpu` (here) and `tensorrt` (on the device, Python 3.8, no torch) are the timers
+their runners' entries offer; others, such as `torch-cuda` (it needs PyTorch), come from the
+entry-point group `edgekit.latency_backends` (`registry.timer`).
 """
 
 import os
@@ -17,28 +18,18 @@ import numpy as np
 
 from ...errors import EdgekitError
 from ...lazy import lazy_import
-
-BACKENDS: Dict[str, Callable[..., "Backend"]] = {}
-
-
-def register_backend(name: str) -> Callable[[Any], Any]:
-    def add(cls: Any) -> Any:
-        BACKENDS[name] = cls
-        cls.name = name
-        return cls
-    return add
+from ..runtime import registry
 
 
-def get_backend(name: str, **kwargs: Any) -> "Backend":
-    if name == "torch-cuda" and name not in BACKENDS:
-        try:  # registered by the host side; absent on a torch-free device
-            __import__("edgekit.host.latency_torch")
-        except ImportError:
-            pass
-    if name not in BACKENDS:
-        raise EdgekitError("unknown latency backend {!r}; choose one of {}".format(
-            name, ", ".join(sorted(set(BACKENDS) | {"torch-cuda"}))))
-    return BACKENDS[name](**kwargs)
+def get_backend(name: str, precision: Optional[str] = None, **kwargs: Any) -> "Backend":
+    """The latency backend `name` at `precision` (default: the first its timer offers); one line when it
+    is unknown, cannot load here, or does not time that precision."""
+    timer = registry.timer(name)
+    precision = precision or timer.precisions[0]
+    if precision not in timer.precisions:
+        raise EdgekitError("latency backend {} times {} only, not {}; set prune.latency_precision".format(
+            name, " or ".join(timer.precisions), precision))
+    return timer.factory(precision=precision, **kwargs)
 
 
 def _fast_ms(run: Callable[[], Any], warmup: int, min_runs: int, min_seconds: float,
@@ -60,14 +51,11 @@ def _fast_ms(run: Callable[[], Any], warmup: int, min_runs: int, min_seconds: fl
 
 
 class Backend(object):
+    """Made by `get_backend`, which checks `precision` against the precisions its timer declares."""
     name = "backend"
-    precisions = ("fp32",)
 
     def __init__(self, precision: str = "fp32", threads: Optional[int] = None, warmup: int = 3,
                  min_runs: int = 10, min_seconds: float = 0.05) -> None:
-        if precision not in self.precisions:
-            raise EdgekitError("latency backend {} times {} only, not {}; set prune.latency_precision".format(
-                self.name, " or ".join(self.precisions), precision))
         self.precision, self.threads = precision, threads
         self.warmup, self.min_runs, self.min_seconds = warmup, min_runs, min_seconds
 
@@ -78,7 +66,7 @@ class Backend(object):
         raise NotImplementedError
 
     def time_model(self, model: Any, feeds: Dict[str, np.ndarray]) -> float:
-        """Milliseconds (10th percentile of the timed runs) of one inference of `model` (ModelProto) on `feeds`."""
+        """Milliseconds (the median of a window of timed runs) of one inference of `model` (ModelProto) on `feeds`."""
         raise NotImplementedError
 
     def timer(self, model: Any, feeds: Dict[str, np.ndarray]) -> Callable[[], float]:
@@ -110,9 +98,8 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-@register_backend("onnxruntime-cpu")
 class OnnxRuntimeCpuBackend(Backend):
-    precisions = ("fp32",)
+    name = "onnxruntime-cpu"
 
     def device(self) -> str:
         return "{} x{} threads".format(_cpu_name(), self.threads or os.cpu_count())
@@ -145,10 +132,9 @@ class OnnxRuntimeCpuBackend(Backend):
         return window
 
 
-@register_backend("tensorrt")
 class TensorRTBackend(Backend):
     """Builds one engine per layer (static shape) and times it with the TensorRT runner. On the device only."""
-    precisions = ("fp32", "fp16")
+    name = "tensorrt"
 
     def device(self) -> str:
         from ..engine.device import cuda_device

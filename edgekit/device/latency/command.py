@@ -14,11 +14,11 @@ from .table import DEFAULT_POINTS, load_or_build
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", help="onnxruntime-cpu, torch-cuda or tensorrt (default: the recipe's "
-                   "prune.latency_backend)")
+    p.add_argument("--backend", help="a latency backend `edgekit runners` lists: onnxruntime-cpu, tensorrt, a "
+                   "plugin's (torch-cuda on a GPU host) (default: the recipe's prune.latency_backend)")
     p.add_argument("--image-size", type=int, help="input side (default: prune.latency_image_size)")
     p.add_argument("--batch", type=int, help="batch (default: prune.latency_batch)")
-    p.add_argument("--precision", help="fp32 or fp16 (default: prune.latency_precision)")
+    p.add_argument("--precision", help="one the backend times (default: prune.latency_precision)")
     p.add_argument("--threads", type=int, help="runtime threads (default: the recipe's bench.threads or threads)")
     p.add_argument("--points", type=int, default=DEFAULT_POINTS, help="widths measured per axis (default: 8)")
     p.add_argument("--cache-dir", help="table cache folder (default: $EDGEKIT_CACHE/latency or "

@@ -4,7 +4,7 @@ Each of ResNet-50's 25 layer kinds is timed on a grid of (input, output) widths:
 axis, evenly spread fractions of the dense width (k/points, rounded up to a multiple of 8), so
 8 points measure every 12.5% of each group. A coarse full grid rather than a few widths per layer
 and a fitted curve, because the point is to *see* the staircase (on a GPU 128 channels can run
-faster than 112; issue 13) and a fitted curve would smooth it away; off-grid widths (students
+faster than 112, as measured on an H200) and a fitted curve would smooth it away; off-grid widths (students
 pruned to a MACs target) are read by bilinear interpolation. On 2 CPU cores the 8x8 grid costs
 about a minute at 224x224; the allocation only ever picks grid widths, so what it chooses was
 measured, not interpolated.
@@ -220,8 +220,8 @@ def refit(table: LatencyTable, rows: List[Dict[str, Any]], log: Callable[[str], 
 
     The weight term is there because isolated layers keep their weights in cache and a whole
     network does not: on a CPU a ResNet-50's 100 MB of FP32 weights stream from memory every
-    inference, which the layer sum misses (one scale alone left +-25% errors on 2 cores; issue 13
-    found one scale enough on a GPU). It is kept only when the fit makes it positive."""
+    inference, which the layer sum misses (one scale alone left +-25% errors on 2 cores; on an H200 one
+    scale was enough). It is kept only when the fit makes it positive."""
     m = np.array([r["measured_ms"] for r in rows])
     raw = np.array([r["layer_sum_ms"] for r in rows])
     mp = np.array([r["mparams"] for r in rows])
