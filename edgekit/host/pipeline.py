@@ -24,7 +24,7 @@ from ..lock import folder_lock
 from ..recipe import Recipe
 from ..stages import Stage, World, file_digest, run_stages
 from . import steps
-from .models import architecture
+from .arch import check_recipe
 from .steps import HostContext
 
 
@@ -82,7 +82,7 @@ def run(recipe: Recipe, out_dir: str, force: bool = False, force_stages: Sequenc
     `force` recomputes every stage; `force_stages` the named ones and everything downstream of them.
     `world` is the torchrun hook (`edgekit.host.dist.Dist` fits); by default one process.
     """
-    architecture(recipe.model.arch)  # an unknown architecture fails before any work
+    check_recipe(recipe)  # an unknown architecture, an input it cannot take: fails before any work
     world = world or World()
     with folder_lock(out_dir):
         ctx = HostContext(recipe, recipe.to_dict(), out_dir, log, world)
