@@ -97,8 +97,8 @@ def add_residual_qdq(model, ranges: Dict[str, Tuple[float, float]]) -> int:  # n
     """Put a symmetric int8 Q/DQ pair on the residual input of every Add (in place); return how many.
 
     The residual is the Add input that does not come straight from the convolution TensorRT will
-    fuse the Add into: for torchvision's `out += identity` that is input 1. An existing Q/DQ pair on
-    the same tensor (the next block's convolution already reads it through one) is shared.
+    fuse the Add into (`_residual_input`). An existing Q/DQ pair on the same tensor (the next block's
+    convolution already reads it through one) is shared.
     """
     from onnx import helper, numpy_helper
 
@@ -110,15 +110,20 @@ def add_residual_qdq(model, ranges: Dict[str, Tuple[float, float]]) -> int:  # n
         if n.op_type == "DequantizeLinear" and n.input[0] in q_out:
             consumers_dq.setdefault(q_out[n.input[0]], n.output[0])
     dq_outputs = set(consumers_dq.values())
+    readers: Dict[str, int] = {}
+    for n in graph.node:
+        for name in n.input:
+            readers[name] = readers.get(name, 0) + 1
     new_nodes = []
     added = 0
     for node in graph.node:
         if node.op_type == "Add" and len(node.input) == 2 and not (set(node.input) & initializers):
-            residual = node.input[1]
+            side = _residual_input(node, readers)
+            residual = node.input[side]
             if residual in dq_outputs:
                 pass
             elif residual in consumers_dq:
-                node.input[1] = consumers_dq[residual]
+                node.input[side] = consumers_dq[residual]
                 added += 1
             else:
                 if residual not in ranges:
@@ -136,7 +141,7 @@ def add_residual_qdq(model, ranges: Dict[str, Tuple[float, float]]) -> int:  # n
                                      [base + "_dq"], name=base + "_DequantizeLinear")]))
                 consumers_dq[residual] = base + "_dq"
                 dq_outputs.add(base + "_dq")
-                node.input[1] = base + "_dq"
+                node.input[side] = base + "_dq"
                 added += 1
     if new_nodes:
         # keep the node list topologically sorted: each new pair goes right before its Add
@@ -148,6 +153,15 @@ def add_residual_qdq(model, ranges: Dict[str, Tuple[float, float]]) -> int:  # n
         del graph.node[:]
         graph.node.extend(ordered)
     return added
+
+
+def _residual_input(add, readers: Dict[str, int]) -> int:  # noqa: ANN001
+    """Which input of a residual Add is the skip connection: the one that is also read elsewhere (a
+    block's input feeds its first convolution too), where the branch's last convolution feeds the Add
+    alone. ResNet's `out += identity` and MobileNetV3's `result += input` put it second, MobileNetV2's
+    `x + self.conv(x)` first; when both or neither are shared (a downsampling shortcut), the second."""
+    shared = [readers.get(name, 0) > 1 for name in add.input]
+    return 0 if shared[0] and not shared[1] else 1
 
 
 def quantize_cpu(fp32_path: str, dst: str, calibration: List[np.ndarray], method: str = "entropy",
