@@ -238,7 +238,8 @@ def test_an_architecture_from_outside_the_package_runs_the_pipeline(plugin_folde
     assert "tinynet" in registry.names()
     sizes = [s for s in TINY if not s.startswith(("data.image_size", "teacher.epochs", "prune.rounds"))]
     args = ["run", "--recipe", "digits-tinynet", "--out", str(tmp_path / "out")]
-    assert main(args + [a for s in sizes + ["data.max_train_samples=128"] for a in ("--set", s)]) == 0
+    sizes += ["data.max_train_samples=128", "compare.enabled=false"]  # compare: test_pipeline.py's tiny run
+    assert main(args + [a for s in sizes for a in ("--set", s)]) == 0
     with open(tmp_path / "out" / "summary.json", encoding="utf-8") as f:
         summary = json.load(f)
     assert summary["student"]["macs_ratio"] <= 0.5 and summary["teacher"]["top1"] > 10.0
