@@ -25,6 +25,7 @@ import numpy as np
 def main(argv=None) -> int:  # noqa: ANN001
     from edgekit.artifacts import write_json_atomic
     from edgekit.device.latency.backends import get_backend
+    from edgekit.host.arch.resnet import RESNET50
     from edgekit.host.compress.distill import train
     from edgekit.host.compress.latency import measure_ms
     from edgekit.host.compress.prune import prune
@@ -72,7 +73,7 @@ def main(argv=None) -> int:  # noqa: ANN001
     teacher_macs, _ = count_macs_params(teacher, data.image_size)
     probes = []
     for m in (0.3, 0.45, 0.6, 0.75):
-        pruned = prune(teacher, int(m * teacher_macs), data.image_size, method=lat_recipe.prune.method,
+        pruned = prune(teacher, int(m * teacher_macs), data.image_size, RESNET50, method=lat_recipe.prune.method,
                        log=lambda _msg: None).model
         d, t = measure_ms([teacher, pruned], backend, size, batch)
         probes.append((t / d, m))

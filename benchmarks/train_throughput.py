@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from edgekit.host.arch.resnet import RESNET50  # noqa: E402
 from edgekit.host.compress.distill import autocast_dtype, kd_loss, probe_loader, train  # noqa: E402
 from edgekit.host.compress.prune import prune  # noqa: E402
 from edgekit.host.data import DataBundle, load_data  # noqa: E402
@@ -208,7 +209,8 @@ def recipe_eta(name: str, ce: float, kd: float, loader: float, measured_size: in
         train_images = min(train_images, recipe.data.max_train_samples)
     # Convolution cost grows with the pixel count: rescale from the measured size.
     scale = (measured_size / float(recipe.data.image_size)) ** 2
-    teacher_epochs = recipe.teacher.epochs if recipe.teacher.train else 0
+    from_checkpoint = bool(recipe.model.checkpoint)  # a checkpoint whose head fits the data is used as it is
+    teacher_epochs = recipe.teacher.epochs_for(from_checkpoint) if recipe.teacher.trains(from_checkpoint, False) else 0
     kd_epochs = recipe.prune.rounds * recipe.distill.epochs_per_round + recipe.distill.final_epochs
     ce_rate = min(ce * scale, loader) * world_size
     kd_rate = min(kd * scale, loader) * world_size
@@ -277,7 +279,8 @@ def main(argv: Optional[list] = None) -> Dict[str, Any]:
         **result["ce"]), flush=True)
 
     teacher_macs, _ = count_macs_params(teacher, args.image_size)
-    pruned = prune(teacher, int(args.kd_ratio * teacher_macs), args.image_size, method="l1", log=lambda m: None)
+    pruned = prune(teacher, int(args.kd_ratio * teacher_macs), args.image_size, RESNET50, method="l1",
+                   log=lambda m: None)
     student = pruned.model
     result["kd"] = compare(student, teacher, data, device, cfg, opt_cfg, warmup, steps, args.repeats)
     result["kd"]["student_macs_ratio"] = round(pruned.macs_after / float(teacher_macs), 4)

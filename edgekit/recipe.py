@@ -64,16 +64,35 @@ class OptimizerConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "resnet50"              # a registered architecture (checked by `run` before any stage)
-    checkpoint: Optional[str] = None    # a torchvision-format ResNet-50 checkpoint (the teacher)
+    arch: str = "resnet50"              # an architecture plugin (edgekit.host.arch; checked by `run`)
+    checkpoint: Optional[str] = None    # a torchvision-layout checkpoint of that architecture (the teacher)
     num_classes: Optional[int] = None   # None: the dataset's class count
 
 
 @dataclass
 class TeacherConfig:
-    train: bool = True                  # digits: train from scratch; imagefolder: use checkpoint
-    epochs: int = 10
+    """The teacher: trained from scratch, a checkpoint fine-tuned, or a checkpoint used as it is.
+
+    `train`: true trains (from scratch, or fine-tunes the checkpoint); false uses the checkpoint as it
+    is; null (the default) trains when there is no checkpoint or when the checkpoint's head had to be
+    replaced for the data's class count, and otherwise uses the checkpoint as it is.
+    `epochs`: null means the default for what is trained, `SCRATCH_EPOCHS` from scratch or
+    `FINETUNE_EPOCHS` to fine-tune a checkpoint (a new head on a trained body learns in a few epochs).
+    """
+    SCRATCH_EPOCHS = 10
+    FINETUNE_EPOCHS = 5
+
+    train: Optional[bool] = None
+    epochs: Optional[int] = None
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+
+    def trains(self, from_checkpoint: bool, head_replaced: bool) -> bool:
+        return self.train if self.train is not None else (not from_checkpoint or head_replaced)
+
+    def epochs_for(self, from_checkpoint: bool) -> int:
+        if self.epochs is not None:
+            return self.epochs
+        return self.FINETUNE_EPOCHS if from_checkpoint else self.SCRATCH_EPOCHS
 
 
 @dataclass
@@ -188,7 +207,7 @@ class Recipe:
             if not cond:
                 raise EdgekitError("recipe: " + msg)
 
-        need(self.data.image_size >= 16, "data.image_size must be at least 16 (ResNet-50 downsamples 32x)")
+        # The floor of data.image_size is the architecture's own, checked when `run` knows it.
         need(0.0 < self.data.val_fraction < 1.0, "data.val_fraction must be between 0 and 1")
         need(self.data.batch_size >= 2, "data.batch_size must be at least 2 (BatchNorm needs it)")
         need(0.0 < self.prune.target_macs_ratio <= 1.0, "prune.target_macs_ratio must be in (0, 1]")
@@ -209,6 +228,9 @@ class Recipe:
                  "prune.target latency needs a structured method (unstructured sparsity keeps every channel)")
         need(0.0 <= self.distill.alpha <= 1.0, "distill.alpha must be in [0, 1]")
         need(self.distill.temperature > 0, "distill.temperature must be positive")
+        need(self.teacher.train is False or self.teacher.epochs is None or self.teacher.epochs >= 1,
+             "teacher.epochs must be at least 1 when the teacher trains ({}); leave it unset for the default, "
+             "or set teacher.train: false to use the checkpoint as it is".format(self.teacher.epochs))
         need(self.train.log_every >= 1, "train.log_every must be at least 1")
         need(self.data.prefetch_factor >= 1, "data.prefetch_factor must be at least 1")
         need(self.data.calibration_samples >= 1, "data.calibration_samples must be at least 1")
@@ -225,7 +247,7 @@ class Recipe:
         if self.data.dataset == "imagefolder":
             need(self.data.root is not None,
                  "data.root is required for dataset imagefolder (a folder with train/ and val/)")
-            need(self.model.checkpoint is not None or self.teacher.train,
+            need(self.model.checkpoint is not None or self.teacher.train is not False,
                  "model.checkpoint is required when teacher.train is false")
         return self
 

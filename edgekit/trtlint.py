@@ -2,7 +2,9 @@
 
 Rules (TensorRT 8.5, the last for AGX Xavier; from onnx-tensorrt's operator matrix for 8.5):
 - opset at most 17;
-- every op in the parser's supported list (`UNSUPPORTED` ones are named with the node);
+- every op in the parser's supported list (`UNSUPPORTED` ones are named with the node). The 8.5-GA
+  docs/operators.md marks HardSwish, Mod and OneHot "N", but that release's builtin_op_importers.cpp
+  imports all three (HardSwish since 8.4 GA, as HardSigmoid times its input): the list follows the parser;
 - no INT64 initializer whose values do not fit INT32 (TensorRT casts INT64 down and clamps) and
   no DOUBLE initializer;
 - Q/DQ: int8 only (no uint8), zero points 0, positive scales, weights FP32 behind a Q->DQ pair

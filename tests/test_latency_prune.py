@@ -161,15 +161,16 @@ def test_every_registered_importance_can_be_made():
 
 def test_pruned_groups_stay_residual_consistent():
     torch = pytest.importorskip("torch")
+    from edgekit.host.arch.resnet import stage_spec
     from edgekit.host.compress.latency import importances, prune_to_groups
-    from edgekit.host.models import resnet50, width_spec_of
+    from edgekit.host.models import resnet50
 
     model = resnet50(num_classes=10).eval()
     widths = dense_groups()
     widths.update({"stem": 32, "layer1.out": 128, "layer2.out": 320, "layer3.1.conv2": 96, "layer4.2.conv1": 256})
     scores = importances(model, "l1")
     pruned = prune_to_groups(model, widths, scores)
-    spec = width_spec_of(pruned)  # raises if a residual addition were left mismatched
+    spec = stage_spec(pruned)  # raises if a residual addition were left mismatched
     assert spec == spec_of(widths)
     with torch.no_grad():
         assert pruned(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
@@ -181,13 +182,14 @@ def test_pruned_groups_stay_residual_consistent():
 @pytest.mark.slow
 def test_rounding_error_names_the_rounding():
     pytest.importorskip("torch_pruning")
+    from edgekit.host.arch.resnet import RESNET50
     from edgekit.host.compress.prune import prune
     from edgekit.host.models import count_macs_params, resnet50
 
     model = resnet50(num_classes=10).eval()
     macs, _ = count_macs_params(model, 32)
     with pytest.raises(EdgekitError, match="rounded to multiples of 64"):
-        prune(model, int(0.5 * macs), 32, allocation="uniform", round_to=64, log=lambda _m: None)
+        prune(model, int(0.5 * macs), 32, RESNET50, allocation="uniform", round_to=64, log=lambda _m: None)
 
 
 @pytest.mark.slow

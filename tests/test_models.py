@@ -5,16 +5,12 @@ import torch
 import torchvision
 
 from edgekit.errors import EdgekitError
-from edgekit.host.models import (
-    check_width_spec,
-    count_macs_params,
-    load_resnet50_checkpoint,
-    load_student,
-    resnet50,
-    resnet50_from_width_spec,
-    save_student,
-    width_spec_of,
-)
+from edgekit.host.arch import count_macs_params, load_student, save_student
+from edgekit.host.arch.resnet import RESNET50, check_stage_spec, from_stage_spec, stage_spec
+from edgekit.host.models import resnet50
+from edgekit.widthspec import FORMAT
+
+load_resnet50_checkpoint = RESNET50.load_checkpoint
 
 
 def test_torchvision_resnet50_counts_4_1_gmacs_and_25_6_m_params():
@@ -23,8 +19,8 @@ def test_torchvision_resnet50_counts_4_1_gmacs_and_25_6_m_params():
     assert params == 25_557_032
 
 
-def test_dense_width_spec_matches_the_paper():
-    spec = width_spec_of(resnet50())
+def test_dense_stage_spec_matches_the_paper():
+    spec = stage_spec(resnet50())
     assert spec["stem"] == 64
     assert [s["out"] for s in spec["stages"]] == [256, 512, 1024, 2048]
     assert [len(s["blocks"]) for s in spec["stages"]] == [3, 4, 6, 3]
@@ -32,7 +28,7 @@ def test_dense_width_spec_matches_the_paper():
 
 
 def _odd_spec():
-    spec = width_spec_of(resnet50())
+    spec = stage_spec(resnet50())
     spec["stem"] = 24
     spec["stages"][0]["out"] = 120
     spec["stages"][1]["blocks"][2] = [40, 56]
@@ -42,19 +38,35 @@ def _odd_spec():
 
 def test_width_spec_round_trips_through_a_model_and_a_file(tmp_path):
     spec = _odd_spec()
-    model = resnet50_from_width_spec(spec, num_classes=7).eval()
-    assert width_spec_of(model) == spec
+    model = from_stage_spec(spec, num_classes=7).eval()
+    assert stage_spec(model) == spec
     x = torch.randn(2, 3, 32, 32)
     path = str(tmp_path / "m.pt")
-    save_student(path, model)
+    save_student(path, model, RESNET50)
     # a plain dict of tensors and numbers: loads with weights_only=True
     raw = torch.load(path, weights_only=True)
-    assert raw["width_spec"] == spec and raw["num_classes"] == 7
+    assert raw["format"] == "edgekit.model/2" and raw["num_classes"] == 7
+    assert raw["width_spec"]["format"] == FORMAT and raw["width_spec"]["modules"]["layer2.2.conv1"]["out"] == 40
     loaded, info = load_student(path)
-    assert info["width_spec"] == spec
+    assert info["width_spec"] == raw["width_spec"] and stage_spec(loaded) == spec
     with torch.no_grad():
         assert torch.equal(model(x), loaded.eval()(x))
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_a_file_of_the_first_format_still_loads(tmp_path):
+    """edgekit.model/1 files (teacher.pt, student.pt of earlier runs) hold ResNet-50's stage spec."""
+    spec = _odd_spec()
+    model = from_stage_spec(spec, num_classes=7).eval()
+    path = str(tmp_path / "old.pt")
+    torch.save({"format": "edgekit.model/1", "arch": "resnet50", "num_classes": 7, "width_spec": spec,
+                "state_dict": model.state_dict(), "meta": {"role": "student"}}, path)
+    loaded, info = load_student(path)
+    assert info["arch"] == "resnet50" and info["meta"] == {"role": "student"}
+    assert info["width_spec"] == RESNET50.width_spec(model)  # read back in the current format
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded.eval()(x))
 
 
 def test_width_spec_checker_rejects_broken_residual_coupling():
@@ -63,11 +75,13 @@ def test_width_spec_checker_rejects_broken_residual_coupling():
     block.conv3 = torch.nn.Conv2d(64, 128, 1, bias=False)  # no longer matches the 256-wide residual
     block.bn3 = torch.nn.BatchNorm2d(128)
     with pytest.raises(ValueError, match=r"layer1\.1 adds a 256-channel identity to a 128-channel output"):
-        width_spec_of(model)
+        stage_spec(model)
+    with pytest.raises(ValueError, match=r"layer1\.1 adds a 256-channel identity"):
+        RESNET50.width_spec(model)  # saving checks the coupling too
     with pytest.raises(EdgekitError, match="needs 4 blocks"):
         bad = _odd_spec()
         bad["stages"][1]["blocks"].pop()
-        check_width_spec(bad)
+        check_stage_spec(bad)
 
 
 # ---- checkpoint loading
@@ -110,10 +124,17 @@ def test_missing_and_truncated_checkpoints(tmp_path, dense_state):
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     with pytest.raises(EdgekitError, match="truncated or not a PyTorch file"):
         load_resnet50_checkpoint(str(cut))
-    text = tmp_path / "notes.pth"
-    text.write_text("not a checkpoint")
-    with pytest.raises(EdgekitError, match="truncated or not a PyTorch file"):
-        load_resnet50_checkpoint(str(text))
+    # text that the unpickler reads as opcodes: once "(pop from empty list)", now what the file is
+    for words in ("not a checkpoint", "a0", "j checkpoint"):
+        text = tmp_path / "notes.pth"
+        text.write_text(words)
+        with pytest.raises(EdgekitError, match=r"^checkpoint \S+notes.pth is not a PyTorch file \(it is text, "
+                                               r"starting '{}'\); give one written by torch.save".format(words)):
+            load_resnet50_checkpoint(str(text))
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(EdgekitError, match=r"is not a PyTorch file \(it is empty\)"):
+        load_resnet50_checkpoint(str(empty))
 
 
 def test_checkpoint_of_another_architecture(tmp_path):

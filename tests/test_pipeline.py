@@ -8,7 +8,8 @@ import torch
 from conftest import TINY
 
 from edgekit.artifacts import sha256_file
-from edgekit.host.models import load_student, resnet50, width_spec_of
+from edgekit.host.arch import architecture, load_student
+from edgekit.host.models import resnet50
 from edgekit.host.pipeline import STAGE_NAMES, run
 from edgekit.recipe import load_recipe
 
@@ -52,7 +53,7 @@ def test_summary_holds_the_figures_the_issue_names(tiny_run):
     assert [r["round"] for r in on_disk["rounds"]] == [1, 2]
     assert on_disk["rounds"][0]["macs_ratio"] > on_disk["rounds"][1]["macs_ratio"]
     student, info = load_student(os.path.join(out, "student.pt"))
-    assert on_disk["student"]["width_spec"] == info["width_spec"] == width_spec_of(student)
+    assert on_disk["student"]["width_spec"] == info["width_spec"] == architecture("resnet50").width_spec(student)
     # the pruned model is smaller on disk too
     assert os.path.getsize(os.path.join(out, "student.pt")) < 0.75 * os.path.getsize(os.path.join(out, "teacher.pt"))
     assert not [p for p in os.listdir(out) if p.endswith(".tmp") or p.endswith(".train.pt")]
@@ -114,38 +115,45 @@ def test_without_quantization_the_fp32_and_fp16_models_are_still_exported(tiny_r
                                                           "variants/round1.fp32.onnx", "variants/teacher.fp32.onnx"])
 
 
-def _write_image_folder(root, classes=3, train_per_class=16, val_per_class=4):
+def _write_colour_folder(root, train_per_class=16, val_per_class=4):
+    """Three classes a teacher can learn in a few steps: red, green and blue images, with noise."""
     from PIL import Image
-    from sklearn.datasets import load_digits
 
-    digits = load_digits()
+    rng = np.random.RandomState(0)
     for split, count in (("train", train_per_class), ("val", val_per_class)):
-        for c in range(classes):
-            folder = os.path.join(root, split, "digit{}".format(c))
+        for c, name in enumerate(("red", "green", "blue")):
+            folder = os.path.join(root, split, name)
             os.makedirs(folder)
-            images = digits.images[digits.target == c]
-            offset = 0 if split == "train" else train_per_class
             for i in range(count):
-                pixels = (images[offset + i] * 255 / 16).astype(np.uint8)
-                Image.fromarray(pixels).resize((40, 40)).convert("RGB").save(os.path.join(folder, "{}.png".format(i)))
+                pixels = rng.randint(0, 96, size=(40, 40, 3))
+                pixels[..., c] += 128
+                Image.fromarray(pixels.astype(np.uint8)).save(os.path.join(folder, "{}.png".format(i)))
 
 
-def test_imagefolder_with_a_torchvision_checkpoint_end_to_end(tmp_path):
+def test_the_readme_example_fine_tunes_a_replaced_head_end_to_end(tmp_path):
+    """`edgekit run --recipe imagenet --set data.root=... --set model.checkpoint=...` as the README has it,
+    with a 1000-class torchvision checkpoint and a 3-class folder: the teacher is fine-tuned."""
     root = str(tmp_path / "data")
-    _write_image_folder(root)
+    _write_colour_folder(root)
     ckpt = str(tmp_path / "resnet50.pth")
     torch.manual_seed(0)
     state = resnet50(num_classes=1000).state_dict()
     torch.save({"state_dict": {"module." + k: v for k, v in state.items()}}, ckpt)  # as DDP saves it
     recipe = load_recipe("imagenet", [
-        "data.root=" + root, "model.checkpoint=" + ckpt, "data.image_size=32", "data.batch_size=8",
-        "data.workers=0", "teacher.train=true", "teacher.epochs=1", "prune.rounds=1",
+        "data.root=" + root, "model.checkpoint=" + ckpt,
+        # test sizes, nothing about the teacher: the recipe's own defaults decide it
+        "data.image_size=32", "data.batch_size=8", "data.workers=0", "train.precision=fp32", "prune.rounds=1",
         "distill.epochs_per_round=1", "distill.final_epochs=0", "threads=2", "compare.enabled=false",
         "data.calibration_samples=20", "bench.min_queries=5", "bench.min_seconds=0.05"])
     lines = []
     summary = run(recipe, str(tmp_path / "out"), log=lines.append)
     assert summary["num_classes"] == 3
     assert any("1000-class head" in line for line in lines)
+    assert "teacher: fine-tuning the checkpoint and its new head for 5 epochs" in lines
+    with open(tmp_path / "out" / "summary.json", encoding="utf-8") as f:
+        on_disk = json.load(f)["teacher"]
+    assert len(on_disk["history"]) == 5 and on_disk["train"]["precision"] == "fp32"
+    assert on_disk["top1"] > 100.0 / 3 + 10  # well above chance (33.3%)
     assert summary["student"]["macs"] <= 0.5 * summary["teacher"]["macs"]
     assert [m["name"] for m in summary["models"]] == ["fp32", "fp16", "int8.qdq", "int8.cpu"]
     from edgekit.host.data import load_data
@@ -155,7 +163,6 @@ def test_imagefolder_with_a_torchvision_checkpoint_end_to_end(tmp_path):
     first, again = (torch.cat(list(data.calibration_batches(8))) for _ in range(2))
     assert first.shape == (8, 3, 32, 32) and torch.equal(first, again)
     teacher, _ = load_student(str(tmp_path / "out" / "teacher.pt"))
-    # the teacher body starts from the checkpoint, not from random weights
     assert teacher.fc.out_features == 3
 
 

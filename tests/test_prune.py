@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from edgekit.errors import EdgekitError
+from edgekit.host.arch import count_macs_params
+from edgekit.host.arch.resnet import RESNET50, stage_spec
 from edgekit.host.compress.prune import conv_sparsity, keep_masks, prune, prune_unstructured
-from edgekit.host.models import count_macs_params, resnet50, width_spec_of
+from edgekit.host.models import resnet50
 
 SIZE = 32
 
@@ -27,7 +29,7 @@ def trained_like():
 @pytest.fixture(scope="module")
 def half(trained_like):
     teacher_macs, _ = count_macs_params(trained_like, SIZE)
-    return prune(trained_like, teacher_macs // 2, SIZE, method="l1", log=lambda m: None), teacher_macs
+    return prune(trained_like, teacher_macs // 2, SIZE, RESNET50, method="l1", log=lambda m: None), teacher_macs
 
 
 def _check_coupling(model):
@@ -62,14 +64,14 @@ def test_pruning_removes_channels_for_real_and_the_model_still_runs(trained_like
         out = student(torch.randn(4, 3, SIZE, SIZE))
     assert out.shape == (4, 10) and torch.isfinite(out).all()
     # the input model is left as it was
-    assert width_spec_of(trained_like)["stages"][3]["out"] == 2048
+    assert stage_spec(trained_like)["stages"][3]["out"] == 2048
 
 
 def test_residual_groups_stay_consistent(half):
     result, _ = half
     _check_coupling(result.model)
-    spec = width_spec_of(result.model)
-    assert spec == result.width_spec
+    spec = stage_spec(result.model)
+    assert result.width_spec == RESNET50.width_spec(result.model)
     # a stage's blocks share one output width, and pruning did change some of them
     assert any(stage["out"] < dense for stage, dense in zip(spec["stages"], (256, 512, 1024, 2048)))
 
@@ -77,7 +79,7 @@ def test_residual_groups_stay_consistent(half):
 def test_classifier_is_never_pruned_and_widths_round_to_eight(half):
     result, _ = half
     assert result.model.fc.out_features == 10
-    spec = result.width_spec
+    spec = stage_spec(result.model)
     widths = [spec["stem"]] + [s["out"] for s in spec["stages"]]
     widths += [w for s in spec["stages"] for block in s["blocks"] for w in block]
     assert all(w % 8 == 0 and w >= 8 for w in widths), widths
@@ -86,17 +88,17 @@ def test_classifier_is_never_pruned_and_widths_round_to_eight(half):
 @pytest.mark.parametrize("method", ["l2", "bn_scale"])
 def test_other_importances_reach_the_target(trained_like, method):
     teacher_macs, _ = count_macs_params(trained_like, SIZE)
-    result = prune(trained_like, int(0.7 * teacher_macs), SIZE, method=method, log=lambda m: None)
+    result = prune(trained_like, int(0.7 * teacher_macs), SIZE, RESNET50, method=method, log=lambda m: None)
     assert result.macs_after <= 0.7 * teacher_macs
     _check_coupling(result.model)
 
 
 def test_uniform_allocation_prunes_every_layer_alike(trained_like):
     teacher_macs, _ = count_macs_params(trained_like, SIZE)
-    result = prune(trained_like, int(0.6 * teacher_macs), SIZE, allocation="uniform", round_to=1,
+    result = prune(trained_like, int(0.6 * teacher_macs), SIZE, RESNET50, allocation="uniform", round_to=1,
                    log=lambda m: None)
     assert result.macs_after <= 0.6 * teacher_macs
-    spec, dense = result.width_spec, width_spec_of(trained_like)
+    spec, dense = stage_spec(result.model), stage_spec(trained_like)
     kept = [a / float(b) for s, d in zip(spec["stages"], dense["stages"])
             for blk, dblk in zip(s["blocks"], d["blocks"]) for a, b in zip(blk, dblk)]
     assert max(kept) - min(kept) < 0.05, kept
@@ -105,9 +107,9 @@ def test_uniform_allocation_prunes_every_layer_alike(trained_like):
 def test_unreachable_target_is_a_clear_error(trained_like):
     teacher_macs, _ = count_macs_params(trained_like, SIZE)
     with pytest.raises(EdgekitError, match=r"cannot reach 1\.0% of the MACs with at most 30% of any layer"):
-        prune(trained_like, int(0.01 * teacher_macs), SIZE, max_layer_ratio=0.3, log=lambda m: None)
+        prune(trained_like, int(0.01 * teacher_macs), SIZE, RESNET50, max_layer_ratio=0.3, log=lambda m: None)
     with pytest.raises(EdgekitError, match="not structured"):
-        prune(trained_like, teacher_macs, SIZE, method="unstructured")
+        prune(trained_like, teacher_macs, SIZE, RESNET50, method="unstructured")
 
 
 def test_unstructured_reports_sparsity_keeps_shapes_and_masks_survive_training(trained_like):

@@ -40,6 +40,21 @@ def test_types_and_choices_are_checked():
         recipe_from_dict({"teacher": {"epochs": True}})
 
 
+def test_a_teacher_that_trains_for_zero_epochs_is_refused_and_unset_epochs_pick_a_default():
+    with pytest.raises(EdgekitError, match=r"^recipe: teacher\.epochs must be at least 1 when the teacher "
+                                           r"trains \(0\)"):
+        load_recipe("imagenet", ["teacher.train=true", "teacher.epochs=0"])
+    with pytest.raises(EdgekitError, match=r"teacher\.epochs must be at least 1"):
+        load_recipe("digits", ["teacher.epochs=0"])  # train unset: it trains, having no checkpoint
+    assert load_recipe("imagenet", ["teacher.train=false", "teacher.epochs=0"]).teacher.epochs == 0
+    teacher = load_recipe("imagenet").teacher
+    assert teacher.train is None and teacher.epochs is None
+    assert teacher.epochs_for(from_checkpoint=True) == 5 and teacher.epochs_for(from_checkpoint=False) == 10
+    # unset train: a checkpoint is used as it is unless its head had to be replaced
+    assert not teacher.trains(from_checkpoint=True, head_replaced=False)
+    assert teacher.trains(from_checkpoint=True, head_replaced=True) and teacher.trains(False, False)
+
+
 def test_flags_override_the_file_and_are_validated_the_same_way():
     recipe = load_recipe("digits", ["distill.alpha=0.25", "prune.method=bn_scale", "data.root=/x"])
     assert recipe.distill.alpha == 0.25 and recipe.prune.method == "bn_scale" and recipe.data.root == "/x"

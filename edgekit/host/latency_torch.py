@@ -14,7 +14,7 @@ from torch import nn
 from ..device.latency.backends import Backend
 from ..device.runtime.registry import Timer
 from ..errors import EdgekitError
-from .models import resnet50_from_width_spec
+from .arch.resnet import from_stage_spec
 
 
 def _layer_module(kind: Any, cin: int, cout: int) -> nn.Module:
@@ -93,7 +93,7 @@ class TorchCudaBackend(Backend):
     def time_network(self, groups: Dict[str, int], image_size: int, batch: int) -> float:
         from ..device.latency.layers import spec_of
 
-        model = resnet50_from_width_spec(spec_of(groups), 1000)
+        model = from_stage_spec(spec_of(groups), 1000)
         return self.module_timer(model, image_size, batch)()
 
     def module_timer(self, model: nn.Module, image_size: int, batch: int) -> Callable[[], float]:

@@ -26,7 +26,7 @@ from ..lock import folder_lock
 from ..recipe import Recipe
 from ..stages import Stage, World, file_digest, run_stages
 from . import steps
-from .models import architecture
+from .arch import check_recipe
 from .steps import HostContext
 
 
@@ -57,7 +57,7 @@ def _compress_sections(config: Dict[str, Any]) -> Sequence[str]:
     """A latency target times models on the latency backend with the recipe's bench threads (else its
     threads), so those are inputs of the spiral; a MACs target times nothing."""
     timing = ("bench.threads", "threads") if config["prune"]["target"] == "latency" else ()
-    return DATA + ("prune", "distill") + TRAINING + timing
+    return DATA + ("model", "prune", "distill") + TRAINING + timing  # the architecture prunes its own groups
 
 
 STAGES = (
@@ -106,12 +106,13 @@ def environment(threads: int) -> Dict[str, Any]:
 
 def check_choices(recipe: Recipe) -> None:
     """The recipe's names of registered things, read from their registries (the recipe is torch-free and
-    cannot hold these lists): the architecture, the pruning importance, and for a latency target the
-    latency backend (a plugin that cannot load here says what to install) and a precision it times."""
+    cannot hold these lists): the architecture and an input it can take, the pruning importance, and for
+    a latency target the latency backend (a plugin that cannot load here says what to install) and a
+    precision it times."""
     from ..device.runtime.registry import timer
     from .compress.prune import IMPORTANCES
 
-    architecture(recipe.model.arch)
+    check_recipe(recipe)
     methods = list(IMPORTANCES) + ["unstructured"]
     if recipe.prune.method not in methods:
         raise EdgekitError("recipe: prune.method must be one of {}, got {!r}".format(

@@ -15,8 +15,8 @@ import torch
 from ..device import layout
 from ..errors import EdgekitError
 from ..stages import Context
+from .arch import architecture, count_macs_params, load_student, save_student
 from .data import DataBundle, evaluate_top1, load_data, predict
-from .models import architecture, count_macs_params, load_student, save_student
 
 # The device scores every engine on these images; above this size they are a spread subset of val
 # (ImageNet at 224: about 110 images; the digits val split fits whole).
@@ -70,27 +70,31 @@ def teacher(ctx: HostContext) -> Dict[str, Any]:
     from .compress.distill import train
 
     recipe, num_classes = ctx.recipe, ctx.num_classes
-    arch = architecture(recipe.model.arch)
-    checkpoint = recipe.model.checkpoint
+    arch, tcfg, checkpoint = architecture(recipe.model.arch), recipe.teacher, recipe.model.checkpoint
+    head_replaced = False
     if checkpoint:
         ctx.log("teacher: loading {}".format(checkpoint))
         model, info = arch.load_checkpoint(checkpoint, num_classes, log=ctx.log)
-        if info["head_replaced"] and not recipe.teacher.train:
+        head_replaced = info["head_replaced"]
+        if head_replaced and tcfg.train is False:
             raise EdgekitError("the checkpoint's head was replaced for {} classes, so the teacher must be "
-                               "fine-tuned: set teacher.train: true".format(num_classes))
+                               "fine-tuned: set teacher.train: true (or leave it unset)".format(num_classes))
+    elif tcfg.train is False:
+        raise EdgekitError("no teacher: give model.checkpoint or set teacher.train: true")
     else:
-        if not recipe.teacher.train:
-            raise EdgekitError("no teacher: give model.checkpoint or set teacher.train: true")
-        ctx.log("teacher: training a {} from scratch for {} epochs".format(_arch_title(arch.name),
-                                                                          recipe.teacher.epochs))
-        model = arch.build(num_classes=num_classes, zero_init_residual=True)
+        model = arch.build(num_classes)
     history: List[Dict[str, Any]] = []
     resume = ctx.path(layout.TEACHER.replace(".pt", ".train.pt"))
-    if recipe.teacher.train and recipe.teacher.epochs > 0:
-        history = train(model, ctx.data, recipe.teacher.epochs, recipe.teacher.optimizer, checkpoint=resume,
+    if tcfg.trains(bool(checkpoint), head_replaced):
+        epochs = tcfg.epochs_for(bool(checkpoint))
+        what = "training a {} from scratch".format(arch.title)
+        if checkpoint:
+            what = "fine-tuning the checkpoint" + (" and its new head" if head_replaced else "")
+        ctx.log("teacher: {} for {} epochs".format(what, epochs))
+        history = train(model, ctx.data, epochs, tcfg.optimizer, checkpoint=resume,
                         key=ctx.key, seed=recipe.seed, desc="teacher", log=ctx.log)
     if ctx.world.is_writer:
-        save_student(ctx.path(layout.TEACHER), model, meta={"role": "teacher", "recipe": recipe.name})
+        save_student(ctx.path(layout.TEACHER), model, arch, meta={"role": "teacher", "recipe": recipe.name})
         if os.path.exists(resume):
             os.unlink(resume)
     ctx.forget(layout.TEACHER)
@@ -109,10 +113,6 @@ def _training(ctx: HostContext) -> Dict[str, Any]:
             "compile": ctx.recipe.train.compile}
 
 
-def _arch_title(name: str) -> str:
-    return {"resnet50": "ResNet-50"}.get(name, name)
-
-
 def drop_rounds(ctx: HostContext) -> None:
     """A forced spiral starts from its first round (the rounds on disk are the old one's)."""
     rounds = ctx.path(layout.ROUNDS_DIR)
@@ -128,8 +128,8 @@ def compress(ctx: HostContext) -> Dict[str, Any]:
     student, rounds = spiral(ctx.model(layout.TEACHER), ctx.data, recipe, ctx.path(layout.ROUNDS_DIR),
                              teacher_key=ctx.results["teacher"].fingerprint, log=ctx.log)
     if ctx.world.is_writer:
-        save_student(ctx.path(layout.STUDENT), student, meta={"role": "student", "recipe": recipe.name,
-                                                              "method": recipe.prune.method})
+        save_student(ctx.path(layout.STUDENT), student, architecture(recipe.model.arch),
+                     meta={"role": "student", "recipe": recipe.name, "method": recipe.prune.method})
     ctx.forget(layout.STUDENT)
     return {"rounds": rounds, "train": _training(ctx)}
 

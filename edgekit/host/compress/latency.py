@@ -18,7 +18,7 @@ from ...device.latency.allocate import allocate
 from ...device.latency.backends import Backend, feeds_for
 from ...device.latency.layers import BLOCKS, Groups, block_group, groups_of, stage_group
 from ...device.latency.table import LatencyTable
-from ..models import width_spec_of
+from ..arch.resnet import stage_spec
 from .prune import make_importance
 
 
@@ -67,13 +67,13 @@ def prune_to_groups(model: nn.Module, widths: Groups, scores: Dict[str, np.ndarr
         idxs = [int(i) for i in np.argsort(scores[name], kind="stable")[:remove]]
         group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=idxs)
         group.prune()
-    width_spec_of(model)  # proves the residual coupling survived
+    stage_spec(model)  # proves the residual coupling survived
     return model
 
 
 def prune_for_latency(model: nn.Module, table: LatencyTable, budget_ms: float, method: str, min_channels: int,
                       what: str = "latency budget") -> Dict[str, object]:
-    current = groups_of(width_spec_of(model))
+    current = groups_of(stage_spec(model))
     scores = importances(model, method)
     widths, predicted = allocate(table, current, scores, budget_ms, min_channels, what=what)
     return {"model": prune_to_groups(model, widths, scores), "groups": widths, "predicted_ms": predicted}
@@ -140,7 +140,7 @@ class LatencyPlan(object):
         ratio = pcfg.target_latency_ratio if pcfg.target_latency_ratio is not None \
             else pcfg.target_latency_ms / self.dense_ms
         self.target_ratio = min(1.0, ratio)
-        self.dense_predicted = self.table.predict_ms(groups_of(width_spec_of(teacher)))
+        self.dense_predicted = self.table.predict_ms(groups_of(stage_spec(teacher)))
         self.correction = 1.0  # measured/predicted ratio error, learnt from each round's measurement
         self.seen: List[float] = []
         log("latency target: {:.1%} of the dense model's {:.3f} ms = {:.3f} ms ({}, {}x{}, batch {}, {})".format(

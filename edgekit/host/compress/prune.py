@@ -1,14 +1,16 @@
-"""Structured pruning of ResNet-50 to a MACs target, on Torch-Pruning's dependency graph.
+"""Structured pruning to a MACs target, on Torch-Pruning's dependency graph.
 
 Three parts that do not know each other (Torch-Pruning's split): the dependency graph groups the
-layers that must lose the same channels (a bottleneck's conv3, the downsample branch and every
-later conv3 of a stage are tied by the residual additions; each conv's BatchNorm and the next
-conv's input follow), an importance scores the channels of a group (L1 or L2 filter norm, or the
-BatchNorm scale), and the policy here picks how many to remove: the smallest channel sparsity
-whose pruned model meets the MACs target, found by bisection on trial copies. The classifier is
-never pruned; channel counts are rounded to a multiple (`round_to`) that the target's kernels like.
-Importances are a registry keyed by name (`IMPORTANCES`, `register_importance`). A latency budget
-instead of a MACs one is `compress/latency.py` (the table's knapsack on the same groups).
+layers that must lose the same channels (traced on the model itself: in a ResNet-50 a bottleneck's
+conv3, the downsample branch and every later conv3 of a stage are tied by the residual additions; in
+a MobileNet each depthwise convolution follows the expansion that feeds it; each conv's BatchNorm and
+the next conv's input follow), an importance scores the channels of a group (L1 or L2 filter norm,
+or the BatchNorm scale), and the policy here picks how many to remove: the smallest channel sparsity
+whose pruned model meets the MACs target, found by bisection on trial copies. What the architecture
+names in `ignored_layers` (the classifier) is never pruned; channel counts are rounded to a multiple
+(`round_to`) that the target's kernels like. Importances are a registry keyed by name (`IMPORTANCES`,
+`register_importance`). A latency budget instead of a MACs one is `compress/latency.py` (the table's
+knapsack on the same groups).
 
 Unstructured magnitude pruning is offered for comparison only: it zeroes weights but keeps every
 channel, so MACs, ONNX size and TensorRT latency stay those of the dense model.
@@ -22,7 +24,7 @@ import torch
 from torch import nn
 
 from ...errors import EdgekitError
-from ..models import count_macs_params, width_spec_of
+from ..arch import Architecture, count_macs_params
 
 # Importance methods, keyed by name (Torch-Pruning's importance classes). Adding one is one entry here
 # and its name in recipe.PruneConfig.method's choices.
@@ -76,7 +78,7 @@ def make_importance(method: str):  # noqa: ANN201
     return IMPORTANCES[method]()
 
 
-def _pruner(model: nn.Module, image_size: int, method: str, ratio: float, allocation: str,
+def _pruner(model: nn.Module, arch: Architecture, image_size: int, method: str, ratio: float, allocation: str,
             round_to: int, max_layer_ratio: float):  # noqa: ANN202
     import torch_pruning as tp
 
@@ -85,13 +87,13 @@ def _pruner(model: nn.Module, image_size: int, method: str, ratio: float, alloca
         model, example, importance=make_importance(method), pruning_ratio=ratio,
         global_pruning=(allocation == "global"), max_pruning_ratio=max_layer_ratio,
         round_to=round_to if round_to > 1 else None,
-        ignored_layers=[model.fc])  # the classifier's outputs are the classes: never pruned
+        ignored_layers=arch.ignored_layers(model))
 
 
-def _pruned(model: nn.Module, image_size: int, method: str, ratio: float, allocation: str, round_to: int,
-            max_layer_ratio: float) -> nn.Module:
+def _pruned(model: nn.Module, arch: Architecture, image_size: int, method: str, ratio: float, allocation: str,
+            round_to: int, max_layer_ratio: float) -> nn.Module:
     candidate = copy.deepcopy(model)
-    _pruner(candidate, image_size, method, ratio, allocation, round_to, max_layer_ratio).step()
+    _pruner(candidate, arch, image_size, method, ratio, allocation, round_to, max_layer_ratio).step()
     return candidate
 
 
@@ -112,17 +114,18 @@ class PruneResult:
         return self.macs_after / float(self.macs_before)
 
 
-def pruned_result(before: nn.Module, after: nn.Module, image_size: int, latency: Dict) -> PruneResult:
+def pruned_result(before: nn.Module, after: nn.Module, arch: Architecture, image_size: int,
+                  latency: Dict) -> PruneResult:
     """A PruneResult for a model pruned by another policy (the latency allocation)."""
     macs_before, params_before = count_macs_params(before, image_size)
     macs, params = count_macs_params(after, image_size)
     channels = sum(m.out_channels for m in before.modules() if isinstance(m, nn.Conv2d))
     kept = sum(m.out_channels for m in after.modules() if isinstance(m, nn.Conv2d))
     return PruneResult(after, macs_before, macs, params_before, params, 1.0 - kept / float(channels),
-                       width_spec_of(after), latency=latency)
+                       arch.width_spec(after), latency=latency)
 
 
-def prune(model: nn.Module, target_macs: int, image_size: int, method: str = "l1",
+def prune(model: nn.Module, target_macs: int, image_size: int, arch: Architecture, method: str = "l1",
           allocation: str = "global", round_to: int = 8, max_layer_ratio: float = 0.9,
           tolerance: float = 0.02, max_trials: int = 10,
           log: Callable[[str], None] = print) -> PruneResult:
@@ -137,11 +140,11 @@ def prune(model: nn.Module, target_macs: int, image_size: int, method: str = "l1
     macs_before, params_before = count_macs_params(model, image_size)
     if macs_before <= target_macs:
         return PruneResult(copy.deepcopy(model), macs_before, macs_before, params_before, params_before,
-                           0.0, width_spec_of(model))
+                           0.0, arch.width_spec(model))
 
     def trial(ratio: float):  # noqa: ANN202
         candidate = copy.deepcopy(model)
-        _pruner(candidate, image_size, method, ratio, allocation, round_to, max_layer_ratio).step()
+        _pruner(candidate, arch, image_size, method, ratio, allocation, round_to, max_layer_ratio).step()
         macs, params = count_macs_params(candidate, image_size)
         return candidate, macs, params
 
@@ -153,7 +156,7 @@ def prune(model: nn.Module, target_macs: int, image_size: int, method: str = "l1
     if macs > target_macs:
         # Rounding keeps whole multiples: with round_to 32/64 small layers cannot shrink, whatever the
         # ratio. Re-trying without rounding tells which limit bites.
-        if round_to > 1 and count_macs_params(_pruned(model, image_size, method, hi, allocation, 1,
+        if round_to > 1 and count_macs_params(_pruned(model, arch, image_size, method, hi, allocation, 1,
                                                       max_layer_ratio), image_size)[0] <= target_macs:
             raise EdgekitError(
                 "prune: cannot reach {:.1f}% of the MACs with channel counts rounded to multiples of {} "
@@ -176,7 +179,7 @@ def prune(model: nn.Module, target_macs: int, image_size: int, method: str = "l1
         else:
             lo = mid
     ratio, pruned, macs, params = best
-    spec = width_spec_of(pruned)  # also proves the residual coupling survived
+    spec = arch.width_spec(pruned)  # with the family's own check (ResNet-50: the residual coupling)
     log("pruned ({}, {}, round to {}): channel sparsity {:.3f}, MACs {:.2f} M -> {:.2f} M ({:.1%}), "
         "params {:.2f} M -> {:.2f} M".format(method, allocation, round_to, ratio, macs_before / 1e6, macs / 1e6,
                                            macs / float(macs_before), params_before / 1e6, params / 1e6))

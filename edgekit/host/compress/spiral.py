@@ -19,10 +19,10 @@ from torch import nn
 
 from ...artifacts import config_hash, remove_if_exists, write_json_atomic
 from ...recipe import Recipe
+from ..arch import Architecture, architecture, count_macs_params, load_student, save_student
 from ..data import DataBundle, evaluate_top1
 from ..dist import Dist, resolve_device
 from ..dist import current as current_dist
-from ..models import count_macs_params, load_student, resnet50_from_width_spec, save_student, width_spec_of
 from .distill import distill
 from .prune import UNSTRUCTURED_NOTE, conv_sparsity, keep_masks, prune, prune_unstructured, pruned_result
 
@@ -51,7 +51,7 @@ def _load_round(folder: str, k: int, key: str):  # noqa: ANN202
     return model, record
 
 
-def _shared(d: Dist, make: Callable[[], Any]) -> Any:
+def _shared(d: Dist, arch: Architecture, make: Callable[[], Any]) -> Any:
     """Rank 0 runs `make` -> None or (model, extra); every rank gets the same (a rebuilt copy of the
     model from its width spec and state_dict). Under torchrun rank 0 alone prunes and reads files."""
     out = make() if d.is_writer else None
@@ -59,25 +59,25 @@ def _shared(d: Dist, make: Callable[[], Any]) -> Any:
         return out
     payload = None
     if out is not None:
-        payload = (width_spec_of(out[0]), out[0].fc.out_features,
+        payload = (arch.width_spec(out[0]), arch.num_classes(out[0]),
                    {k: v.detach().cpu() for k, v in out[0].state_dict().items()}, out[1])
     payload = d.broadcast_object(payload)
     if d.is_writer or payload is None:
         return out
     spec, classes, state, extra = payload
-    model = resnet50_from_width_spec(spec, classes)
+    model = arch.from_width_spec(spec, classes)
     model.load_state_dict(state)
     return model, extra
 
 
 def _prune_and_score(student: nn.Module, target_macs: int, data: DataBundle, recipe: Recipe, device: Any,
                      log: Callable[[str], None], plan: Any = None, latency_ratio: float = 1.0) -> Any:
-    pcfg = recipe.prune
+    pcfg, arch = recipe.prune, architecture(recipe.model.arch)
     if plan is not None:  # latency target: the table's allocation, checked by timing (edgekit.host.compress.latency)
         pruned, latency = plan.prune_round(student, latency_ratio)
-        result = pruned_result(student, pruned, data.image_size, latency)
+        result = pruned_result(student, pruned, arch, data.image_size, latency)
     else:
-        result = prune(student, target_macs, data.image_size, method=pcfg.method,
+        result = prune(student, target_macs, data.image_size, arch, method=pcfg.method,
                        allocation=pcfg.allocation, round_to=pcfg.round_to,
                        max_layer_ratio=pcfg.max_layer_ratio, log=log)
     facts = copy.copy(result)
@@ -95,6 +95,7 @@ def spiral(teacher: nn.Module, data: DataBundle, recipe: Recipe, folder: str, *,
     else:
         os.makedirs(folder, exist_ok=True)
     pcfg, dcfg = recipe.prune, recipe.distill
+    arch = architecture(recipe.model.arch)
     size = data.image_size
     teacher_macs, _ = count_macs_params(teacher, size)
     base = {"teacher": teacher_key, "prune": recipe.to_dict()["prune"], "distill": recipe.to_dict()["distill"],
@@ -117,7 +118,7 @@ def spiral(teacher: nn.Module, data: DataBundle, recipe: Recipe, folder: str, *,
     for k, ratio in enumerate(schedule, start=1):
         key = config_hash({"previous": previous, "round": k, "ratio": ratio})
         previous = key
-        done = _shared(d, functools.partial(_load_round, folder, k, key))
+        done = _shared(d, arch, functools.partial(_load_round, folder, k, key))
         if done is not None:
             student, record = done
             records.append(record)
@@ -128,7 +129,7 @@ def spiral(teacher: nn.Module, data: DataBundle, recipe: Recipe, folder: str, *,
         log("round {}/{}: prune to {:.1%} of the teacher's {}".format(
             k, len(schedule), ratio, "MACs" if plan is None else "measured latency"))
         student, (result, top1_pruned) = _shared(
-            d, functools.partial(_prune_and_score, student, int(ratio * teacher_macs), data, recipe, device, log,
+            d, arch, functools.partial(_prune_and_score, student, int(ratio * teacher_macs), data, recipe, device, log,
                                  plan, ratio))
         log("round {}/{}: val top-1 right after pruning {:.2f}%".format(k, len(schedule), top1_pruned))
         epochs = dcfg.epochs_per_round + (dcfg.final_epochs if k == len(schedule) else 0)
@@ -147,7 +148,7 @@ def spiral(teacher: nn.Module, data: DataBundle, recipe: Recipe, folder: str, *,
                   "seconds": round(time.perf_counter() - started, 2)}
         record.update(result.latency)  # latency target: measured latency_ms, latency_ratio beside the MACs
         if d.is_writer:
-            save_student(os.path.join(folder, "round{}.pt".format(k)), student, meta={"round": k})
+            save_student(os.path.join(folder, "round{}.pt".format(k)), student, arch, meta={"round": k})
             write_json_atomic(os.path.join(folder, "round{}.json".format(k)), record)
             remove_if_exists(os.path.join(folder, "round{}.train.pt".format(k)))
         records.append(record)
@@ -160,7 +161,8 @@ def _unstructured(teacher: nn.Module, data: DataBundle, recipe: Recipe, folder: 
     key = config_hash(dict(base, round=1))
     d = current_dist()
     device = d.device or resolve_device(recipe.train.device)
-    done = _shared(d, functools.partial(_load_round, folder, 1, key))
+    arch = architecture(recipe.model.arch)
+    done = _shared(d, arch, functools.partial(_load_round, folder, 1, key))
     if done is not None:
         return done[0], [done[1]]
     log("unstructured pruning to {:.0%} sparsity. Note: {}".format(pcfg.sparsity, UNSTRUCTURED_NOTE))
@@ -182,7 +184,7 @@ def _unstructured(teacher: nn.Module, data: DataBundle, recipe: Recipe, folder: 
               "top1": history[-1]["val_top1"], "epochs": epochs, "history": history,
               "seconds": round(time.perf_counter() - started, 2)}
     if d.is_writer:
-        save_student(os.path.join(folder, "round1.pt"), student, meta={"round": 1, "unstructured": True})
+        save_student(os.path.join(folder, "round1.pt"), student, arch, meta={"round": 1, "unstructured": True})
         write_json_atomic(os.path.join(folder, "round1.json"), record)
         remove_if_exists(os.path.join(folder, "round1.train.pt"))
     return student, [record]
