@@ -59,7 +59,8 @@ def test_users_own_presets_win_on_a_name_clash(tmp_path):
     missing = _run(edgekit_cmd("show-recipe", "--recipe", "nope"), cwd=str(tmp_path))
     assert missing.returncode == 2
     assert missing.stderr.strip() == ("edgekit: error: recipe 'nope' not found; give a YAML path or one of the "
-                                      "presets: digits, imagenet, mine")
+                                      "presets: digits, digits-efficientnet, digits-mobilenetv2, digits-mobilenetv3, "
+                                      "imagenet, mine")
     code = "from edgekit.targets import available_targets, load_target; print(available_targets(), " \
            "load_target('bench-box').batches)"
     listed = _run([sys.executable, "-c", code], cwd=str(tmp_path))
