@@ -81,7 +81,7 @@ class Teacher:
     def attach(self, run: "Run") -> None:
         self._home = next(self.model.parameters()).device
         self.model.eval()
-        run.placement_of(self.model)
+        run.place(self.model)
         self._forward = torch.compile(self.model) if run.cfg.compile else self.model  # type: ignore[assignment]
 
     def detach(self) -> None:
@@ -188,7 +188,7 @@ class FeatureKD(Loss):
         self._taught = _Outputs(self.teacher.model, list(self.pairs.values()))
         if not len(self.adapters):
             self._build_adapters(run)
-        run.placement_of(self.adapters)
+        run.place(self.adapters)
 
     def _build_adapters(self, run: "Run") -> None:
         assert self._student is not None and self._taught is not None

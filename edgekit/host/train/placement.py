@@ -59,7 +59,7 @@ def resolve_precision(precision: str, device: torch.device,
                       capabilities: Optional[Mapping[str, Any]] = None) -> Tuple[str, Optional[str]]:
     """(the precision to run, why it differs from the one asked for, or None)."""
     if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16(capabilities):
-        return "fp32", ("bf16 asked for, but this CPU has no native bf16 (no AVX-512 BF16 or AMX) and emulates it "
+        return "fp32", ("bf16 asked for: this CPU has no native bf16, no AVX-512 BF16 or AMX, and emulates it "
                         "several times slower; set train.precision: fp32 to silence this")
     return precision, None
 
@@ -95,9 +95,9 @@ class Placement:
 
     def line(self) -> str:
         """`train: cpu, fp32, 1 process`, with the reason when the precision was changed."""
-        changed = " ({})".format(self.note) if self.note else ""
-        return "train: {}, {}{}, {} process{}".format(self.device, self.precision, changed, self.world_size,
-                                                     "" if self.world_size == 1 else "es")
+        return "train: {}, {}, {} process{}{}".format(self.device, self.precision, self.world_size,
+                                                     "" if self.world_size == 1 else "es",
+                                                     " ({})".format(self.note) if self.note else "")
 
     def record(self) -> Dict[str, Any]:
         """The summary's `train` facts (the precision that ran; the one asked for when it differs)."""

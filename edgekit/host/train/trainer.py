@@ -105,7 +105,7 @@ class Run:
     epoch_top1: float = float("nan")
     epoch_seconds: float = 0.0
 
-    def placement_of(self, module: nn.Module) -> None:
+    def place(self, module: nn.Module) -> None:
         """`module` onto the run's device and memory layout."""
         module.to(self.placement.device)
         if self.placement.channels_last:
@@ -189,7 +189,7 @@ class Trainer:
         """Placement, the loss's teacher and hooks, the optimizer, the resume, the schedule."""
         if run.placement.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        run.placement_of(run.model)
+        run.place(run.model)
         self.loss.attach(run)
         extra = self.loss.modules()
         parameters = list(run.model.parameters()) + (list(extra.parameters()) if extra is not None else [])
