@@ -14,6 +14,12 @@ edgekit's img/s is the slope between a short and a long run of `train` (same set
 checkpoint in both), so its fixed costs cancel and what remains is the per-step cost.
 The loader alone: the ImageFolder loader of `--folder` (edgekit's, with `--workers`), or the
 in-memory synthetic source. The last line printed is one JSON object.
+
+`--precision` is resolved as a stage resolves `train.precision` (bf16 on a CPU without native bf16
+runs fp32); `--exact-precision` times the autocast asked for instead. `--only ce` times one step kind:
+
+    .venv/bin/python benchmarks/train_throughput.py --device cpu --image-size 64 --batch-size 8 \
+        --classes 1000 --only ce --steps 3 --warmup 1 --repeats 1 --precision bf16 [--exact-precision]
 """
 
 import argparse
@@ -39,6 +45,7 @@ from edgekit.host.compress.prune import prune  # noqa: E402
 from edgekit.host.data import DataBundle, load_data  # noqa: E402
 from edgekit.host.dist import resolve_device  # noqa: E402
 from edgekit.host.models import count_macs_params, resnet50  # noqa: E402
+from edgekit.host.train import for_stage  # noqa: E402
 from edgekit.recipe import DataConfig, OptimizerConfig, TrainConfig, load_recipe  # noqa: E402
 
 IMAGENET_TRAIN = 1281167
@@ -176,7 +183,8 @@ def compare(model: torch.nn.Module, teacher: Optional[torch.nn.Module], data: Sy
     for _ in range(repeats):
         bare = max(bare, bare_step(model, teacher, data, device, cfg, opt_cfg, warmup, steps))
         ours = max(ours, edgekit_loop(model, teacher, data, device, cfg, opt_cfg, warmup, steps))
-    return {"bare_img_s": round(bare, 1), "edgekit_img_s": round(ours, 1), "ratio": round(ours / bare, 3)}
+    return {"bare_img_s": round(bare, 2), "edgekit_img_s": round(ours, 2), "ratio": round(ours / bare, 3),
+            "bare_step_s": round(data.batch_size / bare, 3), "edgekit_step_s": round(data.batch_size / ours, 3)}
 
 
 def loader_throughput(args: argparse.Namespace, data: SyntheticBundle) -> Dict[str, Any]:
@@ -221,16 +229,19 @@ def recipe_eta(name: str, ce: float, kd: float, loader: float, measured_size: in
             "hours": round(seconds / 3600.0, 3)}
 
 
-def main(argv: Optional[list] = None) -> Dict[str, Any]:
+def parse_args(argv: Optional[list]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default=None, choices=["bf16", "fp16", "fp32"],
                    help="default: bf16 on CUDA, fp32 on the CPU")
+    p.add_argument("--exact-precision", action="store_true",
+                   help="time --precision as given, not as a stage resolves it for this device")
     p.add_argument("--image-size", type=int, default=None, help="default: 224 on CUDA, 16 on the CPU")
     p.add_argument("--batch-size", type=int, default=None, help="default: 256 on CUDA, 16 on the CPU")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default: 50 on CUDA, 8 on the CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 15 on CUDA, 2 on the CPU)")
     p.add_argument("--repeats", type=int, default=None, help="interleaved trials, best kept (default 2 / 3 on CPU)")
+    p.add_argument("--only", choices=["ce", "kd"], help="time this step alone (no loader, no ETA)")
     p.add_argument("--kd-ratio", type=float, default=0.5, help="student MACs / teacher MACs for the KD step")
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--channels-last", default=None, action=argparse.BooleanOptionalAction)
@@ -244,63 +255,86 @@ def main(argv: Optional[list] = None) -> Dict[str, Any]:
     p.add_argument("--world-size", type=int, default=1, help="processes the ETA assumes (each at these rates)")
     p.add_argument("--train-images", type=int, default=None, help="training set size for the ETA")
     p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
-    device = resolve_device(args.device)
-    cuda = device.type == "cuda"
+
+def _defaults(args: argparse.Namespace, cuda: bool) -> None:
     args.precision = args.precision or ("bf16" if cuda else "fp32")
     args.image_size = args.image_size or (224 if cuda else 16)
     args.batch_size = args.batch_size or (256 if cuda else 16)
-    steps = args.steps or (50 if cuda else 8)
-    warmup = args.warmup or (15 if cuda else 2)
+    args.steps = args.steps or (50 if cuda else 8)
+    args.warmup = args.warmup or (15 if cuda else 2)
     args.repeats = args.repeats or (2 if cuda else 3)
+
+
+def _train_config(args: argparse.Namespace, device: torch.device) -> TrainConfig:
+    """The TrainConfig timed: --precision resolved for this device as a stage resolves it, unless --exact-precision."""
+    cfg = TrainConfig(device=device.type, precision=args.precision, channels_last=args.channels_last,
+                      compile=args.compile, log_every=max(args.steps, 50))
+    if not args.exact_precision:
+        cfg, placement = for_stage(cfg)
+        print(placement.line(), flush=True)
+    return cfg
+
+
+def _steps(args: argparse.Namespace, result: Dict[str, Any], data: SyntheticBundle, device: torch.device,
+           cfg: TrainConfig) -> None:
+    opt_cfg = OptimizerConfig(name="sgd", lr=0.01, schedule="cosine", weight_decay=1e-4)
+    timing = (args.warmup, args.steps, args.repeats)
+    torch.manual_seed(0)
+    teacher = resnet50(num_classes=args.classes)
+    if args.only in (None, "ce"):
+        result["ce"] = compare(teacher, None, data, device, cfg, opt_cfg, *timing)
+        print("ce: bare {bare_img_s:,.2f} img/s ({bare_step_s:.3f} s a step), edgekit {edgekit_img_s:,.2f} img/s "
+              "({edgekit_step_s:.3f} s a step, {ratio:.1%})".format(**result["ce"]), flush=True)
+    if args.only in (None, "kd"):
+        teacher_macs, _ = count_macs_params(teacher, args.image_size)
+        pruned = prune(teacher, int(args.kd_ratio * teacher_macs), args.image_size, RESNET50, method="l1",
+                       log=lambda m: None)
+        result["kd"] = compare(pruned.model, teacher, data, device, cfg, opt_cfg, *timing)
+        result["kd"]["student_macs_ratio"] = round(pruned.macs_after / float(teacher_macs), 4)
+        print("kd ({student_macs_ratio:.2f}x-MACs student + dense teacher): bare {bare_img_s:,.2f} img/s, "
+              "edgekit {edgekit_img_s:,.2f} img/s ({ratio:.1%})".format(**result["kd"]), flush=True)
+
+
+def _eta(args: argparse.Namespace, result: Dict[str, Any]) -> None:
+    result["eta"] = eta = recipe_eta(args.recipe, result["ce"]["edgekit_img_s"], result["kd"]["edgekit_img_s"],
+                                     result["loader_img_s"], args.image_size, args.world_size, args.train_images)
+    measured_here = eta["image_size"] == args.image_size
+    print("ETA of recipe {}: {:.2f} h of training on {} process(es), {}-bound{}".format(
+        args.recipe, eta["hours"], args.world_size, eta["bound"], "" if measured_here else
+        " (extrapolated from {0}x{0} to {1}x{1} by pixel count, which overstates it for small images on a "
+        "CPU; --image-size {1} --batch-size <the recipe's> measures it)".format(args.image_size, eta["image_size"])),
+        flush=True)
+    eta["extrapolated_from_image_size"] = None if measured_here else args.image_size
+
+
+def main(argv: Optional[list] = None) -> Dict[str, Any]:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    _defaults(args, cuda)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = TrainConfig(device=device.type, precision=args.precision, channels_last=args.channels_last,
-                      compile=args.compile, log_every=max(steps, 50))
-    opt_cfg = OptimizerConfig(name="sgd", lr=0.01, schedule="cosine", weight_decay=1e-4)
+    requested = args.precision
+    cfg = _train_config(args, device)
     data = synthetic(args.batch_size, args.image_size, args.classes, pin=cuda)
     print("device {} ({}), {}, {}x{}, batch {}, {} timed steps after {}".format(
         device, torch.cuda.get_device_name(device) if cuda else "cpu, {} threads".format(torch.get_num_threads()),
-        args.precision, args.image_size, args.image_size, args.batch_size, steps, warmup), flush=True)
-
-    torch.manual_seed(0)
-    teacher = resnet50(num_classes=args.classes)
-    result: Dict[str, Any] = {"device": str(device), "precision": args.precision, "image_size": args.image_size,
-                              "batch_size": args.batch_size, "channels_last": args.channels_last,
-                              "compile": args.compile, "torch": torch.__version__}
+        cfg.precision, args.image_size, args.image_size, args.batch_size, args.steps, args.warmup), flush=True)
+    result: Dict[str, Any] = {"device": str(device), "precision": cfg.precision, "requested_precision": requested,
+                              "image_size": args.image_size, "batch_size": args.batch_size,
+                              "channels_last": args.channels_last, "compile": args.compile, "torch": torch.__version__}
     if cuda:
         result["gpu"] = torch.cuda.get_device_name(device)
     else:
         result["threads"] = torch.get_num_threads()
-
-    result["ce"] = compare(teacher, None, data, device, cfg, opt_cfg, warmup, steps, args.repeats)
-    print("ce: bare {bare_img_s:,.1f} img/s, edgekit {edgekit_img_s:,.1f} img/s ({ratio:.1%})".format(
-        **result["ce"]), flush=True)
-
-    teacher_macs, _ = count_macs_params(teacher, args.image_size)
-    pruned = prune(teacher, int(args.kd_ratio * teacher_macs), args.image_size, RESNET50, method="l1",
-                   log=lambda m: None)
-    student = pruned.model
-    result["kd"] = compare(student, teacher, data, device, cfg, opt_cfg, warmup, steps, args.repeats)
-    result["kd"]["student_macs_ratio"] = round(pruned.macs_after / float(teacher_macs), 4)
-    print("kd ({student_macs_ratio:.2f}x-MACs student + dense teacher): bare {bare_img_s:,.1f} img/s, "
-          "edgekit {edgekit_img_s:,.1f} img/s ({ratio:.1%})".format(**result["kd"]), flush=True)
-
-    result.update(loader_throughput(args, data))
-    print("loader alone: {:,.1f} img/s ({})".format(result["loader_img_s"], result["loader"]), flush=True)
-    if args.recipe:
-        result["eta"] = recipe_eta(args.recipe, result["ce"]["edgekit_img_s"], result["kd"]["edgekit_img_s"],
-                                   result["loader_img_s"], args.image_size, args.world_size, args.train_images)
-        eta = result["eta"]
-        measured_here = eta["image_size"] == args.image_size
-        print("ETA of recipe {}: {:.2f} h of training on {} process(es), {}-bound{}".format(
-            args.recipe, eta["hours"], args.world_size, eta["bound"], "" if measured_here else
-            " (extrapolated from {0}x{0} to {1}x{1} by pixel count, which overstates it for small images on a "
-            "CPU; --image-size {1} --batch-size <the recipe's> measures it)".format(args.image_size,
-                                                                                    eta["image_size"])),
-            flush=True)
-        eta["extrapolated_from_image_size"] = None if measured_here else args.image_size
+    _steps(args, result, data, device, cfg)
+    if args.only is None:
+        result.update(loader_throughput(args, data))
+        print("loader alone: {:,.1f} img/s ({})".format(result["loader_img_s"], result["loader"]), flush=True)
+        if args.recipe:
+            _eta(args, result)
     print(json.dumps(result))
     return result
 

@@ -86,6 +86,16 @@ class Dist:
             tensor /= self.world_size
         return tensor
 
+    def train_sampler(self, dataset: Any, seed: int) -> Optional[Any]:
+        """This rank's shard of `dataset`, reshuffled per epoch by `set_epoch`; None for one process
+        (the loader shuffles with its own generator then)."""
+        if not self.distributed:
+            return None
+        from torch.utils.data.distributed import DistributedSampler
+
+        return DistributedSampler(dataset, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=seed,
+                                  drop_last=True)
+
     def sync_buffers(self, module: torch.nn.Module) -> None:
         """Rank 0's buffers (BatchNorm running statistics) on every rank: DDP syncs them at the start
         of each forward, so after the last training step every rank holds its own."""

@@ -67,7 +67,7 @@ class HostContext(Context):
 # --------------------------------------------------------------------------- teacher, spiral, evaluation
 
 def teacher(ctx: HostContext) -> Dict[str, Any]:
-    from .compress.distill import train
+    from .train import Checkpoint, CrossEntropy, Trainer, for_stage
 
     recipe, num_classes = ctx.recipe, ctx.num_classes
     arch, tcfg, checkpoint = architecture(recipe.model.arch), recipe.teacher, recipe.model.checkpoint
@@ -91,8 +91,11 @@ def teacher(ctx: HostContext) -> Dict[str, Any]:
         if checkpoint:
             what = "fine-tuning the checkpoint" + (" and its new head" if head_replaced else "")
         ctx.log("teacher: {} for {} epochs".format(what, epochs))
-        history = train(model, ctx.data, epochs, tcfg.optimizer, checkpoint=resume,
-                        key=ctx.key, seed=recipe.seed, desc="teacher", log=ctx.log)
+        train_cfg, placement = for_stage(recipe.train)
+        ctx.log(placement.line())
+        trainer = Trainer(CrossEntropy(tcfg.optimizer.label_smoothing), tcfg.optimizer, desc="teacher",
+                          train_cfg=train_cfg, log=ctx.log)
+        history = trainer.fit(model, ctx.data, epochs, seed=recipe.seed, checkpoint=Checkpoint(resume, ctx.key))
     if ctx.world.is_writer:
         save_student(ctx.path(layout.TEACHER), model, arch, meta={"role": "teacher", "recipe": recipe.name})
         if os.path.exists(resume):
@@ -104,11 +107,10 @@ def teacher(ctx: HostContext) -> Dict[str, Any]:
 
 def _training(ctx: HostContext) -> Dict[str, Any]:
     """Where and how a stage trained: kept with its metrics, so a reused stage still says how it was made."""
-    from .dist import current
+    from .train import for_stage
 
-    device = getattr(ctx.world, "device", None) or current().device
-    return {"device": str(device or "cpu"), "precision": ctx.recipe.train.precision,
-            "world_size": int(getattr(ctx.world, "world_size", 1)),
+    _, placement = for_stage(ctx.recipe.train)  # the precision that ran (bf16 falls back on some CPUs)
+    return {**placement.record(), "world_size": int(getattr(ctx.world, "world_size", 1)),
             "global_batch": ctx.recipe.data.batch_size * int(getattr(ctx.world, "world_size", 1)),
             "compile": ctx.recipe.train.compile}
 

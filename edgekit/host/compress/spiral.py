@@ -18,11 +18,12 @@ from typing import Any, Callable, Dict, List, Tuple
 from torch import nn
 
 from ...artifacts import config_hash, remove_if_exists, write_json_atomic
-from ...recipe import Recipe
+from ...recipe import Recipe, TrainConfig
 from ..arch import Architecture, architecture, count_macs_params, load_student, save_student
 from ..data import DataBundle, evaluate_top1
 from ..dist import Dist, resolve_device
 from ..dist import current as current_dist
+from ..train import AfterStep, for_stage
 from .distill import distill
 from .prune import UNSTRUCTURED_NOTE, conv_sparsity, keep_masks, prune, prune_unstructured, pruned_result
 
@@ -96,12 +97,14 @@ def spiral(teacher: nn.Module, data: DataBundle, recipe: Recipe, folder: str, *,
         os.makedirs(folder, exist_ok=True)
     pcfg, dcfg = recipe.prune, recipe.distill
     arch = architecture(recipe.model.arch)
+    train_cfg, placement = for_stage(recipe.train, d)
+    log(placement.line())
     size = data.image_size
     teacher_macs, _ = count_macs_params(teacher, size)
     base = {"teacher": teacher_key, "prune": recipe.to_dict()["prune"], "distill": recipe.to_dict()["distill"],
             "seed": recipe.seed}
     if pcfg.method == "unstructured":
-        return _unstructured(teacher, data, recipe, folder, base, log)
+        return _unstructured(teacher, data, recipe, folder, base, log, train_cfg)
 
     student = copy.deepcopy(teacher)
     records: List[Dict[str, Any]] = []
@@ -137,26 +140,41 @@ def spiral(teacher: nn.Module, data: DataBundle, recipe: Recipe, folder: str, *,
                           checkpoint=os.path.join(folder, "round{}.train.pt".format(k)),
                           key=config_hash({"round": key, "width_spec": result.width_spec}),
                           seed=recipe.seed + k, desc="round {} distill".format(k), log=log,
-                          train_cfg=recipe.train)
+                          train_cfg=train_cfg)
         top1 = history[-1]["val_top1"] if history else evaluate_top1(student, data.val_loader(), device)
-        record = {"round": k, "key": key, "target_macs_ratio": round(ratio, 5),
-                  "macs": result.macs_after, "params": result.params_after,
-                  "macs_ratio": round(result.macs_after / float(teacher_macs), 5),
-                  "channel_sparsity": round(result.channel_sparsity, 5),
-                  "top1_after_prune": round(top1_pruned, 3), "top1": round(top1, 3),
-                  "epochs": epochs, "history": history, "width_spec": result.width_spec,
-                  "seconds": round(time.perf_counter() - started, 2)}
-        record.update(result.latency)  # latency target: measured latency_ms, latency_ratio beside the MACs
-        if d.is_writer:
-            save_student(os.path.join(folder, "round{}.pt".format(k)), student, arch, meta={"round": k})
-            write_json_atomic(os.path.join(folder, "round{}.json".format(k)), record)
-            remove_if_exists(os.path.join(folder, "round{}.train.pt".format(k)))
+        record = _round_record(k, key, ratio, result, teacher_macs, (top1_pruned, top1), history,
+                               time.perf_counter() - started)
+        _save_round(d, folder, k, student, arch, record, {"round": k})
         records.append(record)
     return student, records
 
 
+def _round_record(k: int, key: str, ratio: float, result: Any, teacher_macs: int, top1s: Tuple[float, float],
+                  history: List[Dict[str, Any]], seconds: float) -> Dict[str, Any]:
+    """What round k did: its target, the student's size, top-1 right after pruning and after distillation."""
+    top1_pruned, top1 = top1s
+    record = {"round": k, "key": key, "target_macs_ratio": round(ratio, 5),
+              "macs": result.macs_after, "params": result.params_after,
+              "macs_ratio": round(result.macs_after / float(teacher_macs), 5),
+              "channel_sparsity": round(result.channel_sparsity, 5),
+              "top1_after_prune": round(top1_pruned, 3), "top1": round(top1, 3),
+              "epochs": len(history), "history": history, "width_spec": result.width_spec,
+              "seconds": round(seconds, 2)}
+    record.update(result.latency)  # latency target: measured latency_ms, latency_ratio beside the MACs
+    return record
+
+
+def _save_round(d: Dist, folder: str, k: int, student: nn.Module, arch: Architecture, record: Dict[str, Any],
+                meta: Dict[str, Any]) -> None:
+    """Round k's model and record; its training checkpoint is spent then."""
+    if d.is_writer:
+        save_student(os.path.join(folder, "round{}.pt".format(k)), student, arch, meta=meta)
+        write_json_atomic(os.path.join(folder, "round{}.json".format(k)), record)
+        remove_if_exists(os.path.join(folder, "round{}.train.pt".format(k)))
+
+
 def _unstructured(teacher: nn.Module, data: DataBundle, recipe: Recipe, folder: str, base: Dict[str, Any],
-                  log: Callable[[str], None]) -> Tuple[nn.Module, List[Dict[str, Any]]]:
+                  log: Callable[[str], None], train_cfg: TrainConfig) -> Tuple[nn.Module, List[Dict[str, Any]]]:
     pcfg, dcfg = recipe.prune, recipe.distill
     key = config_hash(dict(base, round=1))
     d = current_dist()
@@ -174,8 +192,8 @@ def _unstructured(teacher: nn.Module, data: DataBundle, recipe: Recipe, folder: 
     epochs = dcfg.epochs_per_round + dcfg.final_epochs
     history = distill(student, teacher, data, epochs, dcfg.optimizer, dcfg.alpha, dcfg.temperature,
                       checkpoint=os.path.join(folder, "round1.train.pt"), key=key, seed=recipe.seed + 1,
-                      desc="unstructured distill", post_step=keep_masks(masks), log=log,
-                      train_cfg=recipe.train)
+                      desc="unstructured distill", callbacks=[AfterStep(keep_masks(masks))], log=log,
+                      train_cfg=train_cfg)
     macs, params = count_macs_params(student, data.image_size)
     teacher_macs, _ = count_macs_params(teacher, data.image_size)
     record = {"round": 1, "key": key, "method": "unstructured", "sparsity": round(conv_sparsity(student), 5),
@@ -183,9 +201,6 @@ def _unstructured(teacher: nn.Module, data: DataBundle, recipe: Recipe, folder: 
               "macs_ratio": round(macs / float(teacher_macs), 5), "top1_after_prune": round(top1_pruned, 3),
               "top1": history[-1]["val_top1"], "epochs": epochs, "history": history,
               "seconds": round(time.perf_counter() - started, 2)}
-    if d.is_writer:
-        save_student(os.path.join(folder, "round1.pt"), student, arch, meta={"round": 1, "unstructured": True})
-        write_json_atomic(os.path.join(folder, "round1.json"), record)
-        remove_if_exists(os.path.join(folder, "round1.train.pt"))
+    _save_round(d, folder, 1, student, arch, record, {"round": 1, "unstructured": True})
     return student, [record]
 
