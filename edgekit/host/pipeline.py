@@ -21,9 +21,9 @@ from ..artifacts import write_json_atomic
 from ..device import layout
 from ..device.bench.environment import cpu_model
 from ..lock import folder_lock
-from ..recipe import Recipe
+from ..recipe import Recipe, check_inputs
 from ..stages import Stage, World, file_digest, run_stages
-from . import steps
+from . import stage_names, steps
 from .models import architecture
 from .steps import HostContext
 
@@ -59,6 +59,7 @@ STAGES = (
           extra=_bench_threads, enabled=lambda ctx: ctx.recipe.compare.enabled and _quantizing(ctx)),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
+assert STAGE_NAMES == stage_names.STAGE_NAMES, "edgekit/host/stage_names.py lists other stages than STAGES"
 
 
 def environment(threads: int) -> Dict[str, Any]:
@@ -83,6 +84,7 @@ def run(recipe: Recipe, out_dir: str, force: bool = False, force_stages: Sequenc
     `world` is the torchrun hook (`edgekit.host.dist.Dist` fits); by default one process.
     """
     architecture(recipe.model.arch)  # an unknown architecture fails before any work
+    check_inputs(recipe)  # so does a missing checkpoint, before minutes of data scanning
     world = world or World()
     with folder_lock(out_dir):
         ctx = HostContext(recipe, recipe.to_dict(), out_dir, log, world)
@@ -115,7 +117,3 @@ def _log_result(found: Dict[str, Any], summary_path: str, log: Callable[[str], N
             s["top1"], s["top1_delta"], s["macs"] / 1e6, s["macs_ratio"], s["params"] / 1e6, s["params_ratio"],
             s["agreement_with_teacher"]))
     log("wrote {}".format(summary_path))
-
-
-def default_out_dir(recipe: Recipe, out: Optional[str]) -> str:
-    return out or os.path.join("artifacts", recipe.name)
