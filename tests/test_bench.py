@@ -154,7 +154,21 @@ def test_bench_cli_and_ctrl_c_leaves_no_partial_result(tiny, tmp_path):
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in stderr
+    # bench's own words: nothing of run's "finished stages and epochs are kept"
+    assert stderr.strip().splitlines()[-1] == "edgekit: interrupted; no result was written (a result file is written " \
+                                              "whole, once every scenario is measured): run the same command again"
     assert not slow.exists() and not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_each_progress_line_is_printed_once(tiny):
+    """A window whose last loop report falls on its last query used to print that line twice."""
+    lines = []
+    with OnnxRuntimeRunner(tiny, threads=1) as runner:
+        offline(runner, lambda b: {"input": np.zeros((b, 3, 8, 8), np.float32)}, [1, 2, 4, 8], warmup=1,
+                min_queries=1, min_seconds=0.5, progress=lambda label, queries, seconds: lines.append((label, queries)))
+    for batch in (1, 2, 4, 8):
+        counts = [q for label, q in lines if label == "offline batch {}".format(batch)]
+        assert counts and counts == sorted(set(counts)), (batch, counts)
 
 
 def test_bench_records_the_accuracy_of_what_it_times(tiny, tmp_path):

@@ -105,7 +105,7 @@ def _measure(runner: Runner, feed: Dict[str, np.ndarray], warmup: int, min_queri
         window.start()  # power is sampled over the measured queries only, not the warm-up
     records: List[Dict[str, float]] = []
     started = time.perf_counter()
-    last_report = started
+    last_report, reported = started, 0
     while True:
         runner.infer(feed, check=False)
         records.append(runner.last_timings())
@@ -113,14 +113,14 @@ def _measure(runner: Runner, feed: Dict[str, np.ndarray], warmup: int, min_queri
         elapsed = now - started
         if progress is not None and now - last_report >= 0.5:
             progress(label, len(records), elapsed)
-            last_report = now
+            last_report, reported = now, len(records)
         if len(records) >= min_queries and elapsed >= min_seconds:
             break
         if max_seconds is not None and elapsed >= max_seconds and len(records) >= 2:
             break
     wall = time.perf_counter() - started
     fields = window.stop(inferences=len(records) * _batch_of(feed), seconds=wall) if window is not None else {}
-    if progress is not None:
+    if progress is not None and reported != len(records):  # the loop may have just printed this very line
         progress(label, len(records), wall)
     return records, wall, fields
 
