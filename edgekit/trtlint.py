@@ -145,6 +145,14 @@ def lint_model(model) -> List[Violation]:  # noqa: ANN001, C901 - one pass per r
     return violations
 
 
+def by_rule(violations: List[Violation]) -> Dict[str, List[Violation]]:
+    """Violations grouped by rule, the most frequent rule first (a CPU INT8 model breaks one rule per node)."""
+    groups: Dict[str, List[Violation]] = {}
+    for violation in violations:
+        groups.setdefault(violation.rule, []).append(violation)
+    return dict(sorted(groups.items(), key=lambda item: (-len(item[1]), item[0])))
+
+
 def lint(path: str) -> List[Violation]:
     onnx = lazy_import("onnx")
     try:

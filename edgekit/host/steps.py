@@ -88,7 +88,8 @@ def teacher(ctx: HostContext) -> Dict[str, Any]:
         history = train(model, ctx.data, recipe.teacher.epochs, recipe.teacher.optimizer, checkpoint=resume,
                         key=ctx.key, seed=recipe.seed, desc="teacher", log=ctx.log)
     if ctx.world.is_writer:
-        save_student(ctx.path(layout.TEACHER), model, meta={"role": "teacher", "recipe": recipe.name})
+        save_student(ctx.path(layout.TEACHER), model, meta={"role": "teacher", "recipe": recipe.name,
+                                                                 "image_size": recipe.data.image_size})
         if os.path.exists(resume):
             os.unlink(resume)
     ctx.forget(layout.TEACHER)
@@ -127,7 +128,8 @@ def compress(ctx: HostContext) -> Dict[str, Any]:
                              teacher_key=ctx.results["teacher"].fingerprint, log=ctx.log)
     if ctx.world.is_writer:
         save_student(ctx.path(layout.STUDENT), student, meta={"role": "student", "recipe": recipe.name,
-                                                              "method": recipe.prune.method})
+                                                              "method": recipe.prune.method,
+                                                              "image_size": recipe.data.image_size})
     ctx.forget(layout.STUDENT)
     return {"rounds": rounds, "train": _training(ctx)}
 
