@@ -84,6 +84,23 @@ def test_unknown_make_target():
     assert proc.returncode != 0 and "target xavier runs on a device: give --device user@host" in proc.stderr
 
 
+def test_make_deploy_installs_what_the_job_needs_and_make_test_adds_the_dev_tools(tmp_path):
+    def planned(*args):
+        proc = subprocess.run(["make", "-s", "-n", *args, "VENV=" + str(tmp_path / "venv")], capture_output=True,
+                              text=True, cwd=REPO, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return [line for line in proc.stdout.splitlines() if "pip install" in line]
+
+    assert [line.split("install --quiet ")[1] for line in planned("deploy")] == ["--upgrade pip", "-e '.[host,device]'"]
+    assert planned("test")[-1].endswith("-e '.[host,device,dev]'") and planned("lint") == planned("test")
+    import re
+
+    with open(os.path.join(REPO, "pyproject.toml")) as f:
+        pins = re.findall(r'"(torch(?:vision)?==[^"]+)"', f.read())
+    cpu = planned("deploy", "TORCH_INDEX=https://download.pytorch.org/whl/cpu")
+    assert len(pins) == 2 and cpu[1].endswith("--index-url https://download.pytorch.org/whl/cpu " + " ".join(pins))
+
+
 def test_deploy_without_a_device_names_the_flags_before_importing_torch():
     assert_user_error(run_cli("deploy", "--target", "xavier"), r"^edgekit: error: target xavier runs on a device: "
                       r"give --device user@host \(and --ssh-port, --ssh-key if needed; with make: DEVICE=")

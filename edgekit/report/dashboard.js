@@ -503,8 +503,8 @@
     var note = document.getElementById("regressions-note");
     note.textContent = DATA.regressions.length
       ? DATA.regressions.length + " metric(s) worse than the previous run of the same series by more than " +
-        Math.round(DATA.threshold * 100) + "% (top-1: 0.5 points; a p50 must also exceed the previous p90, a best " +
-        "throughput must also fall below the previous best batch's throughput at its p90 latency), " +
+        Math.round(DATA.threshold * 100) + "% (top-1: 0.5 points; a p50 must also exceed the p90, and a best " +
+        "throughput fall below the best batch's throughput at its p90 latency, of the last three runs, as a median), " +
         "or a top-1 scored on the device more than 1 point below the host's on the same images."
       : "No regressions: no p50, throughput, energy or top-1 got worse than the previous run of its series by " +
         "more than " + Math.round(DATA.threshold * 100) + "% (top-1: 0.5 points).";

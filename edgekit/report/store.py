@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import sqlite3
+import statistics
 import tempfile
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -356,15 +357,20 @@ def worse_by(metric: str, before: Optional[float], after: Optional[float]) -> Op
 
 
 # A metric and the field of the same run that bounds its own jitter: a slower p50 counts only beyond the
-# previous run's p90, a lower best throughput only below what the previous best batch's p90 latency gives.
+# previous runs' p90, a lower best throughput only below what their best batch gave at its p90 latency.
 SPREAD = {"p50_ms": "p90_ms", "best_throughput": "best_throughput_low"}
+# The spread is the median over this many previous runs of the series: one lucky (quiet) run on a shared
+# machine would otherwise make its ordinary successor look like a regression.
+SPREAD_RUNS = 3
 
 
-def within_spread(metric: str, before: Dict[str, Any], after: Dict[str, Any]) -> bool:
-    """Whether `after` lies inside the spread `before` measured in its own window (so: jitter)."""
-    bound, value = before.get(SPREAD.get(metric, "")), after.get(metric)
-    if bound is None or value is None:
+def within_spread(metric: str, history: Sequence[Dict[str, Any]], after: Dict[str, Any]) -> bool:
+    """Whether `after` lies inside the spread the previous runs measured in their own windows (so: jitter)."""
+    bounds = [run[SPREAD[metric]] for run in history[-SPREAD_RUNS:] if run.get(SPREAD.get(metric, "")) is not None]
+    value = after.get(metric)
+    if not bounds or value is None:
         return False
+    bound = statistics.median(bounds)
     return value <= bound if dict((m, d) for m, d, _ in METRICS)[metric] == "lower" else value >= bound
 
 
@@ -372,32 +378,38 @@ def regressions(runs: Sequence[Dict[str, Any]], threshold: float = 0.10,
                 top1_points: float = 0.5) -> List[Dict[str, Any]]:
     """Each run compared with the previous run of the same series; a metric worse than `threshold`
     (a fraction; top-1 in points: `top1_points`) is flagged. A slower p50 must also lie beyond the
-    previous run's p90 (slower than 90% of its queries), and a lower best throughput below the
-    previous best batch's throughput at its p90 latency: run-to-run jitter on a shared CPU reaches
-    30% of the median, a real slowdown moves the whole distribution. A run whose engine scored the
-    eval images more than `TOP1_CHECK_TOLERANCE_POINTS` below the host is flagged as `top1_vs_host`."""
+    previous runs' p90 (slower than 90% of their queries), and a lower best throughput below the
+    previous best batches' throughput at their p90 latency, each the median over the last
+    `SPREAD_RUNS` runs: run-to-run jitter on a shared CPU reaches 30% of the median, a real slowdown
+    moves the whole distribution and stays. A run whose engine scored the eval images more than
+    `TOP1_CHECK_TOLERANCE_POINTS` below the host is flagged as `top1_vs_host`."""
     flagged: List[Dict[str, Any]] = []
-    previous: Dict[Tuple[Any, ...], Dict[str, Any]] = {}
+    previous: Dict[Tuple[Any, ...], List[Dict[str, Any]]] = {}
     for run in sorted(runs, key=lambda r: (r.get("created") or "", r["run_id"])):
         delta = run.get("top1_check_delta")
         if delta is not None and run.get("top1_check") is not None and delta < -TOP1_CHECK_TOLERANCE_POINTS:
             flagged.append({"run_id": run["run_id"], "previous": "host", "metric": "top1_vs_host",
                             "label": "top-1 vs host", "before": round(run["top1_check"] - delta, 3),
                             "after": run["top1_check"], "change": round(-delta / 100.0, 4)})
-        series = tuple(run.get(k) for k in SERIES)
-        before = previous.get(series)
-        previous[series] = run
-        if before is None:
+        history = previous.setdefault(tuple(run.get(k) for k in SERIES), [])
+        if history:
+            flagged += _worse_than(history, run, threshold, top1_points)
+        history.append(run)
+    return flagged
+
+
+def _worse_than(history: Sequence[Dict[str, Any]], run: Dict[str, Any], threshold: float,
+                top1_points: float) -> List[Dict[str, Any]]:
+    before, flagged = history[-1], []
+    for metric, _, label in METRICS:
+        if metric not in REGRESSION_METRICS or (metric in SPREAD and within_spread(metric, history, run)):
             continue
-        for metric, _, label in METRICS:
-            if metric not in REGRESSION_METRICS or within_spread(metric, before, run):
-                continue
-            change = worse_by(metric, before.get(metric), run.get(metric))
-            limit = top1_points / 100.0 if metric == "top1" else threshold
-            if change is not None and change > limit:
-                flagged.append({"run_id": run["run_id"], "previous": before["run_id"], "metric": metric,
-                                "label": label, "before": before[metric], "after": run[metric],
-                                "change": round(change, 4)})
+        change = worse_by(metric, before.get(metric), run.get(metric))
+        limit = top1_points / 100.0 if metric == "top1" else threshold
+        if change is not None and change > limit:
+            flagged.append({"run_id": run["run_id"], "previous": before["run_id"], "metric": metric,
+                            "label": label, "before": before[metric], "after": run[metric],
+                            "change": round(change, 4)})
     return flagged
 
 
