@@ -125,11 +125,11 @@ def _cmd_lint(args: argparse.Namespace) -> int:
     from .trtlint import by_rule, lint
 
     found = lint(args.model)
+    groups = by_rule(found)
     if args.all:
         for violation in found:
             print("{}: {}".format(args.model, violation))
     elif found:
-        groups = by_rule(found)
         print("{}: {} TensorRT 8.5 violation(s) of {} rule(s) (--all lists every node):".format(
             args.model, len(found), len(groups)))
         width = max(len(rule) for rule in groups)
@@ -137,7 +137,7 @@ def _cmd_lint(args: argparse.Namespace) -> int:
             print("  {:<{}} {:>5} x  e.g. {}".format(rule, width, len(violations), violations[0]))
     if found:
         raise EdgekitError("{} has {} TensorRT 8.5 violation(s) of {} rule(s) ({}); the first: {}".format(
-            args.model, len(found), len(by_rule(found)), ", ".join(by_rule(found)), found[0]))
+            args.model, len(found), len(groups), ", ".join(groups), found[0]))
     print("{}: TensorRT 8.5 compatible (opset, ops, weights, Q/DQ placement)".format(args.model))
     return 0
 
@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[recipe_args], help=stages, description=stages)
     p.add_argument("--out", help="artifacts folder (default: artifacts/<recipe name>)")
     p.add_argument("--force", action="store_true", help="recompute every stage instead of reusing finished ones")
-    p.add_argument("--force-stage", action="append", metavar="STAGE", choices=STAGE_NAMES,
+    p.add_argument("--force-stage", action="append", metavar="STAGE",
                    help="recompute one stage and every stage after it that uses it ({}); repeatable".format(
                        ", ".join(STAGE_NAMES)))
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")

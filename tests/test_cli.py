@@ -34,7 +34,8 @@ def test_unknown_recipe_key(tmp_path):
 
 
 def test_bad_checkpoints(tmp_path):
-    assert_user_error(run_cli("inspect", str(tmp_path / "missing.pth")), "checkpoint not found")
+    assert_user_error(run_cli("inspect", str(tmp_path / "missing.pth")),
+                      r"missing\.pth does not exist: give a \.pt/\.pth checkpoint or an \.onnx model")
     cut = tmp_path / "cut.pth"
     torch.save({"w": torch.zeros(1000)}, cut)
     cut.write_bytes(cut.read_bytes()[:100])
