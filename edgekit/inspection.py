@@ -3,7 +3,9 @@
 Two kinds of file: a PyTorch checkpoint (a torchvision ResNet-50 or an edgekit teacher/student; read by
 the host side, so torch is imported only for those) and an ONNX model (read with `onnx` alone: opset,
 inputs and outputs, node count, MACs of its convolutions and matrix products from ONNX's own shape
-inference, and the precision and flavour the artifact layout gives its name). A checkpoint is counted at
+inference, and the precision and flavour the artifact layout gives its name). A checkpoint's MACs are
+torch-pruning's count, which also counts BatchNorm, ReLU and pooling elements: about 1% more than the
+ONNX count of the same model, whose BatchNorms the export folded away. A checkpoint is counted at
 the image size the model was trained at: `--image-size`, else the size its file records, else the
 size in summary.json beside it, else 224.
 """
@@ -221,7 +223,7 @@ def describe(facts: Dict[str, Any]) -> List[str]:
                                                        ", for " + facts["for"] if facts["for"] else ""))
         lines += ["  input       {} {} {}".format(v["name"], v["type"], _shape(v["shape"])) for v in facts["inputs"]]
         lines += ["  output      {} {} {}".format(v["name"], v["type"], _shape(v["shape"])) for v in facts["outputs"]]
-        lines.append("  MACs        {} MACs (batch 1)".format(human(facts["macs"])))
+        lines.append("  MACs        {} MACs (batch 1, convolutions and matrix products)".format(human(facts["macs"])))
     else:
         lines = ["{}: PyTorch {}, {} classes".format(facts["path"], facts["role"], facts["num_classes"])]
         lines.append("  image size  {} ({})".format(facts["image_size"], facts["image_size_from"]))

@@ -180,7 +180,8 @@ def test_inspect_and_show_recipe_print_facts(tiny_run, tmp_path, capsys):
         assert main(["inspect", os.path.join(out, name), "--json"]) == 0
         report = json.loads(capsys.readouterr().out)
         assert report["format"] == "onnx" and report["image_size"] == 16 and report["nodes"] > 50
-        assert report["macs"] == pytest.approx(macs, rel=0.01), name  # convolutions and the classifier
+        # convolutions and the classifier; torch-pruning's count adds BatchNorm, ReLU and pooling (1% here)
+        assert macs * 0.97 < report["macs"] < macs, name
     proc = run_cli("show-recipe", "--recipe", "digits", "--set", "distill.alpha=0.2")
     assert proc.returncode == 0 and "alpha: 0.2" in proc.stdout
 
