@@ -1,5 +1,8 @@
 # edgekit: `make deploy` runs the main job, `make test` the test suite. Both create the virtual
-# environment first when it is missing or older than pyproject.toml.
+# environment first when it is missing or older than pyproject.toml: deploy installs what the job needs
+# (.[host,device]), test and lint add the dev tools (.[dev]) on top, each once.
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu: PyTorch's CPU build from that index (same pins),
+# instead of PyPI's CUDA build, for machines without an NVIDIA GPU.
 PYTHON ?= python3
 VENV   ?= .venv
 TARGET ?= cpu
@@ -9,8 +12,13 @@ ARGS   ?=
 RESULTS   ?= benchmarks/results
 DASHBOARD ?= benchmarks/dashboard/index.html
 
-BIN     := $(VENV)/bin
-STAMP   := $(VENV)/.edgekit-installed
+TORCH_INDEX ?=
+
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.edgekit-installed
+STAMP_DEV := $(VENV)/.edgekit-dev-installed
+# torch and torchvision as pyproject.toml pins them, for the TORCH_INDEX install
+TORCH_PINS = $(shell sed -n 's/^ *"\(torch\(vision\)\{0,1\}==[^"]*\)",*$$/\1/p' pyproject.toml)
 OUT_ARG := $(if $(OUT),--out $(OUT),)
 # The device's interpreter that runs the jobs (default: the target's python_bin, else python3 there).
 DEVICE_PYTHON_ARG := $(if $(DEVICE_PYTHON),--device-python $(DEVICE_PYTHON),)
@@ -24,15 +32,23 @@ help:
 	@echo "                                                    measure on a device (its Python: DEVICE_PYTHON)"
 	@echo "make deploy GPUS=N [RUN_ARGS=...]                  host stages on N GPUs (torchrun), then the deploy"
 	@echo "make dashboard                                     benchmarks/dashboard/index.html from every result"
-	@echo "make test                                          run the test suite"
+	@echo "make deploy TORCH_INDEX=https://download.pytorch.org/whl/cpu  the same, with PyTorch's CPU build"
+	@echo "make test                                          run the test suite (adds the dev tools to .venv)"
 	@echo "make lint                                          ruff + the Python 3.8 check of device-side code"
 	@echo "make typecheck                                     mypy: the TensorRT and CUDA calls against their stubs"
 
-venv: $(STAMP)
+venv: $(STAMP_DEV)
 
 $(STAMP): pyproject.toml .ci/typecheck.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+ifdef TORCH_INDEX
+	$(BIN)/python -m pip install --quiet --index-url $(TORCH_INDEX) $(TORCH_PINS)
+endif
+	$(BIN)/python -m pip install --quiet -e '.[host,device]'
+	@touch $@
+
+$(STAMP_DEV): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[host,device,dev]'
 	# tensorrt-stubs, --no-deps and outside site-packages: the type check and the fakes' stub test read it
 	$(BIN)/python .ci/typecheck.py --install
@@ -50,18 +66,18 @@ endif
 ifdef DEVICE
 	$(BIN)/edgekit deploy --target $(TARGET) --device $(DEVICE) $(if $(SSH_PORT),--ssh-port $(SSH_PORT),) \
 	  $(if $(SSH_KEY),--ssh-key $(SSH_KEY),) $(DEVICE_PYTHON_ARG) --recipe $(RECIPE) $(OUT_ARG) --results $(RESULTS) \
-	  $(ARGS)
+	  --dashboard $(DASHBOARD) $(ARGS)
 else
 	$(BIN)/edgekit deploy --target $(TARGET) $(DEVICE_PYTHON_ARG) --recipe $(RECIPE) $(OUT_ARG) --results $(RESULTS) \
-	  $(ARGS)
+	  --dashboard $(DASHBOARD) $(ARGS)
 endif
-	$(BIN)/edgekit dashboard --results $(RESULTS) --out $(DASHBOARD)
 
-# The results store and the page: every result JSON under $(RESULTS), indexed, one offline HTML file.
+# The results store and the page: every result JSON under $(RESULTS), indexed, one offline HTML file
+# (deploy refreshes it itself after each fetch).
 dashboard: $(STAMP)
 	$(BIN)/edgekit dashboard --results $(RESULTS) --out $(DASHBOARD)
 
-test: $(STAMP)
+test: $(STAMP_DEV)
 	$(BIN)/python -m pytest -q
 
 # Every module that calls TensorRT, checked by mypy against tensorrt-stubs and cuda-python's bindings.
@@ -69,10 +85,10 @@ typecheck: $(STAMP)
 	$(BIN)/python .ci/typecheck.py
 
 # On a Jetson or a GPU host with TensorRT (e.g. inside docker/jetson): the hardware tiers.
-test-device: $(STAMP)
+test-device: $(STAMP_DEV)
 	$(BIN)/python -m pytest -q -m "tensorrt or gpu"
 
-lint: $(STAMP)
+lint: $(STAMP_DEV)
 	$(BIN)/ruff check edgekit tests
 	# everything outside edgekit/host/ runs on the device: Python 3.8, checked as whole folders
 	$(BIN)/vermin -t=3.8- --no-tips --violations --eval-annotations --exclude-regex 'edgekit/host/' edgekit

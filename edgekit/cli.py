@@ -14,27 +14,32 @@ from typing import Callable, List, Optional
 from . import __version__
 from .errors import EdgekitError
 
+DASHBOARD = os.path.join("benchmarks", "dashboard", "index.html")
+RESUMABLE = "interrupted; finished stages and epochs are kept, run the same command to resume"
+
 
 def _log(message: str) -> None:
     print(message, flush=True)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .host.pipeline import default_out_dir, run
-    from .recipe import load_recipe
+    from .recipe import check_inputs, default_out_dir, load_recipe
 
     overrides = list(args.set or [])
     if args.threads is not None:
         overrides.append("threads={}".format(args.threads))
     recipe = load_recipe(args.recipe, overrides)
+    check_inputs(recipe)
     out = default_out_dir(recipe, args.out)
     from .host.dist import setup
+    from .host.pipeline import run
 
     # Under torchrun: join the job; rank 0 alone writes and talks. Otherwise one process.
     world = setup(recipe)
     log = _log if world.is_writer else (lambda message: None)
-    log("edgekit {}: recipe {} -> {}{}".format(__version__, recipe.name, out, " ({} processes, {})".format(
-        world.world_size, world.backend) if world.distributed else ""))
+    log("edgekit {}: {} -> {}{}".format(__version__, _recipe_label(args.recipe, recipe.name), out,
+                                        " ({} processes, {})".format(world.world_size, world.backend)
+                                        if world.distributed else ""))
     try:
         run(recipe, out, force=args.force, force_stages=args.force_stage or (), log=log, world=world)
     finally:
@@ -42,16 +47,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .host.models import count_macs_params, load_resnet50_checkpoint, widths_summary
+def _recipe_label(asked: str, name: str) -> str:
+    return "recipe {}".format(name) if asked == name else "recipe {}, named {}".format(asked, name)
 
-    model, info = load_resnet50_checkpoint(args.path, log=_log)
-    macs, params = count_macs_params(model, args.image_size)
-    report = {"path": args.path, "num_classes": info["num_classes"], "image_size": args.image_size,
-              "macs": macs, "params": params, "stage_widths": widths_summary(info["width_spec"])}
-    if args.width_spec:
-        report["width_spec"] = info["width_spec"]
-    print(json.dumps(report, indent=2))
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspection import describe, inspect_model
+
+    facts = inspect_model(args.path, args.image_size, args.width_spec)
+    if args.json:
+        print(json.dumps(facts, indent=2))
+    else:
+        for line in describe(facts):
+            print(line)
     return 0
 
 
@@ -83,20 +91,23 @@ def _cmd_build_engine(args: argparse.Namespace) -> int:
 
 def _cmd_deploy(args: argparse.Namespace) -> int:
     from .deploy import deploy, device_python, reach, transport_for
-    from .host.pipeline import default_out_dir, run
-    from .recipe import load_recipe
+    from .recipe import check_inputs, default_out_dir, load_recipe
     from .targets import load_target, resolve_target_path
 
+    # Arguments, files and the device first: a missing flag or an unreachable host should cost
+    # seconds, not the host side's import (torch) and its stages.
     target = load_target(args.target)
     recipe = load_recipe(args.recipe, args.set)
+    check_inputs(recipe)
     out = default_out_dir(recipe, args.out)
     transport = transport_for(target, recipe.name, out, args.device, args.ssh_port, args.ssh_key, args.known_hosts)
-    # The device first: an unreachable host or a missing runtime should cost seconds, not the host stages.
     reached = reach(target, transport, device_python(target, args.device, args.device_python), log=_log)
-    _log("[host] stages of recipe {} -> {}".format(recipe.name, out))
+    _log("[host] stages of {} -> {}".format(_recipe_label(args.recipe, recipe.name), out))
+    from .host.pipeline import run
+
     run(recipe, out, log=_log)
     deploy(out, target, resolve_target_path(args.target), reached, recipe=recipe.name, results_root=args.results,
-           seconds=args.seconds, log=_log)
+           seconds=args.seconds, dashboard=args.dashboard, log=_log)
     return 0
 
 
@@ -112,14 +123,22 @@ def _cmd_run_jobs(args: argparse.Namespace) -> int:
 
 
 def _cmd_lint(args: argparse.Namespace) -> int:
-    from .trtlint import lint
+    from .trtlint import by_rule, lint
 
     found = lint(args.model)
-    for violation in found:
-        print("{}: {}".format(args.model, violation))
+    groups = by_rule(found)
+    if args.all:
+        for violation in found:
+            print("{}: {}".format(args.model, violation))
+    elif found:
+        print("{}: {} TensorRT 8.5 violation(s) of {} rule(s) (--all lists every node):".format(
+            args.model, len(found), len(groups)))
+        width = max(len(rule) for rule in groups)
+        for rule, violations in groups.items():
+            print("  {:<{}} {:>5} x  e.g. {}".format(rule, width, len(violations), violations[0]))
     if found:
-        raise EdgekitError("{} has {} TensorRT 8.5 violation(s); the first: {}".format(
-            args.model, len(found), found[0]))
+        raise EdgekitError("{} has {} TensorRT 8.5 violation(s) of {} rule(s) ({}); the first: {}".format(
+            args.model, len(found), len(groups), ", ".join(groups), found[0]))
     print("{}: TensorRT 8.5 compatible (opset, ops, weights, Q/DQ placement)".format(args.model))
     return 0
 
@@ -322,20 +341,26 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_args.add_argument("--set", action="append", metavar="KEY=VALUE",
                              help="override a recipe field, e.g. --set distill.alpha=0.5 (repeatable)")
 
-    p = sub.add_parser("run", parents=[recipe_args], help="run the host stages: teacher, prune/distill spiral, "
-                       "evaluation")
+    from .host.stage_names import STAGE_NAMES
+
+    stages = "run the host stages: {} (compress is the prune/distill spiral)".format(" -> ".join(STAGE_NAMES))
+    p = sub.add_parser("run", parents=[recipe_args], help=stages, description=stages)
     p.add_argument("--out", help="artifacts folder (default: artifacts/<recipe name>)")
     p.add_argument("--force", action="store_true", help="recompute every stage instead of reusing finished ones")
     p.add_argument("--force-stage", action="append", metavar="STAGE",
-                   help="recompute one stage and every stage after it that uses it (teacher, compress, evaluate, "
-                   "export, quantize, measure, variants, evalset, compare); repeatable")
+                   help="recompute one stage and every stage after it that uses it ({}); repeatable".format(
+                       ", ".join(STAGE_NAMES)))
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
-    p.set_defaults(func=_cmd_run)
+    p.set_defaults(func=_cmd_run, interrupted=RESUMABLE)
 
-    p = sub.add_parser("inspect", help="MACs, parameters and widths of a ResNet-50 checkpoint or edgekit model")
-    p.add_argument("path")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--width-spec", action="store_true", help="print the full width spec")
+    p = sub.add_parser("inspect", help="what a model file is: MACs, parameters and widths of a ResNet-50 checkpoint "
+                       "or edgekit teacher/student; opset, inputs, outputs, nodes, MACs and precision of an ONNX model")
+    p.add_argument("path", help="a .pt/.pth checkpoint (torchvision ResNet-50, or edgekit's teacher.pt/student.pt) "
+                   "or an .onnx model")
+    p.add_argument("--image-size", type=int, help="checkpoints: count MACs at this input side (default: the size "
+                   "the file records, else summary.json's beside it, else 224); ONNX models use their own input")
+    p.add_argument("--width-spec", action="store_true", help="checkpoints: also print the full width spec")
+    p.add_argument("--json", action="store_true", help="print the raw facts as JSON (exact counts)")
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("bench", help="measure latency, throughput and power of an ONNX model (device side)")
@@ -357,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mlperf-logs", metavar="DIR", help="LoadGen: the Open-division-style log tree (default: "
                    "<--out without .json>.mlperf/)")
     p.add_argument("--batches", default="1,2,4,8", help="offline batch sweep (default 1,2,4,8)")
-    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=10, help="untimed queries before each measured window (default "
+                   "10)")
     p.add_argument("--queries", type=int, default=100, help="minimum measured queries (single-stream)")
     p.add_argument("--seconds", "--duration", type=float, default=3.0, dest="seconds",
                    help="minimum measured seconds per scenario/batch (trtexec's --duration)")
@@ -392,12 +418,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="the deploy target this runs on (recorded; default: local)")
     p.add_argument("--placement", choices=["cpu", "gpu", "dla0", "dla1"], help="where it runs (recorded; default: "
                    "from the runner)")
-    p.set_defaults(func=_cmd_bench, scenario=None)
+    p.set_defaults(func=_cmd_bench, scenario=None, interrupted="interrupted; no result was written (a result file "
+                   "is written whole, once every scenario is measured): run the same command again")
 
     p = sub.add_parser("build-engine", help="build a TensorRT engine from an exported ONNX model (on the device)")
     p.add_argument("onnx", help="model.int8.qdq.onnx (INT8 on the GPU), model.fp16.onnx / model.fp32.onnx")
     p.add_argument("--out", help="engine path (default: <model>.<precision>.<gpu|dlaN>.engine beside the ONNX)")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16",
+                   help="engine precision (default fp16); int8: explicit from a Q/DQ model, or implicit with --calib")
     p.add_argument("--dla", type=int, choices=[0, 1], help="build for DLA core 0 or 1 (GPU fallback on)")
     p.add_argument("--no-gpu-fallback", action="store_true", help="fail instead of running DLA-unsupported layers "
                    "on the GPU")
@@ -426,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "./deploy/targets/<name>.yaml wins) or a YAML path")
     p.add_argument("--device", help="user@host (or a host from ~/.ssh/config); none: measure here (target cpu)")
     p.add_argument("--seconds", type=float, default=1.0, help="minimum measured seconds per scenario and batch")
-    p.add_argument("--ssh-port", type=int)
+    p.add_argument("--ssh-port", type=int, help="the device's SSH port (default: 22, or ~/.ssh/config's)")
     p.add_argument("--ssh-key", help="private key file")
     p.add_argument("--known-hosts", help="known_hosts file to use instead of ~/.ssh/known_hosts")
     p.add_argument("--device-python", metavar="PATH", help="the device's Python that runs the jobs (default: the "
@@ -434,7 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remote-python", dest="device_python", help=argparse.SUPPRESS)
     p.add_argument("--out", help="artifacts folder (default: artifacts/<recipe name>)")
     p.add_argument("--results", default=os.path.join("benchmarks", "results"), help="where results are fetched to")
-    p.set_defaults(func=_cmd_deploy)
+    p.add_argument("--dashboard", default=DASHBOARD, help="the dashboard page refreshed after the fetch (default: "
+                   "{})".format(DASHBOARD))
+    p.set_defaults(func=_cmd_deploy, interrupted="interrupted; finished host stages and epochs, and jobs the device "
+                   "finished, are kept: run the same command to resume")
 
     p = sub.add_parser("run-jobs", help="run a deploy bundle's jobs.json here (on the device): build engines, "
                        "bench, one process per step; resumable")
@@ -443,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("handoff", help="package a measured model for DeepStream (nvinfer config, labels, model) or "
                        "Triton (a model repository)")
-    p.add_argument("kind", choices=["deepstream", "triton"])
+    p.add_argument("kind", choices=["deepstream", "triton"], help="what to package for: deepstream or triton")
     p.add_argument("model", nargs="+", help="the measured ONNX file or engine (triton: several, e.g. the GPU and DLA "
                    "engines, one model each)")
     p.add_argument("--summary", required=True, help="summary.json of the run (its preprocessing contract)")
@@ -462,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default=results_dir, help="results folder (default: benchmarks/results)")
     p.add_argument("--target", help="only this target (cpu, xavier, ...)")
     p.add_argument("--variant", help="only this variant (teacher, round1, student, ...)")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"])
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="only this precision")
     p.add_argument("--recipe", help="only this recipe")
     p.add_argument("--since", metavar="YYYY-MM-DD", help="runs from this date on")
     p.add_argument("--until", metavar="YYYY-MM-DD", help="runs up to this date")
@@ -472,12 +503,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dashboard", help="write the offline benchmark dashboard (one self-contained HTML file)")
     p.add_argument("--results", default=results_dir, help="results folder (default: benchmarks/results)")
-    p.add_argument("--out", default=os.path.join("benchmarks", "dashboard", "index.html"))
+    p.add_argument("--out", default=DASHBOARD, help="the HTML file to write (default: {})".format(DASHBOARD))
     p.add_argument("--threshold", type=float, default=0.10, help="regression threshold as a fraction (default 0.10)")
     p.set_defaults(func=_cmd_dashboard)
 
     p = sub.add_parser("lint", help="check an ONNX model against TensorRT 8.5's parser and Q/DQ rules")
-    p.add_argument("model")
+    p.add_argument("model", help="an ONNX file, e.g. artifacts/digits/model.int8.qdq.onnx")
+    p.add_argument("--all", "--verbose", action="store_true", help="list every violating node (default: one line "
+                   "per rule, with its count and an example)")
     p.set_defaults(func=_cmd_lint)
 
     p = sub.add_parser("latency-table", parents=[recipe_args], help="measure a per-layer latency table for "
@@ -524,8 +557,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("edgekit: error: " + message, file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
-        print("edgekit: interrupted; finished stages and epochs are kept, run the same command to resume",
-              file=sys.stderr, flush=True)
+        print("edgekit: " + getattr(args, "interrupted", "interrupted"), file=sys.stderr, flush=True)
         return 130
 
 

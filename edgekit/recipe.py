@@ -7,6 +7,8 @@ overrides use dotted keys (`--set distill.alpha=0.5`) and are validated exactly 
 """
 
 import dataclasses
+import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -185,7 +187,9 @@ class TrainConfig:
 
 @dataclass
 class Recipe:
-    name: str = "digits"
+    # Names the artifacts folder, the results and every message; unset: the dataset's name (digits), or
+    # for an image folder the data root's own folder name, so a user's data is never called "imagenet".
+    name: Optional[str] = None
     seed: int = 0
     threads: Optional[int] = None       # torch intra-op threads; None: all cores
     data: DataConfig = field(default_factory=DataConfig)
@@ -199,6 +203,10 @@ class Recipe:
     compare: CompareConfig = field(default_factory=CompareConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        if self.name is None:
+            self.name = default_name(self.data)
+
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -208,6 +216,8 @@ class Recipe:
                 raise EdgekitError("recipe: " + msg)
 
         # The floor of data.image_size is the architecture's own, checked when `run` knows it.
+        need(bool(NAME_PATTERN.match(self.name or "")), "name {!r} must be letters, digits, '.', '_' or '-' (it "
+             "names the artifacts folder and the result files)".format(self.name))
         need(0.0 < self.data.val_fraction < 1.0, "data.val_fraction must be between 0 and 1")
         need(self.data.batch_size >= 2, "data.batch_size must be at least 2 (BatchNorm needs it)")
         need(0.0 < self.prune.target_macs_ratio <= 1.0, "prune.target_macs_ratio must be in (0, 1]")
@@ -252,6 +262,33 @@ class Recipe:
         return self
 
 
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def default_name(data: DataConfig) -> str:
+    """digits, or the image folder's own name (/data/flowers -> flowers), made safe for file names."""
+    if data.dataset != "imagefolder" or not data.root:
+        return data.dataset
+    folder = os.path.basename(os.path.normpath(data.root))
+    return re.sub(r"[^A-Za-z0-9._-]", "-", folder).lstrip(".-_") or data.dataset
+
+
+def default_out_dir(recipe: Recipe, out: Optional[str]) -> str:
+    """--out, else artifacts/<recipe name> (torch-free, so the CLI checks arguments before any import)."""
+    return out or os.path.join("artifacts", str(recipe.name))
+
+
+def check_inputs(recipe: Recipe) -> None:
+    """Files the recipe names that must already exist: refused before the data scan or any device work."""
+    checkpoint = recipe.model.checkpoint
+    if checkpoint and not os.path.exists(checkpoint):
+        raise EdgekitError("model.checkpoint {} does not exist: give the path of a torchvision ResNet-50 "
+                           "state_dict (--set model.checkpoint=PATH)".format(checkpoint))
+    if checkpoint and not os.path.isfile(checkpoint):
+        raise EdgekitError("model.checkpoint {} is not a file: give the path of a torchvision ResNet-50 "
+                           "state_dict".format(checkpoint))
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
@@ -272,6 +309,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise EdgekitError("recipe: {} must be a mapping, got {!r}".format(where, value))
         return _build(tp, value, where + ".")
+    if tp in (int, float) and isinstance(value, bool):
+        raise EdgekitError("recipe: {} must be a number ({}), but its value was read as the boolean {} (YAML reads "
+                           "yes/on/true as true and no/off/false as false): give a number".format(
+                               where, _type_name(tp), str(value).lower()))
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -305,12 +346,7 @@ def _build(cls: Any, data: Dict[str, Any], prefix: str = "") -> Any:
             raise EdgekitError("recipe: {} must be one of {}, got {!r}".format(
                 where, ", ".join(map(str, choices)), converted))
         kwargs[name] = converted
-    if dataclasses.is_dataclass(cls):
-        default = cls()
-        for name in fields:
-            if name not in kwargs:
-                kwargs[name] = getattr(default, name)
-    return cls(**kwargs)
+    return cls(**kwargs)  # the dataclass fills in the defaults (and a derived one, such as Recipe.name)
 
 
 def recipe_from_dict(data: Dict[str, Any]) -> Recipe:

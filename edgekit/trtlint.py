@@ -172,6 +172,12 @@ def _conv_qdq_violations(graph, producer: Dict[str, object], init: Dict[str, obj
             found.append(Violation(node_name(node), "qdq-residual", "residual Add has no Q/DQ on its residual "
                                    "input: TensorRT cannot fuse it into the INT8 convolution and runs it in FP16"))
     return found
+def by_rule(violations: List[Violation]) -> Dict[str, List[Violation]]:
+    """Violations grouped by rule, the most frequent rule first (a CPU INT8 model breaks one rule per node)."""
+    groups: Dict[str, List[Violation]] = {}
+    for violation in violations:
+        groups.setdefault(violation.rule, []).append(violation)
+    return dict(sorted(groups.items(), key=lambda item: (-len(item[1]), item[0])))
 
 
 def lint(path: str) -> List[Violation]:

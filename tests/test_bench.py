@@ -154,7 +154,25 @@ def test_bench_cli_and_ctrl_c_leaves_no_partial_result(tiny, tmp_path):
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in stderr
+    # bench's own words: nothing of run's "finished stages and epochs are kept"
+    assert stderr.strip().splitlines()[-1] == "edgekit: interrupted; no result was written (a result file is written " \
+                                              "whole, once every scenario is measured): run the same command again"
     assert not slow.exists() and not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_each_window_reports_progress_in_order_and_ends_with_one_done_line(tiny):
+    """A log gets only the done line (harness._progress_printer), so each window must give exactly one,
+    last; the running reports before it only count up."""
+    lines = []
+    with OnnxRuntimeRunner(tiny, threads=1) as runner:
+        offline(runner, lambda b: {"input": np.zeros((b, 3, 8, 8), np.float32)}, [1, 2, 4, 8], warmup=1,
+                min_queries=1, min_seconds=0.5,
+                progress=lambda label, queries, seconds, done=False: lines.append((label, queries, done)))
+    for batch in (1, 2, 4, 8):
+        mine = [(q, done) for label, q, done in lines if label == "offline batch {}".format(batch)]
+        assert mine and [done for _, done in mine] == [False] * (len(mine) - 1) + [True], (batch, mine)
+        counts = [q for q, _ in mine[:-1]]
+        assert counts == sorted(set(counts)) and all(q <= mine[-1][0] for q in counts), (batch, mine)
 
 
 def test_bench_records_the_accuracy_of_what_it_times(tiny, tmp_path):

@@ -1,11 +1,15 @@
 """The command line as a user meets it: one clear line on stderr, exit 2, no traceback."""
 
+import argparse
 import os
 import subprocess
+import sys
 
 import pytest
 import torch
 from conftest import REPO, default_sigint, edgekit_cmd
+
+from edgekit.errors import EdgekitError
 
 
 def run_cli(*args, cwd=None):
@@ -30,7 +34,8 @@ def test_unknown_recipe_key(tmp_path):
 
 
 def test_bad_checkpoints(tmp_path):
-    assert_user_error(run_cli("inspect", str(tmp_path / "missing.pth")), "checkpoint not found")
+    assert_user_error(run_cli("inspect", str(tmp_path / "missing.pth")),
+                      r"missing\.pth does not exist: give a \.pt/\.pth checkpoint or an \.onnx model")
     cut = tmp_path / "cut.pth"
     torch.save({"w": torch.zeros(1000)}, cut)
     cut.write_bytes(cut.read_bytes()[:100])
@@ -77,18 +82,106 @@ def test_unknown_make_target():
     assert "unknown target 'nowhere'; available: cpu, orin, x86-gpu, xavier" in proc.stderr
     proc = subprocess.run(["make", "-s", "deploy", "TARGET=xavier"], capture_output=True, text=True, cwd=REPO,
                           timeout=600)
-    assert proc.returncode != 0 and "target xavier runs on a device: give DEVICE=user@host" in proc.stderr
+    assert proc.returncode != 0 and "target xavier runs on a device: give --device user@host" in proc.stderr
+
+
+def test_make_deploy_installs_what_the_job_needs_and_make_test_adds_the_dev_tools(tmp_path):
+    def planned(*args):
+        proc = subprocess.run(["make", "-s", "-n", *args, "VENV=" + str(tmp_path / "venv")], capture_output=True,
+                              text=True, cwd=REPO, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return [line for line in proc.stdout.splitlines() if "pip install" in line]
+
+    assert [line.split("install --quiet ")[1] for line in planned("deploy")] == ["--upgrade pip", "-e '.[host,device]'"]
+    assert planned("test")[-1].endswith("-e '.[host,device,dev]'") and planned("lint") == planned("test")
+    import re
+
+    with open(os.path.join(REPO, "pyproject.toml")) as f:
+        pins = re.findall(r'"(torch(?:vision)?==[^"]+)"', f.read())
+    cpu = planned("deploy", "TORCH_INDEX=https://download.pytorch.org/whl/cpu")
+    assert len(pins) == 2 and cpu[1].endswith("--index-url https://download.pytorch.org/whl/cpu " + " ".join(pins))
+
+
+def test_deploy_without_a_device_names_the_flags_before_importing_torch():
+    assert_user_error(run_cli("deploy", "--target", "xavier"), r"^edgekit: error: target xavier runs on a device: "
+                      r"give --device user@host \(and --ssh-port, --ssh-key if needed; with make: DEVICE=")
+    # the arguments are checked before the host side (torch, the pipeline) is imported: seconds, not 15 s
+    code = "import sys\nfrom edgekit.cli import main\nrc = main(['deploy', '--target', 'xavier'])\n" \
+           "print(rc, sorted(m for m in ('torch', 'edgekit.host.pipeline') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.stdout.split() == ["2", "[]"], proc.stdout + proc.stderr
+
+
+def test_a_missing_checkpoint_is_reported_before_the_data_scan(tmp_path):
+    missing = tmp_path / "resnet50.pth"
+    proc = run_cli("run", "--recipe", "imagenet", "--set", "data.root=" + str(tmp_path / "flowers"),
+                   "--set", "model.checkpoint=" + str(missing), "--out", str(tmp_path / "out"))
+    assert_user_error(proc, r"model\.checkpoint .*resnet50\.pth does not exist: give the path of a torchvision")
+    assert "data:" not in proc.stdout and not (tmp_path / "out").exists()
+    from edgekit.host.pipeline import run
+    from edgekit.recipe import load_recipe
+
+    recipe = load_recipe("imagenet", ["data.root=" + str(tmp_path), "model.checkpoint=" + str(missing)])
+    with pytest.raises(EdgekitError, match="does not exist"):  # the library path checks it first too
+        run(recipe, str(tmp_path / "out"), log=lambda _: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_help_names_every_stage_and_every_argument_has_help():
+    from edgekit.cli import build_parser
+    from edgekit.host.pipeline import STAGES
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    run_help = " ".join(commands["run"].format_help().split())
+    assert len(STAGES) == 11
+    assert " -> ".join(s.name for s in STAGES) in run_help  # the description names them in order
+    missing = ["{} {}".format(name, "/".join(a.option_strings) or a.dest) for name, sub in commands.items()
+               for a in sub._actions if not a.help and not isinstance(a, argparse._HelpAction)]
+    assert missing == []
 
 
 @pytest.mark.slow
-def test_inspect_and_show_recipe_print_facts(tiny_run):
-    out, summary, _ = tiny_run
+def test_inspect_and_show_recipe_print_facts(tiny_run, tmp_path, capsys):
     import json
+    import shutil
 
-    proc = run_cli("inspect", os.path.join(out, "student.pt"), "--image-size", "16")
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
-    assert report["macs"] == summary["student"]["macs"] and report["num_classes"] == 10
+    from edgekit.cli import main
+
+    out, summary, _ = tiny_run
+    student, macs = os.path.join(out, "student.pt"), summary["student"]["macs"]
+    # the size the student was trained at comes from its own record (16 px here), not 224
+    assert main(["inspect", student]) == 0
+    shown = capsys.readouterr().out
+    assert "image size  16 (recorded in the file)" in shown and "{:.2f} M MACs".format(macs / 1e6) in shown
+    assert "{:.2f} M params".format(summary["student"]["params"] / 1e6) in shown
+    assert main(["inspect", student, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["macs"], report["image_size"], report["num_classes"]) == (macs, 16, 10)
+    # a file without that record: summary.json beside it, else 224 with a word on --image-size
+    bare = torch.load(student, weights_only=True)
+    bare["meta"].pop("image_size")
+    for beside, size, source in ((True, 16, "from summary.json beside it"), (False, 224, "--image-size")):
+        folder = tmp_path / ("with" if beside else "without")
+        folder.mkdir()
+        if beside:
+            shutil.copy(os.path.join(out, "summary.json"), str(folder))
+        torch.save(bare, str(folder / "old.pt"))
+        assert main(["inspect", str(folder / "old.pt"), "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["image_size"] == size and source in report["image_size_from"]
+
+    # ONNX files are read too: opset, inputs and outputs, nodes, MACs, and what the layout says they are
+    assert main(["inspect", os.path.join(out, "model.int8.qdq.onnx")]) == 0
+    shown = capsys.readouterr().out
+    assert "ONNX, opset 17" in shown and "int8 (qdq, for tensorrt (explicit Q/DQ))" in shown
+    assert "input       input float batchx3x16x16" in shown and "output      logits float batchx10" in shown
+    for name in ("model.fp32.onnx", "model.int8.cpu.onnx"):
+        assert main(["inspect", os.path.join(out, name), "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["format"] == "onnx" and report["image_size"] == 16 and report["nodes"] > 50
+        # convolutions and the classifier; torch-pruning's count adds BatchNorm, ReLU and pooling (1% here)
+        assert macs * 0.97 < report["macs"] < macs, name
     proc = run_cli("show-recipe", "--recipe", "digits", "--set", "distill.alpha=0.2")
     assert proc.returncode == 0 and "alpha: 0.2" in proc.stdout
 

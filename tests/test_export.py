@@ -167,7 +167,7 @@ def test_lint_flags_a_residual_add_without_qdq(tiny_run, tmp_path):
     add.input[1] = producer[add.input[1]].input[0]  # ... and its QuantizeLinear
     path = str(tmp_path / "broken.onnx")
     onnx.save(model, path)
-    proc = subprocess.run(edgekit_cmd("lint", path), capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(edgekit_cmd("lint", path, "--all"), capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "node {}: residual Add has no Q/DQ".format(add.name) in proc.stdout
     ok = subprocess.run(edgekit_cmd("lint", os.path.join(out, "model.int8.qdq.onnx")), capture_output=True, text=True)
@@ -176,6 +176,28 @@ def test_lint_flags_a_residual_add_without_qdq(tiny_run, tmp_path):
     bad.write_bytes(b"\x08\x07garbage")
     proc = subprocess.run(edgekit_cmd("lint", str(bad)), capture_output=True, text=True)
     assert proc.returncode == 2 and "is not a readable ONNX file" in proc.stderr
+
+
+def test_lint_groups_the_cpu_int8_models_violations_by_rule(tiny_run, capsys):
+    from edgekit.cli import main
+    from edgekit.trtlint import lint
+
+    out, _, _ = tiny_run
+    path = os.path.join(out, "model.int8.cpu.onnx")
+    found = lint(path)  # onnxruntime's u8s8 layout breaks TensorRT's rules at nearly every node
+    rules = sorted({v.rule for v in found}, key=lambda r: (-sum(v.rule == r for v in found), r))
+    assert len(found) > 50 and len(rules) < 6
+    assert main(["lint", path]) == 2
+    printed, error = capsys.readouterr()
+    lines = printed.splitlines()
+    assert lines[0] == "{}: {} TensorRT 8.5 violation(s) of {} rule(s) (--all lists every node):".format(
+        path, len(found), len(rules))
+    assert [line.split()[0] for line in lines[1:]] == rules  # one line a rule, the most frequent first
+    assert "{} x  e.g. node ".format(sum(v.rule == rules[0] for v in found)) in lines[1]
+    assert error.startswith("edgekit: error: {} has {} TensorRT 8.5 violation(s) of {} rule(s) ({})".format(
+        path, len(found), len(rules), ", ".join(rules)))
+    assert main(["lint", path, "--all"]) == 2
+    assert len(capsys.readouterr().out.splitlines()) == len(found)
 
 
 def test_summary_keeps_the_figures_on_disk(tiny_run):

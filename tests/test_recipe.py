@@ -1,7 +1,9 @@
+import os
+
 import pytest
 
 from edgekit.errors import EdgekitError
-from edgekit.recipe import Recipe, load_recipe, recipe_from_dict
+from edgekit.recipe import Recipe, check_inputs, default_out_dir, load_recipe, recipe_from_dict
 
 
 def test_presets_load_and_every_field_has_a_default():
@@ -36,7 +38,7 @@ def test_types_and_choices_are_checked():
     with pytest.raises(EdgekitError, match=r"data\.root is required"):
         recipe_from_dict({"data": {"dataset": "imagefolder"}})
     # bool is not an int, even though Python says so
-    with pytest.raises(EdgekitError, match=r"teacher\.epochs must be int"):
+    with pytest.raises(EdgekitError, match=r"teacher\.epochs must be a number \(int\)"):
         recipe_from_dict({"teacher": {"epochs": True}})
 
 
@@ -53,6 +55,31 @@ def test_a_teacher_that_trains_for_zero_epochs_is_refused_and_unset_epochs_pick_
     # unset train: a checkpoint is used as it is unless its head had to be replaced
     assert not teacher.trains(from_checkpoint=True, head_replaced=False)
     assert teacher.trains(from_checkpoint=True, head_replaced=True) and teacher.trains(False, False)
+def test_a_yaml_boolean_where_a_number_belongs_says_how_yaml_read_it():
+    with pytest.raises(EdgekitError, match=r"^recipe: distill\.alpha must be a number \(float\), but its value was "
+                       r"read as the boolean true \(YAML reads yes/on/true as true .*\): give a number$"):
+        load_recipe("digits", ["distill.alpha=yes"])
+    with pytest.raises(EdgekitError, match=r"prune\.rounds must be a number \(int\), .* boolean false"):
+        load_recipe("digits", ["prune.rounds=off"])
+
+
+def test_a_users_data_is_named_after_its_folder_unless_name_is_set():
+    assert load_recipe("imagenet", ["data.root=/data/flowers/"]).name == "flowers"
+    assert load_recipe("imagenet", ["data.root=/data/My Flowers"]).name == "My-Flowers"  # safe as a file name
+    assert load_recipe("imagenet", ["data.root=/data/flowers", "name=petals"]).name == "petals"
+    assert load_recipe("digits").name == "digits" and Recipe().name == "digits"
+    assert default_out_dir(load_recipe("imagenet", ["data.root=/d/cats"]), None) == os.path.join("artifacts", "cats")
+    with pytest.raises(EdgekitError, match=r"name '\.\./x' must be letters, digits"):
+        load_recipe("digits", ["name=../x"])
+
+
+def test_a_missing_checkpoint_is_refused_before_any_work(tmp_path):
+    check_inputs(load_recipe("digits"))  # no checkpoint: nothing to check
+    missing = str(tmp_path / "resnet50.pth")
+    with pytest.raises(EdgekitError, match=r"^model\.checkpoint .*resnet50\.pth does not exist: give the path"):
+        check_inputs(load_recipe("imagenet", ["model.checkpoint=" + missing]))
+    with pytest.raises(EdgekitError, match=r"is not a file"):
+        check_inputs(load_recipe("imagenet", ["model.checkpoint=" + str(tmp_path)]))
 
 
 def test_flags_override_the_file_and_are_validated_the_same_way():

@@ -183,11 +183,15 @@ def test_a_failing_job_says_why_and_the_others_are_measured_and_stored(tiny_run,
     reached = reach(target, transport_for(target, "digits", broken, None), sys.executable, log=lines.append)
     with pytest.raises(EdgekitError, match=r"^1 of 5 job\(s\) failed on here: student\.fp16\.cpu \(reasons above"):
         deploy(broken, target, resolve_target_path("cpu"), reached, recipe="digits", results_root=results,
-               seconds=0.05, log=lines.append)
+               seconds=0.05, dashboard=str(tmp_path / "dash.html"), log=lines.append)
     # the job's own error line, from the bench step that failed on the device
     assert "[failed] student.fp16.cpu (bench): edgekit: error: model.fp16.onnx is not a valid ONNX model for " \
            "onnxruntime" in "\n".join(lines)
     assert any(line.startswith("[fetch] 4 result file(s), 1 failure(s)") for line in lines)
+    # [fetch] ends with the dashboard, refreshed by deploy itself before it reports the failure
+    assert any(line.startswith("dashboard: 4 runs -> " + str(tmp_path / "dash.html")) for line in lines)
+    assert any(line.startswith("failed: cpu student.fp16.cpu at bench") for line in lines)
+    assert os.path.getsize(str(tmp_path / "dash.html")) > 1_000_000
     assert sorted(_fetched(results)) == ["round1.fp32.cpu", "student.fp32.cpu", "student.int8.cpu",
                                          "teacher.fp32.cpu"]
     (error_file,) = [n for n in os.listdir(os.path.join(results, "cpu")) if n.endswith(".error.json")]

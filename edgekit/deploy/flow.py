@@ -6,7 +6,8 @@
   4. [copy]   only what changed (sha256 on both ends);
   5. [run]    `edgekit run-jobs jobs.json` there, natively or in the target's image;
   6. [fetch]  results and error files, validated, stored under benchmarks/results/<target>/ as
-              <recipe>.<variant>.<precision>.<placement>.<run id>[.error].json, then cleared there.
+              <recipe>.<variant>.<precision>.<placement>.<run id>[.error].json, then cleared there;
+              the table is printed and the dashboard page refreshed.
 A failed job prints its own `edgekit: error:` line; the others are stored; deploy then exits 2.
 """
 
@@ -56,8 +57,8 @@ def transport_for(target: Target, recipe: str, artifacts: str, device: Optional[
                   ssh_key: Optional[str] = None, known_hosts: Optional[str] = None) -> Transport:
     if device is None:
         if target.launch == "docker" or target.arch not in ("native", platform.machine()):
-            raise EdgekitError("target {} runs on a device: give DEVICE=user@host (and SSH_PORT, SSH_KEY if "
-                               "needed)".format(target.name))
+            raise EdgekitError("target {} runs on a device: give --device user@host (and --ssh-port, --ssh-key if "
+                               "needed; with make: DEVICE=user@host SSH_PORT=... SSH_KEY=...)".format(target.name))
         return Local(os.path.abspath(os.path.join(artifacts, layout.BUNDLE_DIR)))
     root = os.environ.get("EDGEKIT_REMOTE_ROOT") or REMOTE_ROOT
     return Ssh(device, "{}/{}".format(root.rstrip("/"), recipe), ssh_port, ssh_key, known_hosts=known_hosts)
@@ -162,11 +163,20 @@ def print_failures(errors: Sequence[Dict[str, Any]], log: Callable[[str], None] 
         log("[failed] {} ({}): edgekit: error: {}".format(error["stem"], error["stage"], error["message"]))
 
 
+def refresh_dashboard(results_root: str, page: str, log: Callable[[str], None] = print) -> None:
+    """The last of [fetch]: the page from every stored result, the ones just fetched and failed included."""
+    from ..report.dashboard import describe, write_dashboard
+
+    for line in describe(write_dashboard(results_root, page)):
+        log(line)
+
+
 def deploy(artifacts: str, target: Target, target_file: str, reached: Reached, recipe: Optional[str] = None,
-           results_root: str = "benchmarks/results", seconds: float = 1.0,
+           results_root: str = "benchmarks/results", seconds: float = 1.0, dashboard: Optional[str] = None,
            log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
     """Steps 3-6 above, for host stages already run into `artifacts`. Returns the stored results;
-    raises EdgekitError (after storing everything) when a job failed."""
+    raises EdgekitError (after storing everything and refreshing the `dashboard` page, when given)
+    when a job failed."""
     transport, facts = reached.transport, reached.facts
     recipe = recipe or os.path.basename(os.path.normpath(artifacts))
     variants = bundle_variants(artifacts)
@@ -199,6 +209,8 @@ def deploy(artifacts: str, target: Target, target_file: str, reached: Reached, r
     transport.clear(names)
     print_results(results, log)
     print_failures(errors, log)
+    if dashboard:
+        refresh_dashboard(results_root, dashboard, log)
     if errors:
         raise EdgekitError("{} of {} job(s) failed on {}: {} (reasons above; the others are stored)".format(
             len(errors), len(jobs), transport.label, ", ".join(e["stem"] for e in errors)))

@@ -23,9 +23,9 @@ from ..device import layout
 from ..device.bench.environment import cpu_model
 from ..errors import EdgekitError
 from ..lock import folder_lock
-from ..recipe import Recipe
+from ..recipe import Recipe, check_inputs
 from ..stages import Stage, World, file_digest, run_stages
-from . import steps
+from . import stage_names, steps
 from .arch import check_recipe
 from .steps import HostContext
 
@@ -88,6 +88,7 @@ STAGES = (
           reads=("threads",), extra=_bench_threads, enabled=_comparing),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
+assert STAGE_NAMES == stage_names.STAGE_NAMES, "edgekit/host/stage_names.py lists other stages than STAGES"
 
 
 def environment(threads: int) -> Dict[str, Any]:
@@ -132,7 +133,8 @@ def run(recipe: Recipe, out_dir: str, force: bool = False, force_stages: Sequenc
     `force` recomputes every stage; `force_stages` the named ones and everything downstream of them.
     `world` is the torchrun hook (`edgekit.host.dist.Dist` fits); by default one process.
     """
-    check_choices(recipe)  # a name no registry knows fails before any work
+    check_choices(recipe)  # a name no registry knows, an input the architecture cannot take: before any work
+    check_inputs(recipe)  # so does a missing checkpoint, before minutes of data scanning
     world = world or World()
     with folder_lock(out_dir):
         ctx = HostContext(recipe, recipe.to_dict(), out_dir, log, world)
@@ -165,7 +167,3 @@ def _log_result(found: Dict[str, Any], summary_path: str, log: Callable[[str], N
             s["top1"], s["top1_delta"], s["macs"] / 1e6, s["macs_ratio"], s["params"] / 1e6, s["params_ratio"],
             s["agreement_with_teacher"]))
     log("wrote {}".format(summary_path))
-
-
-def default_out_dir(recipe: Recipe, out: Optional[str]) -> str:
-    return out or os.path.join("artifacts", recipe.name)

@@ -97,7 +97,8 @@ def teacher(ctx: HostContext) -> Dict[str, Any]:
                           train_cfg=train_cfg, log=ctx.log)
         history = trainer.fit(model, ctx.data, epochs, seed=recipe.seed, checkpoint=Checkpoint(resume, ctx.key))
     if ctx.world.is_writer:
-        save_student(ctx.path(layout.TEACHER), model, arch, meta={"role": "teacher", "recipe": recipe.name})
+        save_student(ctx.path(layout.TEACHER), model, arch, meta={"role": "teacher", "recipe": recipe.name,
+                                                                  "image_size": recipe.data.image_size})
         if os.path.exists(resume):
             os.unlink(resume)
     ctx.forget(layout.TEACHER)
@@ -131,7 +132,8 @@ def compress(ctx: HostContext) -> Dict[str, Any]:
                              teacher_key=ctx.results["teacher"].fingerprint, log=ctx.log)
     if ctx.world.is_writer:
         save_student(ctx.path(layout.STUDENT), student, architecture(recipe.model.arch),
-                     meta={"role": "student", "recipe": recipe.name, "method": recipe.prune.method})
+                     meta={"role": "student", "recipe": recipe.name, "method": recipe.prune.method,
+                           "image_size": recipe.data.image_size})
     ctx.forget(layout.STUDENT)
     return {"rounds": rounds, "train": _training(ctx)}
 

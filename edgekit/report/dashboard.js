@@ -33,6 +33,13 @@
   var LAYOUT = { margin: { l: 60, r: 20, t: 20, b: 50 }, legend: { orientation: "h", y: -0.2 },
                  font: { family: "system-ui, sans-serif", size: 12 } };
   function layout(extra) { return Object.assign({}, LAYOUT, extra); }
+  /* One line per trace in a legend beside the plot, the chart as tall as the legend needs: a legend under
+   * the plot with many runs ran off the bottom of the chart. */
+  function sideLegend(entries, extra) {
+    return Object.assign({ height: Math.max(420, 70 + 19 * entries), margin: { l: 60, r: 20, t: 20, b: 50 },
+                           legend: { orientation: "v", x: 1.01, xanchor: "left", y: 1, yanchor: "top",
+                                     font: { size: 11 } }, showlegend: true }, extra);
+  }
 
   /* Latest run of each series (target, recipe, variant, precision, placement, runner). */
   function latestRuns() {
@@ -77,12 +84,13 @@
   }
 
   // ---- runs table: sortable, filterable, details row with the environment
+  // Fits 1,400 px: the model is one column, runner and run id are in the row's details (and its tooltip).
   var COLUMNS = [
-    ["created", "created"], ["target", "target"], ["recipe", "recipe"], ["variant", "variant"],
-    ["precision", "precision"], ["placement", "placement"], ["runner", "runner"], ["top1", "top-1 %", 2],
-    ["top1_check_delta", "top-1 Δ vs host", 2], ["p50_ms", "p50 ms", 3], ["p99_ms", "p99 ms", 3], ["best_throughput", "best img/s", 1],
-    ["best_batch", "best batch", 0], ["total_w", "W", 2], ["mj_per_inference", "mJ/inf", 2],
-    ["power_mode", "power mode"], ["loadgen_validity", "LoadGen"], ["run_id", "run"], ["flag", "regressed"]
+    ["created", "created"], ["target", "target"], ["recipe", "recipe"], ["model", "model"],
+    ["top1", "top-1 %", 2], ["top1_check_delta", "top-1 Δ vs host", 2], ["p50_ms", "p50 ms", 3], ["p99_ms", "p99 ms", 3],
+    ["best_throughput", "best img/s", 1], ["best_batch", "best batch", 0], ["total_w", "W", 2],
+    ["mj_per_inference", "mJ/inf", 2], ["power_mode", "power mode"], ["loadgen_validity", "LoadGen"],
+    ["flag", "regressed"]
   ];
   var sortKey = "created", sortDir = -1;
   var table = document.getElementById("runs-table");
@@ -118,6 +126,7 @@
 
   function cellValue(r, key) {
     if (key === "flag") return (flagsByRun[r.run_id] || []).map(function (f) { return f.label; }).join(", ");
+    if (key === "model") return label(r);
     return r[key];
   }
 
@@ -134,7 +143,8 @@
     td.colSpan = COLUMNS.length;
     var dl = el("dl", null, "env");
     var env = r.environment || {};
-    var items = [["model", r.model], ["file", r.file], ["series", r.series],
+    var items = [["run", r.run_id], ["model", r.model], ["inputs", r.inputs], ["runner", r.runner + " " + (r.runtime_version || "")],
+                 ["file", r.file], ["series", r.series],
                  ["top-1 from", r.top1_source],
                  ["top-1 scored here", r.top1_check == null ? null : fmt(r.top1_check, 2) + "% (" +
                    (r.top1_check_delta == null ? "no host figure" : (r.top1_check_delta >= 0 ? "+" : "") +
@@ -192,11 +202,11 @@
     rows.forEach(function (r) {
       var tr = el("tr", null, "run" + (flagsByRun[r.run_id] ? " regressed" : ""));
       tr.dataset.runId = r.run_id;
-      tr.title = envSummary(r);
+      tr.title = "run " + r.run_id + " · " + envSummary(r);
       COLUMNS.forEach(function (c) {
         var v = cellValue(r, c[0]);
         var td = el("td", c[2] != null ? fmt(v, c[2]) : (c[0] === "created" ? fmt(v).slice(0, 19).replace("T", " ")
-                                                           : fmt(v)), c[2] != null ? "num" : (c[0] === "flag" ? "flag" : ""));
+                                                           : fmt(v)), c[2] != null ? "num" : ({ flag: "flag", created: "when" }[c[0]] || "text"));
         tr.appendChild(td);
       });
       tr.addEventListener("click", function () {
@@ -223,44 +233,141 @@
     node.dataset.empty = "1";
   }
 
-  // ---- Pareto: top-1 vs p50 (error bar to p99), per target, front drawn
-  (function () {
-    var points = latestRuns().filter(function (r) { return r.top1 != null && r.p50_ms != null; });
-    if (!points.length) { empty("chart-pareto", "No run records a top-1 (benchmark with --summary)."); return; }
-    var traces = [];
-    var groups = groupBy(points, function (r) { return r.target; });
-    Object.keys(groups).sort().forEach(function (target) {
-      var g = groups[target];
-      // Neighbours at about the same accuracy and latency take turns above and below, so labels stay legible.
-      var byLatency = g.map(function (r, i) { return i; }).sort(function (a, b) { return g[a].p50_ms - g[b].p50_ms; });
-      var positions = g.map(function () { return "top center"; });
-      byLatency.forEach(function (i, k) {
-        if (!k) return;
-        var j = byLatency[k - 1];
-        var close = Math.abs(g[i].top1 - g[j].top1) < 0.15 && Math.log(g[i].p50_ms / g[j].p50_ms) < 0.4;
-        if (close) positions[i] = positions[j] === "top center" ? "bottom center" : "top center";
+  // ---- Pareto: top-1 vs p50 (bar to p99), one panel per recipe (each with its own top-1 scale), front per target
+  var PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"];
+  var LABEL_FONT = 11, CHAR_PX = 6.8, LABEL_PX = 15, MARKER_PX = 6;
+
+  /* Ticks a reader can use on a log axis: 1-2-5 steps (1-1.5-2-3-5-7 over a short span), labelled plainly. */
+  function logTicks(lo, hi) {
+    var steps = (hi - lo) < 0.8 ? [1, 1.5, 2, 3, 5, 7] : [1, 2, 5], ticks = [];
+    for (var e = Math.floor(lo) - 1; e <= Math.ceil(hi); e++) {
+      steps.forEach(function (m) {
+        var v = m * Math.pow(10, e), l = Math.log10(v);
+        if (l >= lo - 1e-9 && l <= hi + 1e-9) ticks.push(v);
       });
-      traces.push({
-        type: "scatter", mode: "markers+text", name: esc(target), x: g.map(function (r) { return r.p50_ms; }),
-        y: g.map(function (r) { return r.top1; }),
-        error_x: { type: "data", symmetric: false, array: g.map(function (r) { return Math.max(0, (r.p99_ms || r.p50_ms) - r.p50_ms); }),
-                   arrayminus: g.map(function () { return 0; }) },
-        text: g.map(function (r) { return esc(r.variant + " " + r.precision); }), textposition: positions,
-        hovertext: g.map(function (r) {
-          return esc(label(r)) + "<br>top-1 " + fmt(r.top1, 2) + "%<br>p50 " + fmt(r.p50_ms) + " ms, p99 " +
-            fmt(r.p99_ms) + " ms<br>" + esc(r.target) + " · " + esc(r.runner);
-        }),
-        hoverinfo: "text", marker: { size: 10 }
-      });
-      var sorted = g.slice().sort(function (a, b) { return a.p50_ms - b.p50_ms || b.top1 - a.top1; });
-      var front = [], best = -Infinity;
-      sorted.forEach(function (r) { if (r.top1 > best) { front.push(r); best = r.top1; } });
-      traces.push({ type: "scatter", mode: "lines", line: { dash: "dot", shape: "hv" }, name: esc(target + " Pareto front"),
-                    x: front.map(function (r) { return r.p50_ms; }), y: front.map(function (r) { return r.top1; }),
-                    hoverinfo: "skip" });
+    }
+    return { vals: ticks, text: ticks.map(function (v) { return String(+v.toPrecision(3)); }) };
+  }
+
+  /* Axis ranges with room around every point, bar and label, so nothing touches the frame. */
+  function paretoRanges(points) {
+    var xs = [], ys = points.map(function (r) { return r.top1; });
+    points.forEach(function (r) { xs.push(Math.log10(r.p50_ms)); xs.push(Math.log10(Math.max(r.p50_ms, r.p99_ms || 0))); });
+    var xlo = Math.min.apply(null, xs), xhi = Math.max.apply(null, xs);
+    var xpad = Math.max(0.12 * (xhi - xlo), 0.08);
+    var ylo = Math.min.apply(null, ys), yhi = Math.max.apply(null, ys);
+    var ypad = Math.max(0.15 * (yhi - ylo), 0.5);
+    return { x: [xlo - xpad, xhi + xpad], y: [ylo - ypad, yhi + 1.6 * ypad] };
+  }
+
+  var POSITIONS = [["top center", 0, -1], ["bottom center", 0, 1], ["middle right", 1, 0], ["middle left", -1, 0],
+                   ["top right", 1, -1], ["top left", -1, -1], ["bottom right", 1, 1], ["bottom left", -1, 1]];
+  function overlaps(a, b) { return a.x0 < b.x1 && b.x0 < a.x1 && a.y0 < b.y1 && b.y0 < a.y1; }
+  function labelBox(px, py, text, pos) {
+    var w = text.length * CHAR_PX, h = LABEL_PX, gap = MARKER_PX + 2;
+    var cx = pos[1] === 0 ? px - w / 2 : (pos[1] > 0 ? px + gap : px - gap - w);
+    var cy = pos[2] === 0 ? py - h / 2 : (pos[2] > 0 ? py + gap : py - gap - h);
+    return { x0: cx, x1: cx + w, y0: cy, y1: cy + h };
+  }
+  /* Plotly does not keep labels apart: place each where it overlaps no marker, label or frame edge, trying
+   * eight positions around its point; a label with no free place is left to the hover text. */
+  function placeLabels(points, texts, ranges, width, height) {
+    var toPx = function (r) {
+      return [(Math.log10(r.p50_ms) - ranges.x[0]) / (ranges.x[1] - ranges.x[0]) * width,
+              (1 - (r.top1 - ranges.y[0]) / (ranges.y[1] - ranges.y[0])) * height];
+    };
+    var xy = points.map(toPx);
+    var taken = xy.map(function (p) { return { x0: p[0] - MARKER_PX, x1: p[0] + MARKER_PX, y0: p[1] - MARKER_PX, y1: p[1] + MARKER_PX }; });
+    var order = points.map(function (r, i) { return i; }).sort(function (a, b) { return xy[a][0] - xy[b][0]; });
+    var placed = points.map(function () { return null; });
+    order.forEach(function (i) {
+      for (var k = 0; k < POSITIONS.length; k++) {
+        var box = labelBox(xy[i][0], xy[i][1], texts[i], POSITIONS[k]);
+        var inside = box.x0 >= 0 && box.x1 <= width && box.y0 >= 0 && box.y1 <= height;
+        if (inside && !taken.some(function (t) { return overlaps(t, box); })) {
+          taken.push(box);
+          placed[i] = POSITIONS[k][0];
+          return;
+        }
+      }
     });
-    Plotly.newPlot("chart-pareto", traces, layout({ xaxis: { title: { text: "latency, ms (p50 marker, bar to p99)" }, type: "log" },
-                                                    yaxis: { title: { text: "top-1 %" } } }), PLOT_CONFIG);
+    return placed;
+  }
+
+  function paretoFront(g) {
+    var sorted = g.slice().sort(function (a, b) { return a.p50_ms - b.p50_ms || b.top1 - a.top1; });
+    var front = [], best = -Infinity;
+    sorted.forEach(function (r) { if (r.top1 > best) { front.push(r); best = r.top1; } });
+    return front;
+  }
+
+  function paretoPanel(node, points, targets) {
+    var ranges = paretoRanges(points);
+    var margin = { l: 60, r: 20, t: 40, b: 50 };
+    var width = (node.clientWidth || 1200) - margin.l - margin.r, height = 400 - margin.t - margin.b;
+    var ambiguous = Object.create(null), seen = Object.create(null);
+    points.forEach(function (r) {
+      var k = r.target + "|" + r.variant + "|" + r.precision;
+      if (seen[k]) ambiguous[k] = true;
+      seen[k] = true;
+    });
+    var texts = points.map(function (r) {
+      return r.variant + " " + r.precision + (ambiguous[r.target + "|" + r.variant + "|" + r.precision] ? " " + r.placement : "");
+    });
+    var positions = placeLabels(points, texts, ranges, width, height);
+    var bars = [], fronts = [], marks = [];
+    targets.forEach(function (target, t) {
+      var color = PALETTE[t % PALETTE.length];
+      var idx = points.map(function (r, i) { return i; }).filter(function (i) { return points[i].target === target; });
+      if (!idx.length) return;
+      var g = idx.map(function (i) { return points[i]; });
+      var xs = g.map(function (r) { return r.p50_ms; }), ys = g.map(function (r) { return r.top1; });
+      // Drawn first, so the front and the markers lie on top of the bars.
+      bars.push({ type: "scatter", mode: "markers", x: xs, y: ys, showlegend: false, hoverinfo: "skip",
+                  marker: { size: 1, opacity: 0 }, name: esc(target + " p99"),
+                  error_x: { type: "data", symmetric: false, color: "rgba(90,100,115,0.45)", thickness: 2, width: 0,
+                             array: g.map(function (r) { return Math.max(0, (r.p99_ms || r.p50_ms) - r.p50_ms); }),
+                             arrayminus: g.map(function () { return 0; }) } });
+      var front = paretoFront(g);
+      fronts.push({ type: "scatter", mode: "lines", line: { dash: "dot", shape: "hv", width: 2, color: color }, legendrank: 2,
+                    name: esc(target + " Pareto front"), x: front.map(function (r) { return r.p50_ms; }),
+                    y: front.map(function (r) { return r.top1; }), hoverinfo: "skip" });
+      marks.push({ type: "scatter", mode: "markers+text", name: esc(target), x: xs, y: ys, cliponaxis: false, legendrank: 1,
+                   marker: { size: 2 * MARKER_PX, color: color, line: { color: "#fff", width: 1 } },
+                   text: idx.map(function (i) { return positions[i] ? esc(texts[i]) : ""; }),
+                   textposition: idx.map(function (i) { return positions[i] || "top center"; }),
+                   textfont: { size: LABEL_FONT },
+                   hovertext: g.map(function (r) {
+                     return esc(label(r)) + "<br>top-1 " + fmt(r.top1, 2) + "%<br>p50 " + fmt(r.p50_ms) + " ms, p99 " +
+                       fmt(r.p99_ms) + " ms<br>" + esc(r.target) + " · " + esc(r.runner);
+                   }), hoverinfo: "text" });
+    });
+    var ticks = logTicks(ranges.x[0], ranges.x[1]);
+    Plotly.newPlot(node, bars.concat(fronts, marks), layout({
+      height: 400, margin: margin, showlegend: true, legend: { orientation: "h", x: 0, y: 1.02, yanchor: "bottom" },
+      xaxis: { title: { text: "latency, ms (p50 marker, bar to p99)" }, type: "log", range: ranges.x,
+               tickvals: ticks.vals, ticktext: ticks.text, showline: true, mirror: true, linecolor: "#c4cbd4" },
+      yaxis: { title: { text: "top-1 %" }, range: ranges.y, showline: true, mirror: true, linecolor: "#c4cbd4" }
+    }), PLOT_CONFIG);
+    node.dataset.unlabelled = String(positions.filter(function (p) { return !p; }).length);
+  }
+
+  (function () {
+    var points = latestRuns().filter(function (r) { return r.top1 != null && r.p50_ms != null && r.p50_ms > 0; });
+    var box = document.getElementById("pareto-panels");
+    if (!points.length) { empty("pareto-panels", "No run records a top-1 (benchmark with --summary)."); return; }
+    var targets = Object.keys(groupBy(points, function (r) { return r.target; })).sort();
+    var byRecipe = groupBy(points, function (r) { return r.recipe || "(no recipe)"; });
+    Object.keys(byRecipe).sort().forEach(function (recipe) {
+      var panel = el("div", null, "panel");
+      var count = byRecipe[recipe].length;
+      panel.appendChild(el("h3", "recipe " + recipe + " · " + count + (count === 1 ? " model" : " models")));
+      var chart = el("div", null, "chart");
+      chart.dataset.recipe = recipe;
+      panel.appendChild(chart);
+      box.appendChild(panel);
+      paretoPanel(chart, byRecipe[recipe], targets);
+    });
   })();
 
   // ---- Throughput vs batch
@@ -274,8 +381,9 @@
                     x: rows.map(function (x) { return x.batch; }), y: rows.map(function (x) { return x.throughput; }) });
     });
     if (!traces.length) { empty("chart-throughput", "No run has an offline batch sweep."); return; }
-    Plotly.newPlot("chart-throughput", traces, layout({ xaxis: { title: { text: "batch size" }, type: "log", dtick: Math.log10(2) },
-                                                        yaxis: { title: { text: "images / s" } } }), PLOT_CONFIG);
+    Plotly.newPlot("chart-throughput", traces, layout(sideLegend(traces.length, {
+      xaxis: { title: { text: "batch size" }, type: "log", dtick: Math.log10(2) },
+      yaxis: { title: { text: "images / s" }, rangemode: "tozero" } })), PLOT_CONFIG);
   })();
 
   // ---- Latency distribution (percentiles)
@@ -289,8 +397,9 @@
                     x: keys.map(function (k) { return k[1]; }), y: keys.map(function (k) { return ss[k[0]]; }) });
     });
     if (!traces.length) { empty("chart-latency", "No run has a single-stream scenario."); return; }
-    Plotly.newPlot("chart-latency", traces, layout({ xaxis: { title: { text: "percentile" } },
-                                                     yaxis: { title: { text: "ms" }, type: "log" } }), PLOT_CONFIG);
+    Plotly.newPlot("chart-latency", traces, layout(sideLegend(traces.length, {
+      xaxis: { title: { text: "percentile" } },
+      yaxis: { title: { text: "ms" }, type: "log", dtick: 1, exponentformat: "none" } })), PLOT_CONFIG);
   })();
 
   // ---- Power: W per rail (stacked), energy per inference, inferences per joule, power mode
@@ -350,11 +459,25 @@
     ["metric", "A", "B", "B / A", ""].forEach(function (h) { head.appendChild(el("th", h)); });
     t.tHead.appendChild(head);
     if (!t.tBodies.length) t.appendChild(document.createElement("tbody"));
+    var warning = document.getElementById("compare-warning");
+    /* A ratio of two runs means something only when they ran the same recipe on the same input. */
+    function differences(ra, rb) {
+      return [["recipe", ra.recipe, rb.recipe], ["input", ra.inputs, rb.inputs], ["target", ra.target, rb.target]]
+        .filter(function (d) { return (d[1] || "") !== (d[2] || ""); });
+    }
     function render() {
       var ra = byId[a.value], rb = byId[b.value];
       var body = t.tBodies[0];
       body.textContent = "";
+      warning.hidden = true;
       if (!ra || !rb) return;
+      var differ = differences(ra, rb);
+      if (differ.length && differ[0][0] !== "target") {
+        warning.textContent = "A and B differ in " + differ.map(function (d) {
+          return d[0] + " (" + (d[1] || "–") + " vs " + (d[2] || "–") + ")";
+        }).join(" and ") + ": the ratios below compare different jobs, not one job measured twice.";
+        warning.hidden = false;
+      }
       [["series", ra.series, rb.series]].concat(DATA.metrics.map(function (m) { return [m, ra[m.key], rb[m.key]]; }))
         .forEach(function (row) {
           var tr = el("tr");
@@ -384,7 +507,8 @@
     var note = document.getElementById("regressions-note");
     note.textContent = DATA.regressions.length
       ? DATA.regressions.length + " metric(s) worse than the previous run of the same series by more than " +
-        Math.round(DATA.threshold * 100) + "% (top-1: 0.5 points; a p50 must also exceed the previous p90), " +
+        Math.round(DATA.threshold * 100) + "% (top-1: 0.5 points; a p50 must also exceed the p90, and a best " +
+        "throughput fall below the best batch's throughput at its p90 latency, of the last three runs, as a median), " +
         "or a top-1 scored on the device more than 1 point below the host's on the same images."
       : "No regressions: no p50, throughput, energy or top-1 got worse than the previous run of its series by " +
         "more than " + Math.round(DATA.threshold * 100) + "% (top-1: 0.5 points).";
@@ -398,7 +522,7 @@
       var tr = el("tr", null, "regressed");
       [f.run_id, r.series, f.label].forEach(function (v) { tr.appendChild(el("td", v)); });
       tr.appendChild(el("td", fmt(f.before), "num")); tr.appendChild(el("td", fmt(f.after), "num"));
-      tr.appendChild(el("td", (f.change * 100).toFixed(1) + (f.metric === "top1" || f.metric === "top1_vs_host" ? " pt" : "%"), "num flag"));
+      tr.appendChild(el("td", (f.change * 100).toFixed(1) + (f.metric === "top1" || f.metric === "top1_vs_host" ? " points" : "%"), "num flag"));
       tr.appendChild(el("td", f.previous));
       t.tBodies[0].appendChild(tr);
     });

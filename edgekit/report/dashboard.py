@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 from .. import __version__
 from ..artifacts import write_text_atomic
 from ..errors import EdgekitError
-from .store import METRICS, SERIES, build_index, measurement_rows, regressions
+from .store import METRICS, SERIES, build_index, measurement_rows, regressions, worse_text
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -61,6 +61,7 @@ def page_data(results_root: str, threshold: float = 0.10, index_path: Optional[s
         run["accuracy"] = result.get("accuracy")
         run["power_unavailable"] = "; ".join(result.get("power_unavailable_reasons") or [])
         run["series"] = " / ".join(str(run.get(k) or "-") for k in SERIES)
+        run["inputs"] = ", ".join(str(i) for i in (result.get("model") or {}).get("inputs") or []) or None
     flagged = regressions(runs, threshold)
     return _clean({
         "generated": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -98,6 +99,10 @@ def write_dashboard(results_root: str, out_path: str, threshold: float = 0.10,
             "regressions": data["regressions"], "index": data["index"]}
 
 
+def _number(value: Any) -> str:
+    return "{:.4g}".format(value) if isinstance(value, float) else str(value)
+
+
 def describe(summary: Dict[str, Any]) -> List[str]:
     lines = ["dashboard: {} runs -> {} (index {})".format(summary["runs"], summary["path"], summary["index"])]
     for problem in summary["problems"]:
@@ -110,6 +115,6 @@ def describe(summary: Dict[str, Any]) -> List[str]:
             lines.append("accuracy: run {} scored {}% on the eval images, {:.2f} points below the host's {}% for "
                          "the same model and images".format(f["run_id"], f["after"], f["change"] * 100, f["before"]))
             continue
-        lines.append("regression: run {} {} {} -> {} ({:+.1%} worse than run {})".format(
-            f["run_id"], f["label"], f["before"], f["after"], f["change"], f["previous"]))
+        lines.append("regression: run {} {} {} -> {} ({} than run {})".format(
+            f["run_id"], f["label"], _number(f["before"]), _number(f["after"]), worse_text(f), f["previous"]))
     return lines

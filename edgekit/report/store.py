@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import sqlite3
+import statistics
 import tempfile
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -21,7 +22,7 @@ from ..device.layout import HANDOFF_DIR, MLPERF_LOGS_SUFFIX, is_error_file
 from ..errors import EdgekitError
 
 INDEX_NAME = "index.sqlite"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 # What identifies "the same thing measured again": the regression check compares along it.
 SERIES = ("target", "recipe", "variant", "precision", "placement", "runner", "harness")
 
@@ -32,7 +33,9 @@ RUN_COLUMNS = [
     ("power_source", "TEXT"), ("top1", "REAL"), ("top1_source", "TEXT"), ("top1_check", "REAL"),
     ("top1_check_delta", "REAL"), ("macs", "REAL"), ("params", "REAL"), ("p50_ms", "REAL"),
     ("p90_ms", "REAL"), ("p95_ms", "REAL"), ("p99_ms", "REAL"), ("max_ms", "REAL"), ("mean_ms", "REAL"),
-    ("qps", "REAL"), ("best_batch", "INTEGER"), ("best_throughput", "REAL"), ("total_w", "REAL"),
+    ("qps", "REAL"), ("best_batch", "INTEGER"), ("best_throughput", "REAL"),
+    ("best_throughput_low", "REAL"),  # img/s at the best batch's p90 latency: 9 in 10 of its batches ran faster
+    ("total_w", "REAL"),
     ("idle_w", "REAL"), ("mj_per_inference", "REAL"), ("inferences_per_joule", "REAL"), ("power_status", "TEXT"),
     ("throttled", "INTEGER"),  # a measured window's clocks dropped or a zone reached a trip point (1), none (0)
     ("environment", "TEXT"),
@@ -75,6 +78,13 @@ def _first_power(result: Dict[str, Any]) -> Dict[str, Any]:
     if best:
         return best[0]["power"]
     return ss.get("power") or {}
+
+
+def _throughput_low(offline: Dict[str, Any]) -> Optional[float]:
+    """The best batch's throughput if every batch took its p90 latency: the slow end of its own spread."""
+    row = next((r for r in offline.get("rows", []) if r.get("batch") == offline.get("best_batch")), None)
+    p90 = ((row or {}).get("latency") or {}).get("p90_ms")
+    return row["batch"] * 1000.0 / p90 if row and p90 else None
 
 
 def power_mode(result: Dict[str, Any]) -> Optional[str]:
@@ -122,6 +132,7 @@ def flatten(result: Dict[str, Any], file: str, folder_target: Optional[str] = No
         "p50_ms": latency.get("p50_ms"), "p90_ms": latency.get("p90_ms"), "p95_ms": latency.get("p95_ms"),
         "p99_ms": latency.get("p99_ms"), "max_ms": latency.get("max_ms"), "mean_ms": latency.get("mean_ms"),
         "qps": ss.get("qps"), "best_batch": off.get("best_batch"), "best_throughput": off.get("best_throughput"),
+        "best_throughput_low": _throughput_low(off),
         "total_w": power.get("total_w"), "idle_w": power.get("idle_w"),
         "mj_per_inference": power.get("mj_per_inference"),
         "inferences_per_joule": power.get("inferences_per_joule"),
@@ -351,39 +362,74 @@ def worse_by(metric: str, before: Optional[float], after: Optional[float]) -> Op
     return change if direction == "lower" else -change
 
 
+# A metric and the field of the same run that bounds its own jitter: a slower p50 counts only beyond the
+# previous runs' p90, a lower best throughput only below what their best batch gave at its p90 latency.
+SPREAD = {"p50_ms": "p90_ms", "best_throughput": "best_throughput_low"}
+# The spread is the median over this many previous runs of the series: one lucky (quiet) run on a shared
+# machine would otherwise make its ordinary successor look like a regression.
+SPREAD_RUNS = 3
+
+
+def within_spread(metric: str, history: Sequence[Dict[str, Any]], after: Dict[str, Any]) -> bool:
+    """Whether `after` lies inside the spread the previous runs measured in their own windows (so: jitter)."""
+    bounds = [run[SPREAD[metric]] for run in history[-SPREAD_RUNS:] if run.get(SPREAD.get(metric, "")) is not None]
+    value = after.get(metric)
+    if not bounds or value is None:
+        return False
+    bound = statistics.median(bounds)
+    return value <= bound if dict((m, d) for m, d, _ in METRICS)[metric] == "lower" else value >= bound
+
+
 def regressions(runs: Sequence[Dict[str, Any]], threshold: float = 0.10,
                 top1_points: float = 0.5) -> List[Dict[str, Any]]:
     """Each run compared with the previous run of the same series; a metric worse than `threshold`
     (a fraction; top-1 in points: `top1_points`) is flagged. A slower p50 must also lie beyond the
-    previous run's p90 (slower than 90% of its queries): run-to-run jitter on a shared CPU reaches
-    30% of the median, a real slowdown moves the whole distribution. A run whose engine scored the
-    eval images more than `TOP1_CHECK_TOLERANCE_POINTS` below the host is flagged as `top1_vs_host`."""
+    previous runs' p90 (slower than 90% of their queries), and a lower best throughput below the
+    previous best batches' throughput at their p90 latency, each the median over the last
+    `SPREAD_RUNS` runs: run-to-run jitter on a shared CPU reaches 30% of the median, a real slowdown
+    moves the whole distribution and stays. A run whose engine scored the eval images more than
+    `TOP1_CHECK_TOLERANCE_POINTS` below the host is flagged as `top1_vs_host`."""
     flagged: List[Dict[str, Any]] = []
-    previous: Dict[Tuple[Any, ...], Dict[str, Any]] = {}
+    previous: Dict[Tuple[Any, ...], List[Dict[str, Any]]] = {}
     for run in sorted(runs, key=lambda r: (r.get("created") or "", r["run_id"])):
         delta = run.get("top1_check_delta")
         if delta is not None and run.get("top1_check") is not None and delta < -TOP1_CHECK_TOLERANCE_POINTS:
             flagged.append({"run_id": run["run_id"], "previous": "host", "metric": "top1_vs_host",
                             "label": "top-1 vs host", "before": round(run["top1_check"] - delta, 3),
                             "after": run["top1_check"], "change": round(-delta / 100.0, 4)})
-        series = tuple(run.get(k) for k in SERIES)
-        before = previous.get(series)
-        previous[series] = run
-        if before is None:
-            continue
-        for metric, _, label in METRICS:
-            if metric not in REGRESSION_METRICS:
-                continue
-            change = worse_by(metric, before.get(metric), run.get(metric))
-            limit = top1_points / 100.0 if metric == "top1" else threshold
-            if metric == "p50_ms" and before.get("p90_ms") is not None and run.get("p50_ms") is not None \
-                    and run["p50_ms"] <= before["p90_ms"]:
-                continue
-            if change is not None and change > limit:
-                flagged.append({"run_id": run["run_id"], "previous": before["run_id"], "metric": metric,
-                                "label": label, "before": before[metric], "after": run[metric],
-                                "change": round(change, 4)})
+        history = previous.setdefault(tuple(run.get(k) for k in SERIES), [])
+        if history:
+            flagged += _worse_than(history, run, threshold, top1_points)
+        history.append(run)
     return flagged
+
+
+def _worse_than(history: Sequence[Dict[str, Any]], run: Dict[str, Any], threshold: float,
+                top1_points: float) -> List[Dict[str, Any]]:
+    before, flagged = history[-1], []
+    for metric, _, label in METRICS:
+        if metric not in REGRESSION_METRICS or (metric in SPREAD and within_spread(metric, history, run)):
+            continue
+        change = worse_by(metric, before.get(metric), run.get(metric))
+        limit = top1_points / 100.0 if metric == "top1" else threshold
+        if change is not None and change > limit:
+            flagged.append({"run_id": run["run_id"], "previous": before["run_id"], "metric": metric,
+                            "label": label, "before": before[metric], "after": run[metric],
+                            "change": round(change, 4)})
+    return flagged
+
+
+# How each metric is worse, in words: "12.5% slower", "0.80 points lower".
+WORSE_WORDS = {"p50_ms": "slower", "p99_ms": "slower", "best_throughput": "lower", "mj_per_inference": "more energy",
+               "total_w": "more power", "top1": "lower", "top1_vs_host": "lower"}
+
+
+def worse_text(flag: Dict[str, Any]) -> str:
+    """`12.5% slower` or `0.80 points lower`: a flag's change as a user reads it."""
+    words = WORSE_WORDS.get(flag["metric"], "worse")
+    if flag["metric"] in ("top1", "top1_vs_host"):
+        return "{:.2f} points {}".format(flag["change"] * 100, words)
+    return "{:.1f}% {}".format(flag["change"] * 100, words)
 
 
 TABLE_COLUMNS = ("created", "target", "recipe", "variant", "precision", "placement", "runner", "top1", "p50_ms",

@@ -9,8 +9,6 @@ import shutil
 from typing import Any, Callable, Dict
 
 from ...recipe import load_recipe
-from .backends import get_backend
-from .table import DEFAULT_POINTS, load_or_build
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, help="batch (default: prune.latency_batch)")
     p.add_argument("--precision", help="one the backend times (default: prune.latency_precision)")
     p.add_argument("--threads", type=int, help="runtime threads (default: the recipe's bench.threads or threads)")
-    p.add_argument("--points", type=int, default=DEFAULT_POINTS, help="widths measured per axis (default: 8)")
+    p.add_argument("--points", type=int, help="widths measured per axis (default: 8)")
     p.add_argument("--cache-dir", help="table cache folder (default: $EDGEKIT_CACHE/latency or "
                    "~/.cache/edgekit/latency)")
     p.add_argument("--out", help="also copy the table JSON here (deploy fetches it from the device; pass it "
@@ -29,12 +27,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> Dict[str, Any]:
+    # Imported here: every `edgekit` command builds this parser, and these pull in numpy and onnx helpers.
+    from .backends import get_backend
+    from .table import DEFAULT_POINTS, load_or_build
+
     recipe = load_recipe(args.recipe, args.set)
     pcfg = recipe.prune
     backend = get_backend(args.backend or pcfg.latency_backend, precision=args.precision or pcfg.latency_precision,
                           threads=args.threads or recipe.bench.threads or recipe.threads)
     table, path = load_or_build(backend, args.image_size or pcfg.latency_image_size, args.batch or pcfg.latency_batch,
-                                args.points, folder=args.cache_dir, log=log, rebuild=args.rebuild)
+                                args.points or DEFAULT_POINTS, folder=args.cache_dir, log=log, rebuild=args.rebuild)
     if args.out:
         shutil.copyfile(path, args.out)
         log("latency table: copied to {}".format(args.out))
