@@ -309,14 +309,14 @@ def merge_branches(models: Dict[int, Any]) -> Any:
     """One ModelProto holding each model as its own branch: every name (nodes, tensors, weights) under
     `branch_prefix(index)`, each branch its inputs and outputs, nothing shared. Nodes without a name get
     their first output's, so TensorRT's layer names say whose they are."""
-    onnx = lazy_import("onnx")
+    onnx, compose = lazy_import("onnx"), lazy_import("onnx.compose")  # older onnx does not import compose
     nodes, inputs, outputs, inits = [], [], [], []
     for index, model in models.items():
         named = onnx.ModelProto()
         named.CopyFrom(model)
         for node in named.graph.node:
             node.name = node.name or node.output[0]
-        prefixed = onnx.compose.add_prefix(named, branch_prefix(index))
+        prefixed = compose.add_prefix(named, branch_prefix(index))
         nodes += prefixed.graph.node
         inputs += prefixed.graph.input
         outputs += prefixed.graph.output
