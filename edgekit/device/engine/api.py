@@ -66,6 +66,12 @@ class TrtApi(object):
         return self.v[:2] >= (8, 6)
 
     @property
+    def aux_streams(self) -> bool:
+        """`config.max_aux_streams` appeared in 8.6: from then TensorRT may run independent branches of
+        a network on auxiliary streams, at the same time; 8.5 runs every layer on the enqueue's stream."""
+        return self.v[:2] >= (8, 6)
+
+    @property
     def parser_error_node_name(self) -> bool:
         """`IParserError.node_name()` appeared in 9.1 (not 8.6: JetPack 6.0's 8.6.2 lacks it);
         8.5 and 8.6 have only the node index (`node()`)."""
@@ -91,6 +97,6 @@ class TrtApi(object):
     def describe(self) -> dict:
         return {"version": self.version, "explicit_batch_flag": self.explicit_batch_flag,
                 "memory_pool_limit": self.memory_pool_limit,
-                "builder_optimization_level": self.builder_optimization_level,
+                "builder_optimization_level": self.builder_optimization_level, "aux_streams": self.aux_streams,
                 "parser_error_node_name": self.parser_error_node_name,
                 "implicit_int8_deprecated": self.implicit_int8_deprecated}

@@ -37,7 +37,8 @@ class BuildConfig(object):
                  opt_batch: Optional[int] = None, max_batch: Optional[int] = None,
                  static_batch: Optional[int] = None, timing_cache: Optional[str] = None,
                  calibration_cache: Optional[str] = None, input_name: str = "input",
-                 input_shape: Optional[List[int]] = None, layer_precisions: Optional[str] = None) -> None:
+                 input_shape: Optional[List[int]] = None, layer_precisions: Optional[str] = None,
+                 max_aux_streams: Optional[int] = None) -> None:
         self.onnx_path = onnx_path
         self.precision = precision
         self.dla_core = dla_core
@@ -51,6 +52,9 @@ class BuildConfig(object):
         self.layer_precisions = layer_precisions  # layer_precisions.json (implicit INT8 only)
         self.input_name = input_name
         self.input_shape = input_shape  # [C, H, W]; read from the ONNX model when None
+        # 0: every layer on the enqueue's stream (TensorRT 8.6+ may otherwise run independent branches at
+        # once, and a per-layer profile of them would overlap); None: TensorRT's choice
+        self.max_aux_streams = max_aux_streams
         device = "dla{}".format(dla_core) if dla_core is not None else "gpu"
         stem = os.path.basename(onnx_path)
         stem = stem[:-5] if stem.endswith(".onnx") else stem
@@ -191,7 +195,8 @@ def plan_build(cfg: BuildConfig, input_shape: Optional[List[int]] = None,
             "profiles": [{"input": name, "min": [low] + list(chw), "opt": [opt] + list(chw),
                           "max": [high] + list(chw)}],
             "static": low == opt == high, "workspace_mb": cfg.workspace_mb,
-            "optimization_level": cfg.optimization_level, "timing_cache": cfg.timing_cache}
+            "optimization_level": cfg.optimization_level, "timing_cache": cfg.timing_cache,
+            "max_aux_streams": cfg.max_aux_streams}
 
 
 _TRTEXEC_FLAGS = {"FP16": "--fp16", "INT8": "--int8", "GPU_FALLBACK": "--allowGPUFallback",
@@ -254,6 +259,8 @@ def trtexec_args(plan: Dict[str, Any], api: TrtApi) -> List[str]:
     args.append("--memPoolSize=workspace:{}".format(plan["workspace_mb"]))  # MiB (TensorRT 8.4+)
     if plan["optimization_level"] is not None and api.builder_optimization_level:  # trtexec 8.6+
         args.append("--builderOptimizationLevel={}".format(plan["optimization_level"]))
+    if plan.get("max_aux_streams") is not None and api.aux_streams:  # trtexec 8.6+
+        args.append("--maxAuxStreams={}".format(plan["max_aux_streams"]))
     if plan["timing_cache"]:
         args.append("--timingCacheFile=" + plan["timing_cache"])
     args.append("--verbose")
@@ -449,6 +456,8 @@ def configure(api: TrtApi, builder: "trt.Builder", plan: Dict[str, Any]) -> "trt
     if plan["optimization_level"] is not None and api.builder_optimization_level:
         config.builder_optimization_level = plan["optimization_level"]
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if plan.get("max_aux_streams") is not None and api.aux_streams:  # 8.5 has one stream and no such attribute
+        config.max_aux_streams = int(plan["max_aux_streams"])
     flags = {"FP16": trt.BuilderFlag.FP16, "INT8": trt.BuilderFlag.INT8, "GPU_FALLBACK": trt.BuilderFlag.GPU_FALLBACK,
              "OBEY_PRECISION_CONSTRAINTS": trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS,
              "PREFER_PRECISION_CONSTRAINTS": trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS}

@@ -8,11 +8,16 @@ their runners' entries offer; others, such as `torch-cuda` (it needs PyTorch), c
 entry-point group `edgekit.latency_backends` (`registry.timer`).
 """
 
+import contextlib
 import os
 import platform
+import re
+import shutil
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional
+import warnings
+import weakref
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -80,6 +85,10 @@ class Backend(object):
         model = layer_onnx(kind, cin, cout, batch)
         return self.time_model(model, feeds_for(model))
 
+    def time_cells(self, kind: Any, cells: List[Tuple[int, int]], batch: int) -> List[float]:
+        """One layer kind at each (cin, cout) of `cells`; backends that can time many at once override this."""
+        return [self.time_layer(kind, cin, cout, batch) for cin, cout in cells]
+
     def time_network(self, groups: Dict[str, int], image_size: int, batch: int) -> float:
         from .layers import resnet_onnx
 
@@ -133,8 +142,18 @@ class OnnxRuntimeCpuBackend(Backend):
 
 
 class TensorRTBackend(Backend):
-    """Builds one engine per layer (static shape) and times it with the TensorRT runner. On the device only."""
+    """Times layers and networks as TensorRT engines (static shapes). On the device only.
+
+    - What is timed is GPU compute, as trtexec's "GPU Compute Time": inputs copied to the device once,
+      each launch (a CUDA graph) between two CUDA events, outputs left on the device (`time_compute`).
+    - A table's cells go many to an engine (`time_cells`): one build per layer kind, not per cell.
+    - Every runner it activates is deactivated and its temp folder removed when its cell is done, on
+      error too: pycuda aborts at exit on a context stack left non-empty.
+    """
     name = "tensorrt"
+    # An engine of many cells holds all their weights and inputs and outputs at once: past this many
+    # bytes (a Jetson shares its memory with the CPU) the cells go to more than one engine.
+    max_engine_bytes = 1 << 30
 
     def device(self) -> str:
         from ..engine.device import cuda_device
@@ -145,29 +164,168 @@ class TensorRTBackend(Backend):
     def runtime_version(self) -> str:
         return "tensorrt " + lazy_import("tensorrt").__version__
 
-    def timer(self, model: Any, feeds: Dict[str, np.ndarray]) -> Callable[[], float]:
-        from ..engine.builder import BuildConfig, build_engine
-        from ..runtime.tensorrt import TensorRTRunner
+    def _timing_cache(self) -> str:
+        """A timing cache per device and TensorRT version (TensorRT refuses another's), kept with the tables."""
+        from .table import cache_dir
 
-        folder = tempfile.mkdtemp(prefix="edgekit-latency-")
+        folder = cache_dir()
+        os.makedirs(folder, exist_ok=True)
+        tag = "".join(c if c.isalnum() or c in ".-" else "_" for c in "{}-{}".format(
+            self.runtime_version(), self.device()))
+        return os.path.join(folder, "{}.timing.cache".format(tag))
+
+    def _build(self, model: Any, folder: str) -> str:
+        """`model` as a static-shape engine in `folder`; returns its path."""
+        from ..engine.builder import BuildConfig, build_engine
+
         onnx_path = os.path.join(folder, "layer.fp32.onnx")
         with open(onnx_path, "wb") as f:
             f.write(model.SerializeToString())
-        batch = next(iter(feeds.values())).shape[0]
+        batch = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value
         # INT8 is not offered: a random-weight layer has no calibration ranges to build it with.
-        cfg = BuildConfig(onnx_path, precision=self.precision,
-                          static_batch=batch, timing_cache=os.path.join(os.getcwd(), "latency.timing.cache"))
+        # One stream: a profile of branches run side by side would not be each branch's time.
+        cfg = BuildConfig(onnx_path, precision=self.precision, static_batch=batch,
+                          timing_cache=self._timing_cache(), max_aux_streams=0)
         build_engine(cfg, log=lambda _msg: None)
-        runner = TensorRTRunner(cfg.engine_path, cuda_graph=True)
-        runner.activate()
+        return cfg.engine_path
 
-        def window() -> float:
-            return _fast_ms(lambda: runner.infer(feeds, check=False), self.warmup, self.min_runs,
-                              self.min_seconds)
-        return window
+    @contextlib.contextmanager
+    def _engine(self, model: Any) -> Iterator[str]:
+        folder = tempfile.mkdtemp(prefix="edgekit-latency-")
+        try:
+            yield self._build(model, folder)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    @staticmethod
+    def _runner(engine_path: str) -> Any:
+        from ..runtime.tensorrt import TensorRTRunner
+
+        return TensorRTRunner(engine_path, cuda_graph=True)
+
+    def _compute_ms(self, runner: Any, feeds: Dict[str, np.ndarray], warmup: int) -> float:
+        """The median GPU compute of at least `min_runs` launches over at least `min_seconds`."""
+        times = runner.time_compute(feeds, runs=self.min_runs, warmup=warmup)
+        started = time.perf_counter()
+        while time.perf_counter() - started < self.min_seconds:
+            times += runner.time_compute(feeds, runs=self.min_runs, warmup=0)
+        return float(np.median(times))
 
     def time_model(self, model: Any, feeds: Dict[str, np.ndarray]) -> float:
-        return self.timer(model, feeds)()
+        with self._engine(model) as path, self._runner(path) as runner:
+            return self._compute_ms(runner, feeds, self.warmup)
+
+    def timer(self, model: Any, feeds: Dict[str, np.ndarray]) -> Callable[[], float]:
+        """Builds once; each window activates a runner and deactivates it before returning, so nothing
+        stays current between windows. The engine's folder goes with the timer (or at exit)."""
+        folder = tempfile.mkdtemp(prefix="edgekit-latency-")
+        try:
+            path = self._build(model, folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+        def window() -> float:
+            with self._runner(path) as runner:
+                return self._compute_ms(runner, feeds, self.warmup)
+
+        weakref.finalize(window, shutil.rmtree, folder, True)
+        return window
+
+    def time_cells(self, kind: Any, cells: List[Tuple[int, int]], batch: int) -> List[float]:
+        """Every (cin, cout) of `kind` as its own branch of one engine (inputs and outputs of its own),
+        timed together; each branch's time is the sum of its layers' IProfiler times, per run, and its
+        median over the runs. One build per kind instead of one per cell."""
+        from .layers import layer_onnx
+
+        models = [layer_onnx(kind, cin, cout, batch) for cin, cout in cells]
+        ms: List[Optional[float]] = [None] * len(models)
+        for chunk in _chunks(models, self.max_engine_bytes):
+            merged = merge_branches({i: models[i] for i in chunk})
+            with self._engine(merged) as path, self._runner(path) as runner:
+                times = runner.layer_times(feeds_for(merged), runs=max(self.min_runs, 5), warmup=self.warmup)
+            for i, value in branch_ms(times, chunk).items():
+                ms[i] = value
+        for i, value in enumerate(ms):
+            if value is None:  # TensorRT fused it with another branch: its time cannot be told apart there
+                warnings.warn("latency table: {} at {}x{} has no layer of its own in the shared engine; timed "
+                              "alone".format(kind, *cells[i]), RuntimeWarning, stacklevel=2)
+                ms[i] = self.time_layer(kind, cells[i][0], cells[i][1], batch)
+        return [float(v) for v in ms if v is not None]
+
+
+def branch_prefix(index: int) -> str:
+    return "cell{}/".format(index)
+
+
+_BRANCH = re.compile(r"(?<![A-Za-z0-9_])cell(\d+)/")
+
+
+def branch_of(layer_name: str) -> Optional[int]:
+    """The branch a TensorRT layer belongs to, from the names in it (a fused layer is named after the
+    ONNX nodes it holds, a reformat after the layer it feeds); None when it names none or several."""
+    found = {int(m) for m in _BRANCH.findall(layer_name)}
+    return found.pop() if len(found) == 1 else None
+
+
+def branch_ms(times: Dict[str, List[float]], branches: Sequence[int]) -> Dict[int, float]:
+    """{branch: median over the runs of its layers' summed milliseconds}, for the branches that have
+    layers of their own; a layer naming several branches (fused across them) leaves each of them out."""
+    runs = min((len(ms) for ms in times.values()), default=0)
+    sums = {b: np.zeros(runs) for b in branches}
+    owned, shared = set(), set()
+    for name, ms in times.items():
+        owner = branch_of(name)
+        if owner is None:
+            shared |= {int(m) for m in _BRANCH.findall(name)}
+        elif owner in sums:
+            sums[owner] += np.asarray(ms[:runs], float)
+            owned.add(owner)
+    return {b: float(np.median(sums[b])) for b in branches if b in owned and b not in shared and runs}
+
+
+def _chunks(models: Sequence[Any], max_bytes: int) -> List[List[int]]:
+    """Indices of `models` in runs whose weights and inputs and outputs stay under `max_bytes`."""
+    chunks: List[List[int]] = []
+    size = 0
+    for i, model in enumerate(models):
+        nbytes = _model_bytes(model)
+        if not chunks or size + nbytes > max_bytes:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(i)
+        size += nbytes
+    return chunks
+
+
+def _model_bytes(model: Any) -> int:
+    tensors = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    for value in list(model.graph.input) + list(model.graph.output):
+        tensors += int(np.prod([d.dim_value for d in value.type.tensor_type.shape.dim]))
+    return 4 * tensors  # float32
+
+
+def merge_branches(models: Dict[int, Any]) -> Any:
+    """One ModelProto holding each model as its own branch: every name (nodes, tensors, weights) under
+    `branch_prefix(index)`, each branch its inputs and outputs, nothing shared. Nodes without a name get
+    their first output's, so TensorRT's layer names say whose they are."""
+    onnx, compose = lazy_import("onnx"), lazy_import("onnx.compose")  # older onnx does not import compose
+    nodes, inputs, outputs, inits = [], [], [], []
+    for index, model in models.items():
+        named = onnx.ModelProto()
+        named.CopyFrom(model)
+        for node in named.graph.node:
+            node.name = node.name or node.output[0]
+        prefixed = compose.add_prefix(named, branch_prefix(index))
+        nodes += prefixed.graph.node
+        inputs += prefixed.graph.input
+        outputs += prefixed.graph.output
+        inits += prefixed.graph.initializer
+    first = next(iter(models.values()))
+    graph = onnx.helper.make_graph(nodes, "edgekit_latency_cells", inputs, outputs, initializer=inits)
+    merged = onnx.helper.make_model(graph, opset_imports=list(first.opset_import))
+    merged.ir_version = first.ir_version
+    return merged
 
 
 def feeds_for(model: Any, seed: int = 0) -> Dict[str, np.ndarray]:

@@ -280,7 +280,8 @@ register(RunnerEntry(
            Need(CUDA_BINDINGS, "{python} -m pip install pycuda (needs JetPack's CUDA toolkit), or cuda-python "
                 "matching the CUDA version (11.4 on JetPack 5)", "pycuda or cuda-python")),
     version=_tensorrt_version,
-    timer=Timer("tensorrt", ("fp32", "fp16"), _tensorrt_timer, "one engine per layer, on the device"),
+    timer=Timer("tensorrt", ("fp32", "fp16"), _tensorrt_timer, "GPU compute of one engine per layer kind, on the "
+                "device"),
     description="serialized TensorRT engines",
     # GPU INT8 is explicit (the Q/DQ model); Xavier's DLA takes no Q/DQ, so its INT8 is implicit: the
     # FP32 graph with calib.cache

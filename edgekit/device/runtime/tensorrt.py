@@ -18,6 +18,8 @@ another device or TensorRT version is refused with a message saying where to reb
   graph bakes in the device addresses it was captured with, so every graph is destroyed when a buffer
   is reallocated. A capture that fails (an engine with operations a graph cannot hold) warns, clears
   the CUDA error and enqueues that shape normally, as trtexec does.
+- GPU compute (`time_compute`, what latency tables time): inputs copied to the device once, each
+  launch between two events, outputs left on the device, as trtexec's "GPU Compute Time".
 - Profiling attaches TensorRT's IProfiler to the one execution context after a warm-up (trtexec's
   --separateProfileRun): TensorRT 8.5 gives each execution context in concurrent use its own
   optimization profile, and a dynamic engine built by edgekit has one.
@@ -110,6 +112,7 @@ class TensorRTRunner(Runner):
         self._profile: Dict[str, Tuple[Shape, Shape]] = {}
         self._host: Dict[str, np.ndarray] = {}
         self._device: Dict[str, Tuple[Any, int]] = {}  # name -> (allocation, bytes)
+        self._pairs: List[Tuple[Any, Any]] = []  # (start, end) events of time_compute
         self.context_cuda: Any = None
         self.cuda: Any = None
 
@@ -186,7 +189,7 @@ class TensorRTRunner(Runner):
             # CUDA objects go while their context is still current: pycuda destroys a stream or an
             # event when its last reference goes, and warns ("dead context") after the context left.
             self.stream = self._epoch = None
-            self.events = []
+            self.events, self._pairs = [], []
             del self.context, self.engine, self.runtime
         finally:
             self._release()
@@ -353,16 +356,55 @@ class TensorRTRunner(Runner):
                        "gpu_start": before_h2d.time_since(self._epoch) / 1000.0}
         return {name: host.copy() for name, host in outputs.items()}, compute
 
-    # ------------------------------------------------------------------ profile, info
+    # ------------------------------------------------------------------ device-resident timing
 
-    def profile_layers(self, feed: Dict[str, np.ndarray], runs: int = 10,
-                       warmup: int = 3) -> Optional[List[Dict[str, object]]]:
-        """Per-layer times from TensorRT's IProfiler over `runs` runs, after `warmup` unprofiled ones,
-        on this runner's execution context (profiling slows every layer, so timed queries never carry
-        it: the profiler is attached for these runs only)."""
-        self._require_active()
+    def _upload(self, feed: Dict[str, np.ndarray]) -> None:
+        """Bind `feed` and copy it to the device once: what follows reads device-resident inputs and
+        leaves its outputs on the device."""
         self.check_feed(feed)
         self._bind(feed)
+        for spec in self._inputs:
+            host = self._host[spec.name][: int(np.prod(feed[spec.name].shape))]
+            self.cuda.memcpy_htod_async(self._device[spec.name][0], host, self.stream)
+        self.stream.synchronize()
+
+    def _timing_pairs(self, count: int) -> List[Tuple[Any, Any]]:
+        """`count` (start, end) event pairs, made once and kept until deactivate (timing needs events
+        without DISABLE_TIMING; the waiting mode is the runner's)."""
+        flags = 0 if self.spin_wait else self.cuda.event_flags.BLOCKING_SYNC
+        while len(self._pairs) < count:
+            self._pairs.append((self.cuda.Event(flags), self.cuda.Event(flags)))
+        return self._pairs[:count]
+
+    def time_compute(self, feed: Dict[str, np.ndarray], runs: int = 10, warmup: int = 3) -> List[float]:
+        """Milliseconds of GPU compute of each of `runs` launches on `feed`, as trtexec's "GPU Compute
+        Time": the inputs are copied to the device once, outside the timing; each launch (the CUDA graph
+        where `cuda_graph`, else the enqueue) sits between two events on the stream and the outputs stay
+        on the device. The launches are queued back to back and waited for once, so the host's Python
+        does not stretch them; `infer` is unchanged."""
+        self._require_active()
+        self._upload(feed)
+        graph_exec = self._graph_for(self._key(feed)) if self.cuda_graph else None
+        launch = (lambda: self._launch(graph_exec)) if graph_exec is not None else self._execute
+        for _ in range(max(0, warmup)):
+            launch()
+        pairs = self._timing_pairs(max(1, runs))
+        for start, end in pairs:
+            start.record(self.stream)
+            launch()
+            end.record(self.stream)
+        pairs[-1][1].synchronize()
+        return [end.time_since(start) for start, end in pairs]
+
+    # ------------------------------------------------------------------ profile, info
+
+    def layer_times(self, feed: Dict[str, np.ndarray], runs: int = 10, warmup: int = 3) -> Dict[str, List[float]]:
+        """{TensorRT layer name: its milliseconds in each of `runs` runs} from TensorRT's IProfiler, after
+        `warmup` unprofiled runs, on this runner's execution context with device-resident inputs
+        (profiling slows every layer, so timed queries never carry it: the profiler is attached for
+        these runs only)."""
+        self._require_active()
+        self._upload(feed)
         for _ in range(max(0, warmup)):
             self._execute()
             self.stream.synchronize()
@@ -374,7 +416,12 @@ class TensorRTRunner(Runner):
                 self.stream.synchronize()
         finally:
             self.context.profiler = None  # type: ignore[assignment]  # the binding takes None (setProfiler(nullptr))
-        return profile_report(times, max(1, runs))
+        return times
+
+    def profile_layers(self, feed: Dict[str, np.ndarray], runs: int = 10,
+                       warmup: int = 3) -> Optional[List[Dict[str, object]]]:
+        """`layer_times` in trtexec's --exportProfile layout."""
+        return profile_report(self.layer_times(feed, runs, warmup), max(1, runs))
 
     def runtime_info(self) -> Dict[str, str]:
         info = {"runner": self.name, "runtime": "tensorrt", "runtime_version": trt.__version__,
