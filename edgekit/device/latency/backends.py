@@ -1,6 +1,6 @@
 """Latency backends: where a layer or a whole model is timed for latency tables.
 
-Each backend times an ONNX ModelProto (a layer from `layers.layer_onnx` or a whole network) at a
+Each backend times an ONNX ModelProto (a layer from `net.layer_onnx` or a whole network) at a
 static batch and returns milliseconds (the median of a window of timed runs), and names the device and
 runtime version that the table's cache key records. A backend is found by name through the runner
 registry: `onnxruntime-cpu` (here) and `tensorrt` (on the device, Python 3.8, no torch) are the timers
@@ -12,7 +12,7 @@ import os
 import platform
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -80,10 +80,13 @@ class Backend(object):
         model = layer_onnx(kind, cin, cout, batch)
         return self.time_model(model, feeds_for(model))
 
-    def time_network(self, groups: Dict[str, int], image_size: int, batch: int) -> float:
-        from .layers import resnet_onnx
+    def time_cells(self, kind: Any, cells: List[Tuple[int, int]], batch: int) -> List[float]:
+        """One layer kind at every (cin, cout) of `cells`, in order (a backend may batch the builds)."""
+        return [self.time_layer(kind, cin, cout, batch) for cin, cout in cells]
 
-        model = resnet_onnx(groups, image_size, batch)
+    def time_network(self, net: Any, groups: Dict[str, int], batch: int) -> float:
+        """A whole network of the description `net` (edgekit.device.latency.net) at these widths."""
+        model = net.network_onnx(groups, batch)
         return self.time_model(model, feeds_for(model))
 
 
