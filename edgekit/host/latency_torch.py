@@ -152,14 +152,14 @@ class TorchCudaBackend(Backend):
             inputs["residual"] = torch.randn(batch, cout, kind.out_hw, kind.out_hw)
         return self._graph_timer(module, inputs)()
 
-    def time_network(self, net: Any, groups: Dict[str, int], batch: int) -> float:
+    def network_timer(self, net: Any, groups: Dict[str, int], batch: int) -> Callable[[], float]:
         from ..device.latency.layers import spec_of
 
         if net.ops is None:  # ResNet-50's built-in description: torchvision's own model
             model = from_stage_spec(spec_of(dict(net.dense_groups(), **groups)), 1000)
         else:
             model = _OpsNet(net, groups)
-        return self.module_timer(model, net.image_size, batch)()
+        return self.module_timer(model, net.image_size, batch)
 
     def module_timer(self, model: nn.Module, image_size: int, batch: int) -> Callable[[], float]:
         import copy

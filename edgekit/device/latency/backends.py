@@ -84,10 +84,14 @@ class Backend(object):
         """One layer kind at every (cin, cout) of `cells`, in order (a backend may batch the builds)."""
         return [self.time_layer(kind, cin, cout, batch) for cin, cout in cells]
 
-    def time_network(self, net: Any, groups: Dict[str, int], batch: int) -> float:
-        """A whole network of the description `net` (edgekit.device.latency.net) at these widths."""
+    def network_timer(self, net: Any, groups: Dict[str, int], batch: int) -> Callable[[], float]:
+        """Times one more window of a whole network of the description `net` (edgekit.device.latency.net)
+        at these widths each call."""
         model = net.network_onnx(groups, batch)
-        return self.time_model(model, feeds_for(model))
+        return self.timer(model, feeds_for(model))
+
+    def time_network(self, net: Any, groups: Dict[str, int], batch: int) -> float:
+        return self.network_timer(net, groups, batch)()
 
 
 def _cpu_name() -> str:
