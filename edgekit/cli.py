@@ -9,7 +9,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 from . import __version__
 from .errors import EdgekitError
@@ -315,8 +315,22 @@ def _cmd_runners(args: argparse.Namespace) -> int:
 def _cmd_latency_table(args: argparse.Namespace) -> int:
     from .device.latency.command import run
 
-    run(args, log=_log)
+    run(args, log=_log, describe=_describe_layers)
     return 0
+
+
+def _describe_layers(recipe: Any, image_size: int, num_classes: int) -> Any:
+    """The recipe's dense model described for its latency table (PyTorch: on the host only)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise EdgekitError("the layers of {} are derived from the model with PyTorch, which is not installed "
+                           "here; pass --layers with a table or layers file written on the host".format(
+                               recipe.model.arch)) from None
+    from .host.arch import architecture
+
+    arch = architecture(recipe.model.arch)
+    return arch.latency_layers(arch.build(num_classes), image_size)
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:

@@ -8,7 +8,8 @@ Top-level fields of "edgekit.summary/1":
   schema, recipe, config_hash, created, input_shape, num_classes,
   teacher {top1, macs, params, macs_at_224, path, history},
   student {top1, macs, params, macs_at_224, path, method, macs_ratio, params_ratio, top1_delta,
-           agreement_with_teacher, width_spec},
+           agreement_with_teacher, width_spec, and with prune.target latency the last round's latency_ms,
+           dense_latency_ms, latency_ratio, target_latency_ratio, latency_backend},
   rounds [...], stages [{name, seconds, reused}], models [...] (each exported ONNX: top-1, p50/p99, size,
   TensorRT lint), variants [...], quantization {...} ({} when disabled; the calibrator table is its
   methods_top1), fallback {...} (kept layers with their sensitivity, top-1 before/after, the latency they
@@ -41,6 +42,15 @@ COLOR_ORDERS = ("RGB", "BGR", "GRAY")
 _ROUND_PRIVATE = ("history", "width_spec", "key")
 
 
+_LATENCY_FIELDS = ("latency_ms", "dense_latency_ms", "latency_ratio", "target_latency_ratio", "latency_backend")
+
+
+def _reached_latency(metrics: Mapping[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """A latency target's outcome, as the last round measured it (nothing for a MACs target)."""
+    rounds = metrics.get("compress", {}).get("rounds") or []
+    return {k: rounds[-1][k] for k in _LATENCY_FIELDS if rounds and k in rounds[-1]}
+
+
 def build(metrics: Mapping[str, Dict[str, Any]], stages: Sequence[Dict[str, Any]], config: Dict[str, Any], *,
           input_shape: List[int], num_classes: int, environment: Dict[str, Any],
           command: Sequence[str]) -> Dict[str, Any]:
@@ -61,7 +71,7 @@ def build(metrics: Mapping[str, Dict[str, Any]], stages: Sequence[Dict[str, Any]
                         macs_ratio=round(s["macs"] / float(t["macs"]), 5),
                         params_ratio=round(s["params"] / float(t["params"]), 5),
                         top1_delta=round(s["top1"] - t["top1"], 3),
-                        agreement_with_teacher=evaluated["agreement"]),
+                        agreement_with_teacher=evaluated["agreement"], **_reached_latency(metrics)),
         "rounds": [{k: v for k, v in r.items() if k not in _ROUND_PRIVATE}
                    for r in metrics["compress"].get("rounds", [])],
         # how the student was distilled (device, precision, processes); the teacher's own is under teacher

@@ -108,13 +108,21 @@ def test_the_image_size_floor_is_the_architectures_own(name, size, message):
         check_recipe(load_recipe("digits", ["model.arch=" + name, "data.image_size={}".format(size)]))
 
 
-def test_latency_pruning_of_another_family_fails_before_any_work(tmp_path):
+def test_latency_pruning_of_a_family_without_a_latency_description_fails_before_any_work(tmp_path, monkeypatch):
+    from edgekit.host.arch import _LOADED, register
+    from edgekit.host.arch.efficientnet import EfficientNetB0
     from edgekit.host.pipeline import run
 
-    recipe = load_recipe("digits", ["model.arch=efficientnet_b0", "prune.target=latency",
+    class Undescribed(EfficientNetB0):
+        name, title, latency_target = "efficientnet_b0_undescribed", "EfficientNet-B0 (undescribed)", False
+
+    monkeypatch.setattr("edgekit.host.arch._LOADED", dict(_LOADED))  # registered for this test only
+    register(Undescribed())
+    recipe = load_recipe("digits", ["model.arch=efficientnet_b0_undescribed", "prune.target=latency",
                                     "prune.target_latency_ratio=0.6"])
-    with pytest.raises(EdgekitError, match=r"^recipe: prune.target latency needs a latency table .* only ResNet-50 "
-                                           r"has so far; use prune.target: macs for EfficientNet-B0$"):
+    with pytest.raises(EdgekitError, match=r"^recipe: prune.target latency needs a latency table .* EfficientNet-B0 "
+                                           r"\(undescribed\) does not describe them \(latency_target = False\); "
+                                           r"use prune.target: macs$"):
         run(recipe, str(tmp_path / "out"), log=lambda _line: None)
     assert not (tmp_path / "out").exists()
 

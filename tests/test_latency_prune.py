@@ -259,8 +259,17 @@ def test_the_pipeline_prunes_to_a_latency_budget_and_records_every_round(tmp_pat
     assert made.returncode == 0, made.stderr
     overrides = TINY + ["prune.target=latency", "prune.target_latency_ratio=0.7", "prune.latency_image_size=32",
                         "prune.latency_table=" + table, "compare.enabled=false"]
-    summary = run(load_recipe("digits", overrides), str(tmp_path / "out"), log=lambda m: None)
+    lines = []
+    summary = run(load_recipe("digits", overrides), str(tmp_path / "out"), log=lines.append)
     rounds = summary["rounds"]
+    # Each attempt says which of how many it is and what budget it tries, and the run ends with the
+    # latency reached beside the MACs.
+    attempts = [line for line in lines if line.startswith("  latency attempt ")]
+    assert attempts[0].startswith("  latency attempt 1/6: budget ") and "from the table alone" in attempts[0]
+    assert any(": predicted " in line and ("within 5%" in line or "off, " in line) for line in attempts)
+    student = next(line for line in lines if line.startswith("student: "))
+    assert "latency {:.1%} of dense (target 70%, onnxruntime-cpu)".format(summary["student"]["latency_ratio"]) \
+        in student and summary["student"]["latency_ratio"] == rounds[-1]["latency_ratio"]
     assert [r["round"] for r in rounds] == [1, 2]
     assert rounds[-1]["target_latency_ratio"] == pytest.approx(0.7)
     for r in rounds:

@@ -19,8 +19,11 @@ from edgekit.device.runtime.tensorrt import TensorRTRunner
 CELLS = [(cin, cout) for cin in (8, 16, 24) for cout in (8, 16, 24, 32)]  # 12 cells: cell1 and cell11 both
 
 
-def kind(op):
-    return next(k for k in layer_kinds(32) if k.op == op)
+def kind(shape):
+    """ResNet-50's first kind of a shape: conv_relu, or conv_add_relu (conv3 with the residual input)."""
+    residual = shape == "conv_add_relu"
+    return next(k for k in layer_kinds(32) if k.op == "conv" and k.residual == residual
+                and (k.post_act if residual else k.act) == "relu")
 
 
 @pytest.fixture()

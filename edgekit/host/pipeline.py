@@ -162,8 +162,11 @@ def run(recipe: Recipe, out_dir: str, force: bool = False, force_stages: Sequenc
 def _log_result(found: Dict[str, Any], summary_path: str, log: Callable[[str], None]) -> None:
     t, s = found["teacher"], found["student"]
     log("teacher: top-1 {:.2f}%, {:.1f} M MACs, {:.2f} M params".format(t["top1"], t["macs"] / 1e6, t["params"] / 1e6))
-    log("student: top-1 {:.2f}% ({:+.2f}), {:.1f} M MACs ({:.1%}), {:.2f} M params ({:.1%}), "
+    latency = ", latency {:.1%} of dense (target {:g}%, {})".format(
+        s["latency_ratio"], round(100 * s["target_latency_ratio"], 1), s["latency_backend"]) \
+        if "latency_ratio" in s else ""
+    log("student: top-1 {:.2f}% ({:+.2f}), {:.1f} M MACs ({:.1%}){}, {:.2f} M params ({:.1%}), "
         "agrees with the teacher on {:.1f}%".format(
-            s["top1"], s["top1_delta"], s["macs"] / 1e6, s["macs_ratio"], s["params"] / 1e6, s["params_ratio"],
-            s["agreement_with_teacher"]))
+            s["top1"], s["top1_delta"], s["macs"] / 1e6, s["macs_ratio"], latency, s["params"] / 1e6,
+            s["params_ratio"], s["agreement_with_teacher"]))
     log("wrote {}".format(summary_path))

@@ -3,7 +3,8 @@
 Why the knapsack and not a greedy: a greedy that removes the cheapest step per millisecond first
 can spend the budget on many small steps when one large step keeps more importance (the test
 `test_knapsack_beats_greedy` is such a table); the multiple-choice knapsack is exact for the costs
-it sees, and at 37 groups x <= 9 steps x 2,000 latency bins it solves in milliseconds.
+it sees, and at 37 groups (ResNet-50; about 50 for a MobileNet) x <= 9 steps x 2,000 latency bins it
+solves in milliseconds.
 
 The costs: each group picks one of the widths the table measured (the staircase: a width that is no
 faster than a wider one is dropped, so 112 is never chosen where 128 runs as fast). A layer's
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ...errors import EdgekitError
-from .layers import Groups, layers
+from .net import Groups
 
 if TYPE_CHECKING:
     from .table import LatencyTable
@@ -93,7 +94,8 @@ def knapsack(options: Dict[str, List[Step]], need: float) -> Optional[Dict[str, 
 def _group_cost(table: "LatencyTable", touching: Dict[str, list], groups: Groups, group: str, width: int) -> float:
     trial = dict(groups)
     trial[group] = width
-    return sum(table.layer_cost(kind.name, 3 if gin is None else trial[gin], trial[gout])
+    net = table.net
+    return sum(table.layer_cost(kind, net.width(trial, gin), net.width(trial, gout))
                for kind, gin, gout in touching[group])
 
 
@@ -107,27 +109,40 @@ def candidate_widths(table: "LatencyTable", group: str, current: int, min_channe
     return sorted(set(above_floor) | {current})
 
 
-def allocate(table: "LatencyTable", current: Groups, importance: Dict[str, Sequence[float]], budget_ms: float,
-             min_channels: int = 1, what: str = "latency budget") -> Tuple[Groups, float]:
-    """Widths per group whose predicted latency meets `budget_ms`, keeping the most importance.
+def floor_widths(table: "LatencyTable", current: Groups, min_channels: int) -> Groups:
+    """Every group at its smallest measured width >= min_channels (the nearest step where none is)."""
+    return {g: candidate_widths(table, g, w, min_channels)[0] for g, w in current.items()}
 
-    `importance[g]` scores each of group g's current channels (any scale: only their order within
-    the group and their sums across groups matter). Returns the widths and their predicted ms."""
-    size = int(table.key["image_size"])
-    touching: Dict[str, list] = {g: [] for g in current}
-    for entry in layers(current, size):
-        kind, gin, gout = entry
-        touching[gout].append(entry)
-        if gin is not None:
-            touching[gin].append(entry)
-    candidates = {g: candidate_widths(table, g, w, min_channels) for g, w in current.items()}
-    floor = {g: ws[0] for g, ws in candidates.items()}
-    floor_ms = table.predict_ms(floor)
+
+def check_floor(table: "LatencyTable", current: Groups, budget_ms: float, min_channels: int,
+                what: str = "latency budget") -> float:
+    """The table's floor in ms; one line when `budget_ms` is below it (no widths can meet it)."""
+    floor_ms = table.predict_ms(floor_widths(table, current, min_channels))
     if budget_ms < floor_ms:
+        size = int(table.key["image_size"])
         raise EdgekitError(
             "{} {:.3f} ms is below the latency table's floor of {:.3f} ms ({}, {}x{}, batch {}: every layer at "
             "its smallest measured width >= prune.min_channels {}); raise the target or lower prune.min_channels"
             .format(what, budget_ms, floor_ms, table.key["backend"], size, size, table.key["batch"], min_channels))
+    return floor_ms
+
+
+def allocate(table: "LatencyTable", current: Groups, importance: Dict[str, Sequence[float]], budget_ms: float,
+             min_channels: int = 1, what: str = "latency budget") -> Tuple[Groups, float]:
+    """Widths per group whose predicted latency meets `budget_ms`, keeping the most importance.
+
+    `current` holds the prunable groups' widths (the fixed ones keep the description's). `importance[g]`
+    scores each of group g's current channels (any scale: only their order within the group and their
+    sums across groups matter). Returns the widths and their predicted ms."""
+    touching: Dict[str, list] = {g: [] for g in current}
+    for entry in table.net.layers:
+        _, kind, gin, gout = entry
+        for g in {gin, gout}:
+            if g in touching:
+                touching[g].append((kind, gin, gout))
+    candidates = {g: candidate_widths(table, g, w, min_channels) for g, w in current.items()}
+    floor = {g: ws[0] for g, ws in candidates.items()}
+    floor_ms = check_floor(table, current, budget_ms, min_channels, what)
     now_ms = table.predict_ms(current)
     if now_ms <= budget_ms:
         return dict(current), now_ms

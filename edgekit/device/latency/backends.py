@@ -1,6 +1,6 @@
 """Latency backends: where a layer or a whole model is timed for latency tables.
 
-Each backend times an ONNX ModelProto (a layer from `layers.layer_onnx` or a whole network) at a
+Each backend times an ONNX ModelProto (a layer from `net.layer_onnx` or a whole network) at a
 static batch and returns milliseconds (the median of a window of timed runs), and names the device and
 runtime version that the table's cache key records. A backend is found by name through the runner
 registry: `onnxruntime-cpu` (here) and `tensorrt` (on the device, Python 3.8, no torch) are the timers
@@ -86,14 +86,18 @@ class Backend(object):
         return self.time_model(model, feeds_for(model))
 
     def time_cells(self, kind: Any, cells: List[Tuple[int, int]], batch: int) -> List[float]:
-        """One layer kind at each (cin, cout) of `cells`; backends that can time many at once override this."""
+        """One layer kind at each (cin, cout) of `cells`, in order; backends that can time many at once
+        (one engine for a kind's cells) override this."""
         return [self.time_layer(kind, cin, cout, batch) for cin, cout in cells]
 
-    def time_network(self, groups: Dict[str, int], image_size: int, batch: int) -> float:
-        from .layers import resnet_onnx
+    def network_timer(self, net: Any, groups: Dict[str, int], batch: int) -> Callable[[], float]:
+        """Times one more window of a whole network of the description `net` (edgekit.device.latency.net)
+        at these widths each call."""
+        model = net.network_onnx(groups, batch)
+        return self.timer(model, feeds_for(model))
 
-        model = resnet_onnx(groups, image_size, batch)
-        return self.time_model(model, feeds_for(model))
+    def time_network(self, net: Any, groups: Dict[str, int], batch: int) -> float:
+        return self.network_timer(net, groups, batch)()
 
 
 def _cpu_name() -> str:

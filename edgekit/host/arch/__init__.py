@@ -102,5 +102,6 @@ def check_recipe(recipe: Any) -> Architecture:
                 key, arch.min_image_size, arch.title, arch.downsampling, size))
     if recipe.prune.target == "latency" and not arch.latency_target:
         raise EdgekitError("recipe: prune.target latency needs a latency table of the architecture's layers, "
-                           "which only ResNet-50 has so far; use prune.target: macs for {}".format(arch.title))
+                           "and {} does not describe them (latency_target = False); use prune.target: macs"
+                           .format(arch.title))
     return arch

@@ -9,7 +9,9 @@ default that fits any torchvision-style classifier that Torch-Pruning can trace:
   `ignored_layers` names what must keep its channels (the classifier);
 - the pruned shape is saved as a width spec keyed by module name (`edgekit.widthspec`) and rebuilt by
   the one generic rebuild (`edgekit.host.arch.widths`);
-- `check` may prove invariants of the family beyond what the rebuild's forward pass proves.
+- `check` may prove invariants of the family beyond what the rebuild's forward pass proves;
+- its latency table's layer kinds come from the model itself (`latency_layers`, traced by
+  `edgekit.host.arch.latency`): set `latency_target = True` once that description covers its ops.
 """
 
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -26,7 +28,7 @@ class Architecture(object):
     head = ""             # module name of the classifier (an nn.Linear whose outputs are the classes)
     downsampling = 32     # input side / side of the last feature map
     min_image_size = 32   # the smallest data.image_size it accepts
-    latency_target = False  # prune.target: latency needs a latency table of this family's layers
+    latency_target = False  # prune.target: latency: True once `latency_layers` describes every op it runs
 
     def build(self, num_classes: int) -> nn.Module:
         """The dense model, randomly initialised as a teacher trained from scratch starts (weights are
@@ -66,6 +68,12 @@ class Architecture(object):
         from .widths import from_width_spec
 
         return from_width_spec(self, spec, num_classes)
+
+    def latency_layers(self, model: nn.Module, image_size: int) -> Any:
+        """The torch-free description (edgekit.device.latency.net.Net) its latency table is measured from."""
+        from .latency import describe_layers
+
+        return describe_layers(self, model, image_size)
 
     def load_checkpoint(self, path: str, num_classes: Optional[int] = None,
                         log: Callable[[str], None] = print) -> Tuple[nn.Module, Dict[str, Any]]:

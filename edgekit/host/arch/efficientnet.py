@@ -17,6 +17,7 @@ class EfficientNetB0(Architecture):
     head = "classifier.1"  # classifier.0 is the dropout
     downsampling = 32
     min_image_size = 32
+    latency_target = True
 
     def build(self, num_classes: int) -> nn.Module:
         return torchvision.models.efficientnet_b0(weights=None, num_classes=num_classes)

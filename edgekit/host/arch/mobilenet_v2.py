@@ -16,6 +16,7 @@ class MobileNetV2(Architecture):
     head = "classifier.1"  # classifier.0 is the dropout
     downsampling = 32
     min_image_size = 32
+    latency_target = True
 
     def build(self, num_classes: int) -> nn.Module:
         return torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes)

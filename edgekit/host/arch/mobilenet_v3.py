@@ -18,6 +18,7 @@ class MobileNetV3Large(Architecture):
     head = "classifier.3"  # Linear 960->1280, Hardswish, Dropout, then this one
     downsampling = 32
     min_image_size = 32
+    latency_target = True
 
     def build(self, num_classes: int) -> nn.Module:
         return torchvision.models.mobilenet_v3_large(weights=None, num_classes=num_classes)

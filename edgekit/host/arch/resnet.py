@@ -44,6 +44,16 @@ class ResNet50(Architecture):
     def check(self, model: nn.Module) -> None:
         stage_spec(model)
 
+    def latency_layers(self, model: nn.Module, image_size: int) -> Any:
+        """The built-in description (its 25 kinds, which a device can build with no file from the host)."""
+        from ...device.latency.layers import dense_groups, groups_of, resnet50_net
+
+        spec = stage_spec(model)
+        if groups_of(spec) != dense_groups():
+            raise EdgekitError("the latency table describes the dense ResNet-50; this one is pruned ({})".format(
+                spec["stages"]))
+        return resnet50_net(image_size)
+
 
 RESNET50 = ResNet50()
 
