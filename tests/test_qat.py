@@ -95,9 +95,9 @@ def test_the_qat_stage_ships_a_linted_twin_checked_int8_model(qat_runs):
     # the PTQ flavour's placement exactly (the same writers on the same graph), with trained weights
     ptq_qdq = onnx.load(os.path.join(folder, layout.int8_stage_file("fallback", "qdq")))
     points, ptq_points = quant_points(qat_qdq), quant_points(ptq_qdq)
-    assert [c[:2] for c in points.convs] == [c[:2] for c in ptq_points.convs]
-    assert [[a[:2] for a in add] for add in points.adds] == [[a[:2] for a in add] for add in ptq_points.adds]
-    assert any(add for add in points.adds)  # ResNet's residual inputs are quantized
+    assert {n: c.tensor for n, c in points.convs.items()} == {n: c.tensor for n, c in ptq_points.convs.items()}
+    assert [[q[:2] for q in a.quantized] for a in points.adds] == [[q[:2] for q in a.quantized] for a in ptq_points.adds]
+    assert all(a.quantized for a in points.adds)  # every residual input of ResNet's blocks is quantized
     trained, exported = (_weights(os.path.join(folder, name)) for name in (layout.int8_stage_file("qat", "fp32"),
                                                                             layout.FP32))
     assert trained.keys() == exported.keys() and any(not np.array_equal(trained[k], exported[k]) for k in trained)

@@ -8,7 +8,8 @@ starts exactly where PTQ ended:
 - the student is traced (torch.fx) and its BatchNorms folded into the convolutions, as the ONNX
   export folds them, so the trained weights are the ones the Q/DQ model carries (BatchNorm frozen,
   the usual QAT choice for a short fine-tune);
-- its convolutions pair with the FP32 ONNX's by graph order, checked weight by weight;
+- its convolutions pair with the FP32 ONNX's by module name (the exporter's node scopes), checked weight
+  by weight, and its residual adds with the ONNX Adds of the same source tensors;
 - each convolution whose input goes through a Q/DQ pair gets Model Optimizer's input quantizer with
   that pair's amax (scale x 127), and its weight quantizer per channel (or per tensor) recomputed from
   the weights at every step, as the export computes it; a kept (FP16) convolution has both off;
@@ -85,9 +86,14 @@ class ConvPoint(NamedTuple):
     amax: Optional[float]
 
 
+class AddPoint(NamedTuple):
+    sources: Tuple[str, ...]                  # the float tensor behind each input (past its Q/DQ pair)
+    quantized: List[Tuple[int, str, float]]   # (input index, float tensor, amax) of each input behind Q/DQ
+
+
 class QuantPoints(NamedTuple):
-    convs: List[ConvPoint]
-    adds: List[List[Tuple[int, str, float]]]   # per two-tensor Add: (input index, float tensor, amax)
+    convs: Dict[str, ConvPoint]               # by ONNX node name
+    adds: List[AddPoint]                      # every Add of two computed tensors
 
 
 def _amax_of(dq: Any, inits: Dict[str, np.ndarray]) -> float:
@@ -109,14 +115,16 @@ def quant_points(qdq_model: Any) -> QuantPoints:
         q = producer[dq.input[0]]
         return q.input[0], _amax_of(dq, inits)
 
-    convs = []
+    convs = {}
     for node in graph.node:
         if node.op_type == "Conv":
             found = through_qdq(node.input[0])
-            convs.append(ConvPoint(node.name, *(found or (None, None))))
+            convs[node.name] = ConvPoint(node.name, *(found or (None, None)))
     adds = []
     for node in _tensor_adds(graph):
-        adds.append([(i, *found) for i, found in enumerate(map(through_qdq, node.input)) if found])
+        found = [through_qdq(i) for i in node.input]
+        adds.append(AddPoint(tuple(f[0] if f else i for f, i in zip(found, node.input)),
+                             [(i, f[0], f[1]) for i, f in enumerate(found) if f]))
     return QuantPoints(convs, adds)
 
 
@@ -131,7 +139,7 @@ def _tensor_adds(graph: Any) -> List[Any]:
 
 class QatModel(NamedTuple):
     model: nn.Module                     # the fake-quantized student (a GraphModule), trained in place
-    convs: List[str]                     # its convolution modules, in the ONNX's conv order
+    convs: List[str]                     # its convolution modules (paired with the ONNX Convs by name)
     quantizers: Dict[str, nn.Module]     # ONNX float tensor -> the quantizer of that activation
     float_model: nn.Module               # the folded student without quantizers (the export's source)
 
@@ -155,24 +163,81 @@ def _add_nodes(gm: nn.Module) -> List[Any]:
             and len(n.args) == 2 and all(isinstance(a, torch.fx.Node) for a in n.args)]
 
 
-def _check_pairing(gm: nn.Module, fp32_model: Any, points: QuantPoints) -> List[Any]:
-    """The traced convolutions, checked against the FP32 ONNX's (the same order, the same folded weights)."""
+def module_of(onnx_node: str) -> str:
+    """The module an ONNX node of torch.onnx's TorchScript exporter comes from. Its scope holds one part
+    per module, each named as its parent calls it, a Sequential's child as `<sequential>.<index>`:
+    /features/features.1/conv/conv.0/conv.0.0/Conv -> features.1.conv.0.0."""
+    parts = onnx_node.strip("/").split("/")[:-1]
+    name = ""
+    for k, part in enumerate(parts):
+        if k and part.startswith(parts[k - 1] + "."):
+            name += part[len(parts[k - 1]):]
+        else:
+            name += ("." if name else "") + part
+    return name
+
+
+def _paired_convs(gm: nn.Module, fp32_model: Any) -> Dict[str, Any]:
+    """Each traced convolution's ONNX Conv node in `fp32_model`, by module name, checked weight by weight."""
     from onnx import numpy_helper
 
-    convs, adds = _conv_nodes(gm), _add_nodes(gm)
-    if len(convs) != len(points.convs) or len(adds) != len(points.adds):
-        raise EdgekitError("the student traces to {} convolutions and {} residual adds but model.fp32.onnx has {} "
-                           "and {}; re-run the export stage (--force-stage export)".format(
-                               len(convs), len(adds), len(points.convs), len(points.adds)))
+    onnx_convs = {module_of(n.name): n for n in fp32_model.graph.node if n.op_type == "Conv"}
     inits = {t.name: t for t in fp32_model.graph.initializer}
-    nodes = {n.name: n for n in fp32_model.graph.node}
-    for fx_node, point in zip(convs, points.convs):
-        weight = gm.get_submodule(fx_node.target).weight.detach().numpy()
-        onnx_weight = numpy_helper.to_array(inits[nodes[point.node].input[1]])
-        if weight.shape != onnx_weight.shape or not np.allclose(weight, onnx_weight, rtol=1e-3, atol=1e-5):
-            raise EdgekitError("convolution {} of the student does not hold the weights of {} in model.fp32.onnx; "
-                               "re-run the export stage (--force-stage export)".format(fx_node.target, point.node))
-    return convs
+    convs = [n.target for n in _conv_nodes(gm)]
+    paired = {}
+    for name in convs:
+        node = onnx_convs.get(name)
+        weight = gm.get_submodule(name).weight.detach().numpy()
+        onnx_weight = numpy_helper.to_array(inits[node.input[1]]) if node is not None else None
+        if onnx_weight is None or weight.shape != onnx_weight.shape or not np.allclose(
+                weight, onnx_weight, rtol=1e-3, atol=1e-5):
+            raise EdgekitError("convolution {} of the student has no twin of the same weights in model.fp32.onnx; "
+                               "re-run the export stage (--force-stage export)".format(name))
+        paired[name] = node
+    if len(paired) != len(onnx_convs):
+        raise EdgekitError("the student traces to {} convolutions but model.fp32.onnx has {}; re-run the export "
+                           "stage (--force-stage export)".format(len(paired), len(onnx_convs)))
+    return paired
+
+
+def _onnx_tensor(node: Any, paired: Dict[str, Any]) -> Optional[str]:
+    """The FP32 ONNX tensor a traced value is: a convolution's output, or the input of one that reads it."""
+    if node.op == "call_module" and node.target in paired:
+        return paired[node.target].output[0]
+    for user in node.users:
+        if user.op == "call_module" and user.target in paired and user.args[0] is node:
+            return paired[user.target].input[0]
+    return None
+
+
+def _residual_quantizers(model: nn.Module, paired: Dict[str, Any], points: QuantPoints) -> Dict[str, nn.Module]:
+    """A TensorQuantizer on each traced Add input that the ONNX Add of the same source tensors quantizes."""
+    from modelopt.torch.quantization.config import QuantizerAttributeConfig
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    by_sources = {add.sources: add for add in points.adds}
+    found: Dict[str, nn.Module] = {}
+    for k, add in enumerate(_add_nodes(model)):
+        sources = tuple(_onnx_tensor(arg, paired) for arg in add.args)
+        point = by_sources.get(sources)  # type: ignore[arg-type]
+        if point is None:
+            raise EdgekitError("the student's residual add {} has no twin in model.fp32.onnx (inputs {}); re-run the "
+                               "export stage (--force-stage export)".format(add.name, sources))
+        for index, tensor, amax in point.quantized:
+            quantizer = TensorQuantizer(QuantizerAttributeConfig(num_bits=8, axis=None), amax=torch.tensor(amax))
+            found.setdefault(tensor, quantizer)
+            name = "residual_quantizer_{}_{}".format(k, index)
+            model.add_submodule(name, quantizer)
+            with model.graph.inserting_before(add):
+                quantized = model.graph.call_module(name, (add.args[index],))
+            args = list(add.args)
+            args[index] = quantized
+            add.args = tuple(args)
+    if len(_add_nodes(model)) != len(points.adds):
+        raise EdgekitError("the student traces to {} residual adds but model.fp32.onnx has {}; re-run the export "
+                           "stage (--force-stage export)".format(len(_add_nodes(model)), len(points.adds)))
+    model.recompile()
+    return found
 
 
 def _config(per_channel: bool) -> Dict[str, Any]:
@@ -187,22 +252,20 @@ def _config(per_channel: bool) -> Dict[str, Any]:
 def qat_model(student: nn.Module, fp32_model: Any, qdq_model: Any, per_channel: bool) -> QatModel:
     """The student quantized as `qdq_model` is (its scales, its kept layers), through Model Optimizer."""
     mtq = _mtq()
-    from modelopt.torch.quantization.config import QuantizerAttributeConfig
-    from modelopt.torch.quantization.nn import TensorQuantizer
 
     points = quant_points(qdq_model)
     folded = _fold(student)
-    conv_nodes = _check_pairing(folded, fp32_model, points)
+    paired = _paired_convs(folded, fp32_model)
     with _quiet():
         model = mtq.quantize(copy.deepcopy(folded), _config(per_channel), forward_loop=None)
     quantizers: Dict[str, nn.Module] = {}
-    convs = [n.target for n in conv_nodes]
     for name, module in model.named_modules():
-        if hasattr(module, "input_quantizer") and name not in convs:
-            module.input_quantizer.disable()   # the classifier stays FP32, as in the PTQ flavour
-            module.weight_quantizer.disable()
-    for name, point in zip(convs, points.convs):
-        conv = model.get_submodule(name)
+        if name not in paired:  # the classifier and the pooling stay float, as in the PTQ flavour
+            for quantizer in ("input_quantizer", "weight_quantizer", "output_quantizer"):
+                if hasattr(module, quantizer):
+                    getattr(module, quantizer).disable()
+    for name, node in paired.items():
+        conv, point = model.get_submodule(name), points.convs[node.name]
         if point.tensor is None:
             conv.input_quantizer.disable()
             conv.weight_quantizer.disable()
@@ -212,19 +275,9 @@ def qat_model(student: nn.Module, fp32_model: Any, qdq_model: Any, per_channel: 
         # weight amax from the weights at every step: what the export computes from the trained weights
         if hasattr(conv.weight_quantizer, "_amax"):
             delattr(conv.weight_quantizer, "_amax")
-    for k, (add, found) in enumerate(zip(_add_nodes(model), points.adds)):
-        for index, tensor, amax in found:
-            quantizer = TensorQuantizer(QuantizerAttributeConfig(num_bits=8, axis=None), amax=torch.tensor(amax))
-            quantizers.setdefault(tensor, quantizer)
-            name = "residual_quantizer_{}_{}".format(k, index)
-            model.add_submodule(name, quantizer)
-            with model.graph.inserting_before(add):
-                quantized = model.graph.call_module(name, (add.args[index],))
-            args = list(add.args)
-            args[index] = quantized
-            add.args = tuple(args)
-    model.recompile()
-    return QatModel(model, convs, quantizers, folded)
+    for tensor, quantizer in _residual_quantizers(model, paired, points).items():
+        quantizers.setdefault(tensor, quantizer)
+    return QatModel(model, list(paired), quantizers, folded)
 
 
 def learned_ranges(qat: QatModel, ptq: Ranges) -> Ranges:
