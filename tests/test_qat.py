@@ -96,7 +96,8 @@ def test_the_qat_stage_ships_a_linted_twin_checked_int8_model(qat_runs):
     ptq_qdq = onnx.load(os.path.join(folder, layout.int8_stage_file("fallback", "qdq")))
     points, ptq_points = quant_points(qat_qdq), quant_points(ptq_qdq)
     assert {n: c.tensor for n, c in points.convs.items()} == {n: c.tensor for n, c in ptq_points.convs.items()}
-    assert [[q[:2] for q in a.quantized] for a in points.adds] == [[q[:2] for q in a.quantized] for a in ptq_points.adds]
+    residuals = [[[q[:2] for q in a.quantized] for a in p.adds] for p in (points, ptq_points)]
+    assert residuals[0] == residuals[1]
     assert all(a.quantized for a in points.adds)  # every residual input of ResNet's blocks is quantized
     trained, exported = (_weights(os.path.join(folder, name)) for name in (layout.int8_stage_file("qat", "fp32"),
                                                                             layout.FP32))
