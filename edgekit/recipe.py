@@ -157,6 +157,8 @@ class QatConfig:
     epochs: int = 2                     # a short fine-tune: the weights adapt to the quantization grid
     alpha: Optional[float] = None       # KD weight; null: distill.alpha
     temperature: Optional[float] = None  # null: distill.temperature
+    # learn each activation's scale from its PTQ value (LSQ); false: hold the PTQ scales, train the weights
+    learn_scales: bool = True
     # a small rate, no warm-up: the quantized student starts close to where it should end
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(
         name="adamw", lr=1e-4, weight_decay=0.0, schedule="cosine", warmup_fraction=0.0))

@@ -330,13 +330,14 @@ def qat(ctx: HostContext) -> Dict[str, Any]:
     recipe, cfg = ctx.recipe, ctx.recipe.qat
     fp32 = onnx.load(ctx.path(layout.FP32))
     model = qad.qat_model(ctx.model(layout.STUDENT), fp32, onnx.load(_int8_paths(ctx, "fallback")["qdq"]),
-                          recipe.quantize.per_channel)
+                          recipe.quantize.per_channel, cfg.learn_scales)
     alpha = recipe.distill.alpha if cfg.alpha is None else cfg.alpha
     temperature = recipe.distill.temperature if cfg.temperature is None else cfg.temperature
     kept = len([c for c in model.convs if c not in _quantized_convs(model)])
-    ctx.log("qat: {} epoch(s) of distillation (alpha {}, T {}) from the PTQ scales, {} activation quantizer(s), "
-            "{} convolution(s) kept in float (Model Optimizer fake quantization)".format(
-                cfg.epochs, alpha, temperature, len(model.quantizers), kept))
+    ctx.log("qat: {} epoch(s) of distillation (alpha {}, T {}) from the PTQ scales ({}), {} activation quantizer(s), "
+            "{} convolution(s) kept in float (Model Optimizer's quantized convolutions)".format(
+                cfg.epochs, alpha, temperature, "learned" if cfg.learn_scales else "held", len(model.quantizers),
+                kept))
     train_cfg, placement = for_stage(recipe.train)
     ctx.log(placement.line())
     resume = ctx.path(layout.int8_stage_file("qat", "fp32").replace(".fp32.onnx", ".train.pt"))
@@ -352,7 +353,8 @@ def qat(ctx: HostContext) -> Dict[str, Any]:
 
 
 def _quantized_convs(model: Any) -> List[str]:
-    return [name for name in model.convs if model.model.get_submodule(name).input_quantizer.is_enabled]
+    return [name for name in model.convs
+            if getattr(model.model.get_submodule(name).input_quantizer, "is_enabled", True)]
 
 
 def _qat_export(ctx: HostContext, model: Any, fp32: Any) -> Dict[str, Any]:

@@ -10,16 +10,19 @@ starts exactly where PTQ ended:
   the usual QAT choice for a short fine-tune);
 - its convolutions pair with the FP32 ONNX's by module name (the exporter's node scopes), checked weight
   by weight, and its residual adds with the ONNX Adds of the same source tensors;
-- each convolution whose input goes through a Q/DQ pair gets Model Optimizer's input quantizer with
-  that pair's amax (scale x 127), and its weight quantizer per channel (or per tensor) recomputed from
-  the weights at every step, as the export computes it; a kept (FP16) convolution has both off;
-- each Add input that goes through a Q/DQ pair (the residual TensorRT wants quantized) gets a
-  TensorQuantizer of its own, inserted in the traced graph.
+- each convolution whose input goes through a Q/DQ pair gets an input quantizer starting at that
+  pair's amax (scale x 127), and Model Optimizer's weight quantizer per channel (or per tensor)
+  recomputed from the weights at every step, as the export computes it; a kept (FP16) convolution has
+  both off;
+- each Add input that goes through a Q/DQ pair (the residual TensorRT wants quantized) gets a quantizer
+  inserted in the traced graph: the one of that tensor where a convolution reads it (the Q/DQ model
+  shares that pair), else its own.
 
-The Trainer runs it (KD loss, checkpoint and resume, DDP). Model Optimizer 0.47 holds activation amax
-fixed during QAT (its `learn_amax` is deprecated), so the scales the model trains with are the PTQ
-ones; they are read back from the trained quantizers all the same, and those are what the export and
-calib.cache get.
+The Trainer runs it (KD loss, checkpoint and resume, DDP). Model Optimizer 0.47 learns no INT8 scale
+(`learn_amax` is deprecated; its LSQ mode is for NVFP4 weight blocks), so the activation quantizers are
+`LearnedScale` (LSQ) modules starting at the PTQ amax, or with `learn_scales=False` its TensorQuantizers
+holding the PTQ amax. The scales are read back from the trained quantizers: the export and calib.cache
+get those.
 
 The export is not Model Optimizer's own: its Q/DQ placement differs from the one TensorRT 8.5 and the
 lint want (no Q/DQ on residual inputs, BatchNorm left unfused behind quantized weights). Instead the
@@ -137,6 +140,37 @@ def _tensor_adds(graph: Any) -> List[Any]:
 
 # --------------------------------------------------------------------------- the quantized student
 
+class LearnedScale(nn.Module):
+    """Symmetric int8 fake quantization of an activation whose amax is learned (LSQ, Esser et al., 2019):
+    clamp(round(x / s), -128, 127) * s with s = amax / 127, rounding passed straight through, amax kept as
+    its log (a positive step, and Adam moves it by a share of itself). What QuantizeLinear/
+    DequantizeLinear with that scale compute. Model Optimizer 0.47 learns no INT8 scale (its LSQ mode is
+    for NVFP4 weight blocks, `learn_amax` is deprecated), hence this module beside its quantizers."""
+
+    def __init__(self, amax: float) -> None:
+        super().__init__()
+        self.log_amax = nn.Parameter(torch.tensor(float(np.log(max(amax, 1e-8))), dtype=torch.float32))
+
+    @property
+    def amax(self) -> torch.Tensor:
+        return self.log_amax.detach().exp()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.log_amax.exp() / 127.0
+        y = x / scale
+        q = torch.clamp(y + (torch.round(y) - y).detach(), -128.0, 127.0)
+        return q * scale
+
+
+def _activation_quantizer(amax: float, learn: bool) -> nn.Module:
+    if learn:
+        return LearnedScale(amax)
+    from modelopt.torch.quantization.config import QuantizerAttributeConfig
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    return TensorQuantizer(QuantizerAttributeConfig(num_bits=8, axis=None), amax=torch.tensor(amax))
+
+
 class QatModel(NamedTuple):
     model: nn.Module                     # the fake-quantized student (a GraphModule), trained in place
     convs: List[str]                     # its convolution modules (paired with the ONNX Convs by name)
@@ -210,32 +244,33 @@ def _onnx_tensor(node: Any, paired: Dict[str, Any]) -> Optional[str]:
     return None
 
 
-def _residual_quantizers(model: nn.Module, paired: Dict[str, Any], points: QuantPoints) -> Dict[str, nn.Module]:
-    """A TensorQuantizer on each traced Add input that the ONNX Add of the same source tensors quantizes."""
-    from modelopt.torch.quantization.config import QuantizerAttributeConfig
-    from modelopt.torch.quantization.nn import TensorQuantizer
-
+def _residual_quantizers(model: nn.Module, paired: Dict[str, Any], points: QuantPoints,
+                         paths: Dict[str, str], learn: bool) -> Dict[str, nn.Module]:
+    """A quantizer on each traced Add input that the ONNX Add of the same source tensors quantizes: the
+    one already on that tensor where a convolution reads it (`paths`: tensor -> module path), as the
+    Q/DQ model shares the pair, else a new one."""
     by_sources = {add.sources: add for add in points.adds}
     found: Dict[str, nn.Module] = {}
-    for k, add in enumerate(_add_nodes(model)):
+    adds = _add_nodes(model)
+    for k, add in enumerate(adds):
         sources = tuple(_onnx_tensor(arg, paired) for arg in add.args)
         point = by_sources.get(sources)  # type: ignore[arg-type]
         if point is None:
             raise EdgekitError("the student's residual add {} has no twin in model.fp32.onnx (inputs {}); re-run the "
                                "export stage (--force-stage export)".format(add.name, sources))
         for index, tensor, amax in point.quantized:
-            quantizer = TensorQuantizer(QuantizerAttributeConfig(num_bits=8, axis=None), amax=torch.tensor(amax))
-            found.setdefault(tensor, quantizer)
-            name = "residual_quantizer_{}_{}".format(k, index)
-            model.add_submodule(name, quantizer)
+            if tensor not in paths:
+                paths[tensor] = "residual_quantizer_{}_{}".format(k, index)
+                model.add_submodule(paths[tensor], _activation_quantizer(amax, learn))
+                found[tensor] = model.get_submodule(paths[tensor])
             with model.graph.inserting_before(add):
-                quantized = model.graph.call_module(name, (add.args[index],))
+                quantized = model.graph.call_module(paths[tensor], (add.args[index],))
             args = list(add.args)
             args[index] = quantized
             add.args = tuple(args)
-    if len(_add_nodes(model)) != len(points.adds):
+    if len(adds) != len(points.adds):
         raise EdgekitError("the student traces to {} residual adds but model.fp32.onnx has {}; re-run the export "
-                           "stage (--force-stage export)".format(len(_add_nodes(model)), len(points.adds)))
+                           "stage (--force-stage export)".format(len(adds), len(points.adds)))
     model.recompile()
     return found
 
@@ -249,8 +284,10 @@ def _config(per_channel: bool) -> Dict[str, Any]:
             "algorithm": "max"}
 
 
-def qat_model(student: nn.Module, fp32_model: Any, qdq_model: Any, per_channel: bool) -> QatModel:
-    """The student quantized as `qdq_model` is (its scales, its kept layers), through Model Optimizer."""
+def qat_model(student: nn.Module, fp32_model: Any, qdq_model: Any, per_channel: bool,
+              learn_scales: bool = True) -> QatModel:
+    """The student quantized as `qdq_model` is (its scales, its kept layers): Model Optimizer's quantized
+    convolutions, the activation scales learned from there (`learn_scales`) or held."""
     mtq = _mtq()
 
     points = quant_points(qdq_model)
@@ -259,6 +296,7 @@ def qat_model(student: nn.Module, fp32_model: Any, qdq_model: Any, per_channel: 
     with _quiet():
         model = mtq.quantize(copy.deepcopy(folded), _config(per_channel), forward_loop=None)
     quantizers: Dict[str, nn.Module] = {}
+    paths: Dict[str, str] = {}
     for name, module in model.named_modules():
         if name not in paired:  # the classifier and the pooling stay float, as in the PTQ flavour
             for quantizer in ("input_quantizer", "weight_quantizer", "output_quantizer"):
@@ -270,13 +308,16 @@ def qat_model(student: nn.Module, fp32_model: Any, qdq_model: Any, per_channel: 
             conv.input_quantizer.disable()
             conv.weight_quantizer.disable()
             continue
-        conv.input_quantizer.amax = torch.tensor(point.amax)
-        quantizers[point.tensor] = conv.input_quantizer
+        if point.tensor in paths:  # two convolutions read one tensor: one quantizer, as one Q/DQ pair
+            conv.input_quantizer = model.get_submodule(paths[point.tensor])
+        else:
+            conv.input_quantizer = _activation_quantizer(point.amax, learn_scales)
+            paths[point.tensor] = name + ".input_quantizer"
+            quantizers[point.tensor] = conv.input_quantizer
         # weight amax from the weights at every step: what the export computes from the trained weights
         if hasattr(conv.weight_quantizer, "_amax"):
             delattr(conv.weight_quantizer, "_amax")
-    for tensor, quantizer in _residual_quantizers(model, paired, points).items():
-        quantizers.setdefault(tensor, quantizer)
+    quantizers.update(_residual_quantizers(model, paired, points, paths, learn_scales))
     return QatModel(model, list(paired), quantizers, folded)
 
 
