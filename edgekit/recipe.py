@@ -150,6 +150,21 @@ class FallbackConfig:
 
 
 @dataclass
+class QatConfig:
+    """QAT with distillation (QAD): the fake-quantized student fine-tuned from the teacher by the KD loss,
+    from the PTQ scales and the fallback's kept layers (needs `pip install 'edgekit[qat]'`)."""
+    enabled: bool = False
+    epochs: int = 2                     # a short fine-tune: the weights adapt to the quantization grid
+    alpha: Optional[float] = None       # KD weight; null: distill.alpha
+    temperature: Optional[float] = None  # null: distill.temperature
+    # learn each activation's scale from its PTQ value (LSQ); false: hold the PTQ scales, train the weights
+    learn_scales: bool = True
+    # a small rate, no warm-up: the quantized student starts close to where it should end
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(
+        name="adamw", lr=1e-4, weight_decay=0.0, schedule="cosine", warmup_fraction=0.0))
+
+
+@dataclass
 class BenchConfig:
     """Local SingleStream measurement of every exported model, beside its accuracy."""
     min_queries: int = 50
@@ -199,6 +214,7 @@ class Recipe:
     distill: DistillConfig = field(default_factory=DistillConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     fallback: FallbackConfig = field(default_factory=FallbackConfig)
+    qat: QatConfig = field(default_factory=QatConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -249,10 +265,16 @@ class Recipe:
         need(self.fallback.max_drop is None or self.fallback.max_drop >= 0,
              "fallback.max_drop must be at least 0 (top-1 points), or null for no fallback")
         need(self.fallback.samples >= 1, "fallback.samples must be at least 1")
+        need(not self.qat.enabled or self.quantize.enabled,
+             "qat.enabled needs quantize.enabled: QAT starts from the PTQ scales")
+        need(self.qat.epochs >= 1, "qat.epochs must be at least 1")
+        need(self.qat.alpha is None or 0.0 <= self.qat.alpha <= 1.0, "qat.alpha must be in [0, 1]")
+        need(self.qat.temperature is None or self.qat.temperature > 0, "qat.temperature must be positive")
         need(self.compare.image_size >= 32, "compare.image_size must be at least 32")
         need(bool(self.compare.batches) and all(b >= 1 for b in self.compare.batches),
              "compare.batches must be a non-empty list of positive batch sizes")
-        for name, opt in (("teacher", self.teacher.optimizer), ("distill", self.distill.optimizer)):
+        for name, opt in (("teacher", self.teacher.optimizer), ("distill", self.distill.optimizer),
+                          ("qat", self.qat.optimizer)):
             need(opt.lr > 0, name + ".optimizer.lr must be positive")
         if self.data.dataset == "imagefolder":
             need(self.data.root is not None,

@@ -13,7 +13,9 @@ Top-level fields of "edgekit.summary/1":
   rounds [...], stages [{name, seconds, reused}], models [...] (each exported ONNX: top-1, p50/p99, size,
   TensorRT lint), variants [...], quantization {...} ({} when disabled; the calibrator table is its
   methods_top1), fallback {...} (kept layers with their sensitivity, top-1 before/after, the latency they
-  cost, the twin check; {} when disabled), int8 {from: shipped file -> the stage file it copies},
+  cost, the twin check; {} when disabled), qat {...} (QAT with distillation: its INT8 top-1 beside
+  ptq_top1, fallback_top1 and fp32_top1, the epochs, the twin check; {} when disabled),
+  int8 {from: shipped file -> the stage file it copies},
   eval_set {...} or null, compare {...} or null, preprocessing {...} or null (the contract below),
   recipe_config, environment, command.
 
@@ -81,6 +83,7 @@ def build(metrics: Mapping[str, Dict[str, Any]], stages: Sequence[Dict[str, Any]
         "variants": metrics.get("variants", {}).get("variants", []),
         "quantization": metrics.get("quantize", {}).get("quantization", {}),
         "fallback": metrics.get("fallback", {}).get("fallback", {}),
+        "qat": metrics.get("qat", {}).get("qat", {}),
         "int8": metrics.get("int8", {}).get("int8", {}),
         "eval_set": {k: v for k, v in (metrics.get("evalset") or {}).items() if k != "preprocessing"} or None,
         "compare": metrics.get("compare") or None,

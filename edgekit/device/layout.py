@@ -34,12 +34,14 @@ LAYER_PRECISIONS = "layer_precisions.json"
 
 # ---- what each INT8 stage writes (quantize -> fallback -> ...); the `int8` stage ships the last one's
 INT8_DIR = "int8"
-INT8_KINDS = ("qdq", "cpu", "cache", "layers")
+# fp32: the FP32 graph with the weights a stage trained (QAT), which its INT8 files quantize
+INT8_KINDS = ("qdq", "cpu", "cache", "layers", "fp32")
 
 
 def int8_stage_file(stage: str, kind: str) -> str:
-    """int8/<stage>.qdq.onnx, .cpu.onnx, .calib.cache or .layers.json: one INT8 stage's own output."""
-    suffix = {"qdq": "qdq.onnx", "cpu": "cpu.onnx", "cache": "calib.cache", "layers": "layers.json"}[kind]
+    """int8/<stage>.qdq.onnx, .cpu.onnx, .calib.cache, .layers.json or .fp32.onnx: one INT8 stage's own output."""
+    suffix = {"qdq": "qdq.onnx", "cpu": "cpu.onnx", "cache": "calib.cache", "layers": "layers.json",
+              "fp32": "fp32.onnx"}[kind]
     return "{}/{}.{}".format(INT8_DIR, stage, suffix)
 
 # ---- files of a bundle on the device

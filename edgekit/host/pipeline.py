@@ -1,6 +1,6 @@
 """The main job, declared as stages: teacher → prune/distill spiral → evaluation → export → INT8
-(quantize → per-layer fallback → the shipped files) → measurement → variants → eval set → comparison,
-written under one artifacts folder.
+(quantize → per-layer fallback → QAT with distillation → the shipped files) → measurement → variants →
+eval set → comparison, written under one artifacts folder.
 
 Each stage says what it needs (upstream stages, the recipe sections it reads, extra inputs) and what it
 writes; `edgekit.stages` derives every key the same way, reuses fresh stages, forces downstream and
@@ -38,6 +38,10 @@ def _quantizing(ctx: HostContext) -> bool:
     return ctx.recipe.quantize.enabled
 
 
+def _qat_enabled(ctx: HostContext) -> bool:
+    return ctx.recipe.quantize.enabled and ctx.recipe.qat.enabled
+
+
 def _int8_outputs(stage: str) -> List[str]:
     return [layout.int8_stage_file(stage, kind) for kind in dict(steps.INT8_STAGES)[stage]]
 
@@ -69,14 +73,19 @@ STAGES = (
     Stage("export", steps.export, needs=("compress",), sections=DATA, reads=("threads",),
           outputs=(layout.FP32, layout.FP16)),
     # INT8: each stage writes its own int8/<stage>.* files; `int8` ships the last one's under the names
-    # the device reads (a QAT stage goes after fallback and into steps.INT8_STAGES).
+    # the device reads (steps.INT8_STAGES).
     Stage("quantize", steps.quantize, needs=("export",), sections=DATA + ("quantize",), reads=("threads",),
           outputs=tuple(_int8_outputs("quantize")) + (layout.CALIB_RANGES,), enabled=_quantizing),
     Stage("fallback", steps.fallback, needs=("export", "quantize"),
           sections=DATA + ("fallback", "quantize.per_channel", "quantize.cpu_reduce_range", "bench"),
           reads=("threads", "quantize.enabled"), outputs=tuple(_int8_outputs("fallback")), extra=_bench_threads,
           enabled=_quantizing),
-    Stage("int8", steps.int8, needs=("quantize", "fallback"), reads=("quantize.enabled",),
+    Stage("qat", steps.qat, needs=("teacher", "compress", "export", "quantize", "fallback"),
+          sections=DATA + ("qat", "distill.alpha", "distill.temperature", "quantize.per_channel",
+                           "quantize.cpu_reduce_range", "quantize.trt_version") + TRAINING,
+          reads=("name", "train", "threads", "quantize.enabled"), outputs=tuple(_int8_outputs("qat")),
+          enabled=_qat_enabled, collective=True),
+    Stage("int8", steps.int8, needs=("quantize", "fallback", "qat"), reads=("quantize.enabled",),
           outputs=tuple(layout.SHIPPED_INT8.values()), enabled=_quantizing),
     Stage("measure", steps.measure, needs=("compress", "export", "int8"), sections=DATA + ("bench",),
           reads=("threads",), extra=_bench_threads),
@@ -107,13 +116,18 @@ def environment(threads: int) -> Dict[str, Any]:
 
 def check_choices(recipe: Recipe) -> None:
     """The recipe's names of registered things, read from their registries (the recipe is torch-free and
-    cannot hold these lists): the architecture and an input it can take, the pruning importance, and for
+    cannot hold these lists): the architecture and an input it can take, Model Optimizer for QAT, the
+    pruning importance, and for
     a latency target the latency backend (a plugin that cannot load here says what to install) and a
     precision it times."""
     from ..device.runtime.registry import timer
     from .compress.prune import IMPORTANCES
 
     check_recipe(recipe)
+    if recipe.qat.enabled:
+        from .compress.quantize.qat import check_modelopt
+
+        check_modelopt()  # the stage imports Model Optimizer: a missing one is said before the first stage
     methods = list(IMPORTANCES) + ["unstructured"]
     if recipe.prune.method not in methods:
         raise EdgekitError("recipe: prune.method must be one of {}, got {!r}".format(

@@ -4,5 +4,5 @@ Torch-free, so `edgekit run --help` and `--force-stage` can list them without im
 `pipeline.py` checks at import that its STAGES carry exactly these names.
 """
 
-STAGE_NAMES = ("teacher", "compress", "evaluate", "export", "quantize", "fallback", "int8", "measure", "variants",
-               "evalset", "compare")
+STAGE_NAMES = ("teacher", "compress", "evaluate", "export", "quantize", "fallback", "qat", "int8", "measure",
+               "variants", "evalset", "compare")

@@ -179,8 +179,9 @@ def export(ctx: HostContext) -> Dict[str, Any]:
 
 
 # INT8 stages in order, with the kinds of layout.int8_stage_file each writes: the `int8` stage ships the
-# files of the last one that ran (a QAT stage appends itself here).
-INT8_STAGES = (("quantize", ("qdq", "cpu", "cache")), ("fallback", ("qdq", "cpu", "layers")))
+# files of the last one that ran, kind by kind (QAT keeps the fallback's kept layers, so their precisions).
+INT8_STAGES = (("quantize", ("qdq", "cpu", "cache")), ("fallback", ("qdq", "cpu", "layers")),
+               ("qat", ("qdq", "cpu", "cache", "fp32")))
 
 
 def _int8_paths(ctx: HostContext, stage: str) -> Dict[str, str]:
@@ -314,6 +315,88 @@ def _side_by_side(ctx: HostContext, paths: Dict[str, str]) -> Dict[str, Any]:
     bench = ctx.recipe.bench
     sample = next(iter(ctx.data.val_loader()))[0][:1].numpy()
     return side_by_side_p50(paths, sample, ctx.bench_threads, bench.min_queries, bench.min_seconds)
+
+
+def qat(ctx: HostContext) -> Dict[str, Any]:
+    """QAT with distillation (QAD) from the fallback's INT8 model (its PTQ scales, its kept layers): Model
+    Optimizer's fake-quantized student trained by the Trainer with the KD loss (resumable, DDP), then
+    exported in the PTQ flavours' placement, linted and twin-checked against the PyTorch model."""
+    import onnx
+
+    from .compress.distill import distill
+    from .compress.quantize import qat as qad
+    from .train import for_stage
+
+    recipe, cfg = ctx.recipe, ctx.recipe.qat
+    fp32 = onnx.load(ctx.path(layout.FP32))
+    model = qad.qat_model(ctx.model(layout.STUDENT), fp32, onnx.load(_int8_paths(ctx, "fallback")["qdq"]),
+                          recipe.quantize.per_channel, cfg.learn_scales)
+    alpha = recipe.distill.alpha if cfg.alpha is None else cfg.alpha
+    temperature = recipe.distill.temperature if cfg.temperature is None else cfg.temperature
+    kept = len([c for c in model.convs if c not in _quantized_convs(model)])
+    ctx.log("qat: {} epoch(s) of distillation (alpha {}, T {}) from the PTQ scales ({}), {} activation quantizer(s), "
+            "{} convolution(s) kept in float (Model Optimizer's quantized convolutions)".format(
+                cfg.epochs, alpha, temperature, "learned" if cfg.learn_scales else "held", len(model.quantizers),
+                kept))
+    train_cfg, placement = for_stage(recipe.train)
+    ctx.log(placement.line())
+    resume = ctx.path(layout.int8_stage_file("qat", "fp32").replace(".fp32.onnx", ".train.pt"))
+    history = distill(model.model, ctx.model(layout.TEACHER), ctx.data, cfg.epochs, cfg.optimizer, alpha, temperature,
+                      checkpoint=resume, key=ctx.key, seed=recipe.seed, desc="qat", log=ctx.log, train_cfg=train_cfg)
+    result: Dict[str, Any] = {"epochs": cfg.epochs, "alpha": alpha, "temperature": temperature, "history": history,
+                              "train": _training(ctx), "started_from": layout.int8_stage_file("fallback", "qdq")}
+    if ctx.world.is_writer:
+        result.update(_qat_export(ctx, model, fp32))
+        if os.path.exists(resume):
+            os.unlink(resume)
+    return {"qat": result}
+
+
+def _quantized_convs(model: Any) -> List[str]:
+    return [name for name in model.convs
+            if getattr(model.model.get_submodule(name).input_quantizer, "is_enabled", True)]
+
+
+def _qat_export(ctx: HostContext, model: Any, fp32: Any) -> Dict[str, Any]:
+    """Every QAT flavour from the FP32 graph holding the trained weights, by PTQ's own writers; the lint;
+    the twin check (the PyTorch fake-quant model's top-1 against the Q/DQ ONNX's in onnxruntime)."""
+    import json
+
+    from ..trtlint import check_tensorrt_compatible
+    from .compress.quantize import _graph_tensors, calibration_ranges, write_trt_calibration_cache
+    from .compress.quantize import qat as qad
+    from .compress.quantize.evaluate import top1
+    from .compress.quantize.qdq import write_cpu, write_tensorrt
+    from .compress.quantize.twin import check_twin
+    from .export import check_onnx_matches
+
+    q, paths = ctx.recipe.quantize, _int8_paths(ctx, "qat")
+    ptq = calibration_ranges(ctx.path(layout.CALIB_RANGES))
+    ranges = qad.learned_ranges(model, ptq)
+    trained = qad.trained_fp32(model, fp32, ctx.data.image_size)
+    _save_model(trained, paths["fp32"])
+    verify = check_onnx_matches(paths["fp32"], qad.float_student(model), next(iter(ctx.data.val_loader()))[0][:64],
+                                ctx.threads)
+    with open(_int8_paths(ctx, "fallback")["layers"], encoding="utf-8") as f:
+        kept = json.load(f)["onnx_nodes"]
+    write_tensorrt(paths["fp32"], paths["qdq"], ranges, q.per_channel, keep=kept)
+    write_cpu(paths["fp32"], paths["cpu"], ranges, q.per_channel, q.cpu_reduce_range, exclude=kept)
+    tensors = write_trt_calibration_cache(paths["cache"], ranges, _graph_tensors(trained), q.trt_version)
+    check_tensorrt_compatible(paths["qdq"])
+    val = _val_batches(ctx)
+    images = np.concatenate([x for x, _ in val()])
+    onnx_top1 = top1(paths["qdq"], val, ctx.threads)
+    twin = check_twin(qad.pytorch_top1(model.model, ctx.data.val_loader()), onnx_top1, images,
+                      "PyTorch fake-quant (Model Optimizer)", layout.int8_stage_file("qat", "qdq"))
+    before = ctx.metrics("fallback")["fallback"]
+    changed = max((abs(max(map(abs, ranges[t])) - max(map(abs, ptq[t]))) / (max(map(abs, ptq[t])) or 1.0)
+                   for t in model.quantizers), default=0.0)
+    ctx.log("qat: INT8 top-1 {:.2f}% (PTQ {:.2f}%, fallback {:.2f}%, FP32 {:.2f}%); twin gap {:.2f}".format(
+        onnx_top1, before["top1_before"], before["top1_after"], before["fp32_top1"], twin["gap"]))
+    return {"top1": onnx_top1, "fp32_top1": before["fp32_top1"], "ptq_top1": before["top1_before"],
+            "fallback_top1": before["top1_after"], "top1_delta_vs_fp32": round(onnx_top1 - before["fp32_top1"], 3),
+            "kept": kept, "twin": twin, "verify": verify, "calib_cache_tensors": tensors,
+            "activation_quantizers": len(model.quantizers), "max_relative_scale_change": round(changed, 6)}
 
 
 def int8(ctx: HostContext) -> Dict[str, Any]:
