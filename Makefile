@@ -81,7 +81,7 @@ test: $(STAMP_DEV)
 	$(BIN)/python -m pytest -q
 
 # Every module that calls TensorRT, checked by mypy against tensorrt-stubs and cuda-python's bindings.
-typecheck: $(STAMP)
+typecheck: $(STAMP_DEV)
 	$(BIN)/python .ci/typecheck.py
 
 # On a Jetson or a GPU host with TensorRT (e.g. inside docker/jetson): the hardware tiers.
