@@ -134,7 +134,7 @@ def test_run_help_names_every_stage_and_every_argument_has_help():
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
     run_help = " ".join(commands["run"].format_help().split())
-    assert len(STAGES) == 11
+    assert len(STAGES) == 12
     assert " -> ".join(s.name for s in STAGES) in run_help  # the description names them in order
     missing = ["{} {}".format(name, "/".join(a.option_strings) or a.dest) for name, sub in commands.items()
                for a in sub._actions if not a.help and not isinstance(a, argparse._HelpAction)]
