@@ -237,15 +237,21 @@
   var PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"];
   var LABEL_FONT = 11, CHAR_PX = 6.8, LABEL_PX = 15, MARKER_PX = 6;
 
-  /* Ticks a reader can use on a log axis: 1-2-5 steps (1-1.5-2-3-5-7 over a short span), labelled plainly. */
+  /* Ticks a reader can use on a log axis: 1-2-5 steps (1-1.5-2-3-5-7 over a short span, finer still when
+     that leaves fewer than two ticks, as runs a few microseconds apart do), labelled plainly. */
   function logTicks(lo, hi) {
-    var steps = (hi - lo) < 0.8 ? [1, 1.5, 2, 3, 5, 7] : [1, 2, 5], ticks = [];
-    for (var e = Math.floor(lo) - 1; e <= Math.ceil(hi); e++) {
-      steps.forEach(function (m) {
-        var v = m * Math.pow(10, e), l = Math.log10(v);
-        if (l >= lo - 1e-9 && l <= hi + 1e-9) ticks.push(v);
-      });
-    }
+    var tiers = (hi - lo) < 0.8 ? [[1, 1.5, 2, 3, 5, 7], [1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9]] : [[1, 2, 5]];
+    var ticks = [];
+    tiers.forEach(function (steps) {
+      if (ticks.length >= 2) return;
+      ticks = [];
+      for (var e = Math.floor(lo) - 1; e <= Math.ceil(hi); e++) {
+        steps.forEach(function (m) {
+          var v = m * Math.pow(10, e), l = Math.log10(v);
+          if (l >= lo - 1e-9 && l <= hi + 1e-9) ticks.push(v);
+        });
+      }
+    });
     return { vals: ticks, text: ticks.map(function (v) { return String(+v.toPrecision(3)); }) };
   }
 
