@@ -235,6 +235,19 @@ def test_bf16_falls_back_to_fp32_on_a_cpu_without_native_bf16():
         "\n" not in line
 
 
+def test_bf16_falls_back_when_the_environment_holds_the_kernels_below_bf16():
+    cpu, native = torch.device("cpu"), {"avx512_bf16": True}
+    for environ in ({"ATEN_CPU_CAPABILITY": "avx2"}, {"ONEDNN_MAX_CPU_ISA": "AVX2"},
+                    {"DNNL_MAX_CPU_ISA": "avx512_core"}):
+        precision, note = resolve_precision("bf16", cpu, native, environ)
+        name = next(iter(environ))
+        assert precision == "fp32" and "{}={}".format(name, environ[name]) in note, (environ, note)
+    for environ in ({}, {"ATEN_CPU_CAPABILITY": "avx512"}, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
+                    {"ONEDNN_MAX_CPU_ISA": "avx512_core_amx"}, {"ONEDNN_MAX_CPU_ISA": "ALL"}):
+        assert resolve_precision("bf16", cpu, native, environ) == ("bf16", None), environ
+    assert resolve_precision("fp32", cpu, native, {"ATEN_CPU_CAPABILITY": "avx2"}) == ("fp32", None)
+
+
 def test_cpuinfo_flags_are_read_when_torch_cannot_say(tmp_path, monkeypatch):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16 amx_tile\n\nprocessor\t: 1\n")
