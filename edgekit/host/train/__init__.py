@@ -13,9 +13,31 @@ from .callbacks import DDP, AfterStep, Callback, Checkpoint, Progress
 from .losses import CrossEntropy, FeatureKD, LogitKD, Loss, Teacher, kd_loss
 from .optim import make_optimizer, schedule_factor
 from .placement import Placement, autocast_dtype, for_stage, resolve_precision
+from .run import Run
 from .telemetry import Telemetry, probe_loader
-from .trainer import Run, Trainer, device_batches
+from .trainer import Trainer, device_batches
 
-__all__ = ["DDP", "AfterStep", "Callback", "Checkpoint", "CrossEntropy", "FeatureKD", "LogitKD", "Loss", "Placement",
-           "Progress", "Run", "Teacher", "Telemetry", "Trainer", "autocast_dtype", "device_batches", "for_stage",
-           "kd_loss", "make_optimizer", "probe_loader", "resolve_precision", "schedule_factor"]
+__all__ = [
+    "DDP",
+    "AfterStep",
+    "Callback",
+    "Checkpoint",
+    "CrossEntropy",
+    "FeatureKD",
+    "LogitKD",
+    "Loss",
+    "Placement",
+    "Progress",
+    "Run",
+    "Teacher",
+    "Telemetry",
+    "Trainer",
+    "autocast_dtype",
+    "device_batches",
+    "for_stage",
+    "kd_loss",
+    "make_optimizer",
+    "probe_loader",
+    "resolve_precision",
+    "schedule_factor",
+]

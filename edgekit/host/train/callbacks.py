@@ -21,7 +21,7 @@ from torch import nn
 from ...artifacts import atomic_path, config_hash
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .trainer import Run
+    from .run import Run
 
 
 class Callback:
@@ -67,8 +67,14 @@ class Checkpoint(Callback):
         self.path, self.key = path, key
 
     def full_key(self, run: "Run") -> str:
-        return config_hash({"key": self.key, "loss": run.loss.config(), "optimizer": dataclasses.asdict(run.opt_cfg),
-                            "epochs": run.epochs})
+        return config_hash(
+            {
+                "key": self.key,
+                "loss": run.loss.config(),
+                "optimizer": dataclasses.asdict(run.opt_cfg),
+                "epochs": run.epochs,
+            }
+        )
 
     def read(self, key: str) -> Optional[Dict[str, Any]]:
         if not os.path.exists(self.path):
@@ -100,10 +106,16 @@ class Checkpoint(Callback):
         if not run.dist.is_writer:
             return
         extra = run.loss.modules()
-        state = {"key": self.full_key(run), "epoch": run.epoch, "steps_per_epoch": run.steps_per_epoch,
-                 "world_size": run.dist.world_size, "model": _cpu_state(run.model),
-                 "loss": _cpu_state(extra) if extra is not None else {},
-                 "optimizer": run.optimizer.state_dict(), "history": run.history}
+        state = {
+            "key": self.full_key(run),
+            "epoch": run.epoch,
+            "steps_per_epoch": run.steps_per_epoch,
+            "world_size": run.dist.world_size,
+            "model": _cpu_state(run.model),
+            "loss": _cpu_state(extra) if extra is not None else {},
+            "optimizer": run.optimizer.state_dict(),
+            "history": run.history,
+        }
         with atomic_path(self.path) as tmp:
             torch.save(state, tmp)
 
@@ -156,8 +168,14 @@ class Progress(Callback):
         except ImportError:  # progress is a nicety, never a reason to fail
             return
         # disable=None: a bar on a terminal, nothing in logs (each epoch still prints one line).
-        self._bar = tqdm(total=run.steps_per_epoch, desc="{} {}/{}".format(run.desc, run.epoch + 1, run.epochs),
-                         leave=False, disable=None, dynamic_ncols=True, file=sys.stderr)
+        self._bar = tqdm(
+            total=run.steps_per_epoch,
+            desc="{} {}/{}".format(run.desc, run.epoch + 1, run.epochs),
+            leave=False,
+            disable=None,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
 
     def on_step_end(self, run: "Run") -> None:
         if self._bar is None:
@@ -175,8 +193,11 @@ class Progress(Callback):
 
     def on_epoch_end(self, run: "Run", entry: Dict[str, Any]) -> None:
         self._close()
-        run.log("{} epoch {}/{}: loss {:.4f}, val top-1 {:.2f}%, {:.1f} s".format(
-            run.desc, run.epoch + 1, run.epochs, run.epoch_loss, run.epoch_top1, run.epoch_seconds))
+        run.log(
+            "{} epoch {}/{}: loss {:.4f}, val top-1 {:.2f}%, {:.1f} s".format(
+                run.desc, run.epoch + 1, run.epochs, run.epoch_loss, run.epoch_top1, run.epoch_seconds
+            )
+        )
 
     def on_fit_end(self, run: "Run") -> None:
         self._close()

@@ -22,23 +22,33 @@ from torch import nn
 from torch.nn import functional as F
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .trainer import Run
+    from .run import Run
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: Optional[torch.Tensor], labels: torch.Tensor,
-            alpha: float, temperature: float) -> torch.Tensor:
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: Optional[torch.Tensor],
+    labels: torch.Tensor,
+    alpha: float,
+    temperature: float,
+) -> torch.Tensor:
     """(1-alpha)·CE(y, s) + alpha·T²·KL(softmax(t/T) ‖ softmax(s/T)), averaged over the batch."""
     ce = F.cross_entropy(student_logits, labels)
     if teacher_logits is None or alpha == 0.0:
         return ce
     t = float(temperature)
-    kl = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
-                  reduction="batchmean", log_target=True)
+    kl = F.kl_div(
+        F.log_softmax(student_logits / t, dim=1),
+        F.log_softmax(teacher_logits / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
     return (1.0 - alpha) * ce + alpha * t * t * kl
 
 
 class Loss:
     """The base of every loss: no teacher, no hooks, nothing of its own to train."""
+
     name = "loss"
 
     def attach(self, run: "Run") -> None:
@@ -98,6 +108,7 @@ class Teacher:
 
 class LogitKD(Loss):
     """`kd_loss` against a teacher's logits; alpha 0 is plain cross-entropy (and skips the teacher)."""
+
     name = "logit_kd"
 
     def __init__(self, teacher: nn.Module, alpha: float, temperature: float) -> None:
@@ -130,6 +141,7 @@ class _Outputs:
     def _keeper(self, name: str) -> Any:
         def keep(_module: nn.Module, _inputs: Any, output: Any) -> None:
             self.found[name] = output
+
         return keep
 
     def take(self) -> Dict[str, torch.Tensor]:
@@ -147,8 +159,11 @@ def _adapter(student: torch.Tensor, teacher: torch.Tensor) -> nn.Module:
     if student.shape[1:] == teacher.shape[1:]:
         return nn.Identity()
     if student.dim() != teacher.dim() or student.shape[2:] != teacher.shape[2:]:
-        raise ValueError("feature KD pairs outputs of the same spatial size; got {} and {}".format(
-            tuple(student.shape[1:]), tuple(teacher.shape[1:])))
+        raise ValueError(
+            "feature KD pairs outputs of the same spatial size; got {} and {}".format(
+                tuple(student.shape[1:]), tuple(teacher.shape[1:])
+            )
+        )
     if student.dim() == 4:
         return nn.Conv2d(student.shape[1], teacher.shape[1], kernel_size=1, bias=False)
     return nn.Linear(student.shape[1], teacher.shape[1], bias=False)
@@ -162,10 +177,18 @@ class FeatureKD(Loss):
     convolution, or a linear map on flat features) projects a student output whose width differs.
     The adapters are sized on `attach` by one forward of both models on a zero batch, in eval mode.
     """
+
     name = "feature_kd"
 
-    def __init__(self, teacher: nn.Module, pairs: Mapping[str, str], *, weight: float = 1.0, alpha: float = 0.0,
-                 temperature: float = 1.0) -> None:
+    def __init__(
+        self,
+        teacher: nn.Module,
+        pairs: Mapping[str, str],
+        *,
+        weight: float = 1.0,
+        alpha: float = 0.0,
+        temperature: float = 1.0,
+    ) -> None:
         if not pairs:
             raise ValueError("feature KD needs at least one (student module, teacher module) pair")
         self.teacher = Teacher(teacher)
@@ -176,8 +199,13 @@ class FeatureKD(Loss):
         self._taught: Optional[_Outputs] = None
 
     def config(self) -> Dict[str, Any]:
-        return {"name": self.name, "pairs": self.pairs, "weight": self.weight, "alpha": self.alpha,
-                "temperature": self.temperature}
+        return {
+            "name": self.name,
+            "pairs": self.pairs,
+            "weight": self.weight,
+            "alpha": self.alpha,
+            "temperature": self.temperature,
+        }
 
     def modules(self) -> nn.Module:
         return self.adapters

@@ -23,6 +23,7 @@ def schedule_factor(cfg: OptimizerConfig, total_steps: int) -> Callable[[int], f
                 return 0.04 + 0.96 * step / float(warmup)
             progress = min(1.0, (step - warmup) / float(max(1, total_steps - warmup)))
             return 0.5 * (1.0 + math.cos(math.pi * progress))
+
         return onecycle
     if cfg.schedule == "cosine":
         return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / float(total_steps)))
@@ -42,16 +43,18 @@ def build_optimizer(parameters: Iterable[nn.Parameter], cfg: OptimizerConfig, lr
     return torch.optim.AdamW(groups, lr=lr)
 
 
-def build_scheduler(opt: torch.optim.Optimizer, cfg: OptimizerConfig, lr: float, total_steps: int,
-                    start_step: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    opt: torch.optim.Optimizer, cfg: OptimizerConfig, lr: float, total_steps: int, start_step: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
     factor = schedule_factor(cfg, total_steps)
     for group in opt.param_groups:
         group["initial_lr"] = lr  # a loaded optimizer state carries the rate of the old world size
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: factor(step + start_step))
 
 
-def make_optimizer(model: nn.Module, cfg: OptimizerConfig, total_steps: int, lr: Optional[float] = None,
-                   start_step: int = 0) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def make_optimizer(
+    model: nn.Module, cfg: OptimizerConfig, total_steps: int, lr: Optional[float] = None, start_step: int = 0
+) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """(optimizer, LambdaLR scheduler) for `cfg`; `lr` overrides cfg.lr (e.g. scaled by the world size)."""
     lr = cfg.lr if lr is None else lr
     opt = build_optimizer(model.parameters(), cfg, lr)

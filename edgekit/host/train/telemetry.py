@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Dict, Optional
 from .callbacks import Callback
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .trainer import Run
+    from .run import Run
 
-MIN_TIMED_STEPS = 10   # a mid-epoch prediction waits for this many timed steps
-WARMUP_STEPS = 2       # untimed at the start of the first epoch
+MIN_TIMED_STEPS = 10  # a mid-epoch prediction waits for this many timed steps
+WARMUP_STEPS = 2  # untimed at the start of the first epoch
 
 
 def probe_loader(loader: Any, max_batches: int = 20, max_seconds: float = 5.0) -> float:
@@ -67,6 +67,7 @@ def format_rate(img_s: float) -> str:
 @dataclass
 class Window:
     """The timed steps of the first epoch: how many, over how long, how much of it spent waiting for batches."""
+
     steps: int
     seconds: float
     waited: float
@@ -79,21 +80,35 @@ class Window:
     def rates(self, loader_img_s: Optional[float]) -> Dict[str, float]:
         images = self.steps * self.batch_size
         loader = images / max(self.waited, 1e-9) if loader_img_s is None else loader_img_s
-        return {"loader": loader, "step": images / max(self.seconds - self.waited, 1e-9),
-                "together": images / self.seconds}
+        return {
+            "loader": loader,
+            "step": images / max(self.seconds - self.waited, 1e-9),
+            "together": images / self.seconds,
+        }
 
 
-def throughput_line(desc: str, window: Window, loader_img_s: Optional[float], world_size: int,
-                    eta_seconds: Optional[float] = None, epochs: int = 1) -> str:
+def throughput_line(
+    desc: str,
+    window: Window,
+    loader_img_s: Optional[float],
+    world_size: int,
+    eta_seconds: Optional[float] = None,
+    epochs: int = 1,
+) -> str:
     rates = window.rates(loader_img_s)
     text = "{}: loader {} img/s, step {} img/s, together {} img/s per process{} ({}-bound)".format(
-        desc, format_rate(rates["loader"]), format_rate(rates["step"]), format_rate(rates["together"]),
+        desc,
+        format_rate(rates["loader"]),
+        format_rate(rates["step"]),
+        format_rate(rates["together"]),
         " x {} processes".format(world_size) if world_size > 1 else "",
-        "loader" if rates["loader"] < rates["step"] else "step")
+        "loader" if rates["loader"] < rates["step"] else "step",
+    )
     if eta_seconds is None:
         return "{}, over {} timed step(s)".format(text, window.steps)
     return "{}; ETA {} for the training steps of {} epoch(s), evaluation timed after the first".format(
-        text, format_eta(eta_seconds), epochs)
+        text, format_eta(eta_seconds), epochs
+    )
 
 
 def epoch_estimate(steps_per_epoch: int, step_seconds: float, epoch_seconds: float, train_seconds: float) -> float:
@@ -103,8 +118,12 @@ def epoch_estimate(steps_per_epoch: int, step_seconds: float, epoch_seconds: flo
 
 def eta_line(desc: str, remaining_epochs: int, per_epoch: float, outside_steps: float) -> str:
     return "{}: ETA {} for the remaining {} epoch(s) ({} each, {} of it evaluation and checkpoint)".format(
-        desc, format_eta(remaining_epochs * per_epoch), remaining_epochs, format_eta(per_epoch),
-        format_eta(outside_steps))
+        desc,
+        format_eta(remaining_epochs * per_epoch),
+        remaining_epochs,
+        format_eta(per_epoch),
+        format_eta(outside_steps),
+    )
 
 
 class Telemetry(Callback):
@@ -145,8 +164,11 @@ class Telemetry(Callback):
         eta = None
         if not last:
             eta = ((run.epochs - run.epoch) * run.steps_per_epoch - run.step) * self.window.step_seconds
-        run.log(throughput_line(run.desc, self.window, self.loader_img_s, run.dist.world_size, eta,
-                                run.epochs - run.start_epoch))
+        run.log(
+            throughput_line(
+                run.desc, self.window, self.loader_img_s, run.dist.world_size, eta, run.epochs - run.start_epoch
+            )
+        )
 
     def on_epoch_end(self, run: "Run", entry: Dict[str, Any]) -> None:
         remaining = run.epochs - run.epoch - 1

@@ -12,7 +12,6 @@ writing. The shuffle order depends only on (seed, epoch), so a resumed run sees 
 
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import torch
@@ -27,21 +26,26 @@ from .callbacks import DDP, Callback, Checkpoint, Progress
 from .losses import Loss
 from .optim import build_optimizer, build_scheduler
 from .placement import Placement
+from .run import Run
 from .telemetry import Telemetry
 
 
-def device_batches(loader: Iterable, device: torch.device, memory_format: torch.memory_format,
-                   augment: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None,
-                   generator: Optional[torch.Generator] = None) -> Iterator[Any]:
+def device_batches(
+    loader: Iterable,
+    device: torch.device,
+    memory_format: torch.memory_format,
+    augment: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None,
+    generator: Optional[torch.Generator] = None,
+) -> Iterator[Any]:
     """(images, labels) on `device`. On CUDA the next batch is copied on a side stream while the
     current step computes: a copy on the compute stream would add ~10% to a 224x224 ResNet-50
     step (150 MB per batch of 256 at ~25 GB/s) even when non-blocking."""
+
     def prepare(batch: Any) -> Any:
         images, labels = batch
         if augment is not None:
             images = augment(images, generator)
-        return (images.to(device, non_blocking=True, memory_format=memory_format),
-                labels.to(device, non_blocking=True))
+        return (images.to(device, non_blocking=True, memory_format=memory_format), labels.to(device, non_blocking=True))
 
     if device.type != "cuda":
         for batch in loader:
@@ -62,60 +66,6 @@ def device_batches(loader: Iterable, device: torch.device, memory_format: torch.
         yield pending
 
 
-@dataclass
-class Run:
-    """One `fit`: what the loss and the callbacks see and may change (DDP sets `step_model`)."""
-    model: nn.Module
-    data: DataBundle
-    epochs: int
-    seed: int
-    desc: str
-    log: Callable[[str], None]
-    dist: Dist
-    cfg: TrainConfig
-    opt_cfg: OptimizerConfig
-    placement: Placement
-    loss: Loss
-    step_model: nn.Module = None                    # type: ignore[assignment]
-    optimizer: torch.optim.Optimizer = None         # type: ignore[assignment]
-    scheduler: Any = None
-    scaler: Any = None
-    loader: Any = None
-    sampler: Any = None
-    generator: torch.Generator = field(default_factory=torch.Generator)
-    augment_generator: Optional[torch.Generator] = None
-    steps_per_epoch: int = 0
-    start_epoch: int = 0
-    history: List[Dict[str, Any]] = field(default_factory=list)
-    # the epoch under way
-    epoch: int = 0
-    step: int = 0
-    epoch_started: float = 0.0
-    train_seconds: float = 0.0          # the epoch's steps alone, evaluation excluded
-    loss_sum: Optional[torch.Tensor] = None
-    correct: Optional[torch.Tensor] = None
-    # the step just taken
-    logits: Optional[torch.Tensor] = None
-    labels: Optional[torch.Tensor] = None
-    loss_value: Optional[torch.Tensor] = None
-    waited: float = 0.0                 # seconds spent waiting for this step's batch
-    read_loss: Optional[float] = None   # the running mean loss, on the steps that read it
-    # the epoch just finished
-    epoch_loss: float = float("nan")
-    epoch_top1: float = float("nan")
-    epoch_seconds: float = 0.0
-
-    def place(self, module: nn.Module) -> None:
-        """`module` onto the run's device and memory layout."""
-        module.to(self.placement.device)
-        if self.placement.channels_last:
-            module.to(memory_format=torch.channels_last)
-
-    def sync(self) -> float:
-        """The running loss sum, read: the host waits for the device."""
-        return float(self.loss_sum) if self.loss_sum is not None else 0.0
-
-
 def _restore(model: nn.Module, device: torch.device) -> None:
     # Back where the caller had it, in the default layout: export traces a CPU fp32 model as before.
     model.to(device)
@@ -134,17 +84,26 @@ class Trainer:
     before checkpoint, progress and telemetry, at each hook (callbacks.py).
     """
 
-    def __init__(self, loss: Loss, optimizer: OptimizerConfig, *, desc: str = "train",
-                 train_cfg: Optional[TrainConfig] = None, callbacks: Sequence[Callback] = (),
-                 log: Callable[[str], None] = print, dist: Optional[Dist] = None) -> None:
+    def __init__(
+        self,
+        loss: Loss,
+        optimizer: OptimizerConfig,
+        *,
+        desc: str = "train",
+        train_cfg: Optional[TrainConfig] = None,
+        callbacks: Sequence[Callback] = (),
+        log: Callable[[str], None] = print,
+        dist: Optional[Dist] = None,
+    ) -> None:
         self.loss, self.opt_cfg, self.desc = loss, optimizer, desc
         self.dist = dist or current_dist()
         self.cfg = train_cfg or self.dist.train or TrainConfig()
         self.callbacks = list(callbacks)
         self.log = log if self.dist.is_writer else (lambda _message: None)
 
-    def fit(self, model: nn.Module, data: DataBundle, epochs: int, *, seed: int,
-            checkpoint: Optional[Checkpoint] = None) -> List[Dict[str, Any]]:
+    def fit(
+        self, model: nn.Module, data: DataBundle, epochs: int, *, seed: int, checkpoint: Optional[Checkpoint] = None
+    ) -> List[Dict[str, Any]]:
         """Train `model` for `epochs` (after those a matching checkpoint holds); return the per-epoch
         history (loss, val top-1, seconds). `model` and a teacher end where they started (device, layout)."""
         run = self._run(model, data, epochs, seed)
@@ -156,8 +115,10 @@ class Trainer:
             self._hook(callbacks, "on_fit_start", run)
             if self.cfg.compile:
                 run.step_model = torch.compile(run.step_model)  # type: ignore[assignment]
-            val_loader = data.val_loader(shard=(self.dist.rank, self.dist.world_size) if self.dist.distributed
-                                         else None, pin_memory=run.placement.device.type == "cuda")
+            val_loader = data.val_loader(
+                shard=(self.dist.rank, self.dist.world_size) if self.dist.distributed else None,
+                pin_memory=run.placement.device.type == "cuda",
+            )
             for epoch in range(run.start_epoch, epochs):
                 self._epoch(run, epoch, callbacks, val_loader)
         finally:
@@ -173,16 +134,30 @@ class Trainer:
 
     def _run(self, model: nn.Module, data: DataBundle, epochs: int, seed: int) -> Run:
         placement = Placement.of(self.cfg, self.dist)
-        run = Run(model=model, data=data, epochs=epochs, seed=seed, desc=self.desc, log=self.log, dist=self.dist,
-                  cfg=self.cfg, opt_cfg=self.opt_cfg, placement=placement, loss=self.loss, step_model=model)
+        run = Run(
+            model=model,
+            data=data,
+            epochs=epochs,
+            seed=seed,
+            desc=self.desc,
+            log=self.log,
+            dist=self.dist,
+            cfg=self.cfg,
+            opt_cfg=self.opt_cfg,
+            placement=placement,
+            loss=self.loss,
+            step_model=model,
+        )
         run.sampler = self.dist.train_sampler(data.train, seed * 100003)
         # One loader for the whole stage, so persistent workers survive epochs; reseeded per epoch.
-        run.loader = data.train_loader(run.generator, sampler=run.sampler,
-                                       pin_memory=placement.device.type == "cuda")
+        run.loader = data.train_loader(run.generator, sampler=run.sampler, pin_memory=placement.device.type == "cuda")
         run.steps_per_epoch = len(run.loader)
         if run.steps_per_epoch == 0:
-            raise EdgekitError("{}: the training set is smaller than one batch ({} images per process)".format(
-                self.desc, data.batch_size))
+            raise EdgekitError(
+                "{}: the training set is smaller than one batch ({} images per process)".format(
+                    self.desc, data.batch_size
+                )
+            )
         return run
 
     def _prepare(self, run: Run, checkpoint: Optional[Checkpoint]) -> None:
@@ -197,8 +172,9 @@ class Trainer:
         run.optimizer = build_optimizer(parameters, self.opt_cfg, lr)
         if checkpoint is not None:
             checkpoint.restore(run)
-        run.scheduler = build_scheduler(run.optimizer, self.opt_cfg, lr, run.epochs * run.steps_per_epoch,
-                                        run.start_epoch * run.steps_per_epoch)
+        run.scheduler = build_scheduler(
+            run.optimizer, self.opt_cfg, lr, run.epochs * run.steps_per_epoch, run.start_epoch * run.steps_per_epoch
+        )
         run.scaler = torch.amp.GradScaler(run.placement.device.type, enabled=self.cfg.precision == "fp16")
 
     def _epoch(self, run: Run, epoch: int, callbacks: Sequence[Callback], val_loader: Any) -> None:
@@ -212,8 +188,9 @@ class Trainer:
         device = run.placement.device
         run.loss_sum = torch.zeros((), device=device)
         run.correct = torch.zeros((), device=device, dtype=torch.long)
-        batches = device_batches(run.loader, device, run.placement.memory_format, run.data.batch_augment,
-                                 run.augment_generator)
+        batches = device_batches(
+            run.loader, device, run.placement.memory_format, run.data.batch_augment, run.augment_generator
+        )
         fetch_started = time.perf_counter()
         for run.step, (images, labels) in enumerate(batches, start=1):
             run.waited = time.perf_counter() - fetch_started
@@ -223,8 +200,12 @@ class Trainer:
         run.epoch_loss = self._epoch_loss(run)
         run.epoch_top1 = self._evaluate(run, val_loader)
         run.epoch_seconds = time.perf_counter() - run.epoch_started
-        entry = {"epoch": epoch + 1, "loss": round(run.epoch_loss, 5), "val_top1": round(run.epoch_top1, 3),
-                 "seconds": round(run.epoch_seconds, 2)}
+        entry = {
+            "epoch": epoch + 1,
+            "loss": round(run.epoch_loss, 5),
+            "val_top1": round(run.epoch_top1, 3),
+            "seconds": round(run.epoch_seconds, 2),
+        }
         run.history.append(entry)
         self._hook(callbacks, "on_epoch_end", run, entry)
 
