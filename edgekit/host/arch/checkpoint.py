@@ -224,17 +224,15 @@ def is_model_file(obj: Any) -> bool:
 def model_from_file(obj: Dict[str, Any], path: str) -> Tuple[nn.Module, Dict[str, Any]]:
     """The model an edgekit model file describes, and its facts (arch, num_classes, width_spec, meta)."""
     from . import architecture
-    from .resnet import from_stage_spec
 
     spec, classes = obj.get("width_spec"), obj.get("num_classes")
     if not isinstance(classes, int):
         raise EdgekitError("model file {} has no num_classes".format(path))
     if obj["format"] in LEGACY_FORMATS or is_legacy(spec):
-        arch = architecture(obj.get("arch") or "resnet50")
-        model = from_stage_spec(spec, classes)
+        arch = architecture(obj.get("arch") or "resnet50")  # only ResNet-50 files had that format
     else:
         arch = architecture(obj.get("arch") or (spec or {}).get("arch", ""))
-        model = arch.from_width_spec(spec, classes)
+    model = arch.from_width_spec(spec, classes)
     try:
         model.load_state_dict(obj["state_dict"])
     except (KeyError, RuntimeError) as exc:

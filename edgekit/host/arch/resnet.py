@@ -19,6 +19,7 @@ import torchvision
 from torch import nn
 
 from ...errors import EdgekitError
+from ...widthspec import is_legacy
 from .base import Architecture
 
 BLOCKS = (3, 4, 6, 3)
@@ -43,6 +44,12 @@ class ResNet50(Architecture):
 
     def check(self, model: nn.Module) -> None:
         stage_spec(model)
+
+    def from_width_spec(self, spec: Dict[str, Any], num_classes: int) -> nn.Module:
+        """Also the stem-and-stages spec of `edgekit.model/1` files, which predate module-keyed specs."""
+        if is_legacy(spec):
+            return from_stage_spec(spec, num_classes)
+        return super().from_width_spec(spec, num_classes)
 
     def latency_layers(self, model: nn.Module, image_size: int) -> Any:
         """The built-in description (its 25 kinds, which a device can build with no file from the host)."""
