@@ -24,7 +24,7 @@ import numpy as np
 
 def main(argv=None) -> int:  # noqa: ANN001
     from edgekit.artifacts import write_json_atomic
-    from edgekit.device.latency.backends import get_backend
+    from edgekit.device.runtime.registry import latency_backend
     from edgekit.host.arch.resnet import RESNET50
     from edgekit.host.compress.distill import train
     from edgekit.host.compress.latency import measure_ms
@@ -62,7 +62,7 @@ def main(argv=None) -> int:  # noqa: ANN001
               checkpoint=os.path.join(work, "teacher.train.pt"), key="lvm-teacher", seed=lat_recipe.seed,
               desc="teacher", train_cfg=getattr(lat_recipe, "train", None))
     teacher.eval()
-    backend = get_backend(args.backend, precision=precision, threads=lat_recipe.bench.threads or lat_recipe.threads)
+    backend = latency_backend(args.backend, precision=precision, threads=lat_recipe.bench.threads or lat_recipe.threads)
 
     print("== latency-targeted spiral ({:.0%} of the dense latency)".format(args.ratio), flush=True)
     lat_student, lat_rounds = spiral(teacher, data, lat_recipe, os.path.join(work, "latency"), teacher_key="lvm")

@@ -314,8 +314,9 @@ def _cmd_runners(args: argparse.Namespace) -> int:
 
 def _cmd_latency_table(args: argparse.Namespace) -> int:
     from .device.latency.command import run
+    from .recipe import load_recipe
 
-    run(args, log=_log, describe=_describe_layers)
+    run(args, load_recipe(args.recipe, args.set), log=_log, describe=_describe_layers)
     return 0
 
 
@@ -348,10 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version="edgekit " + __version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    from .presets import preset_names
+
     recipe_args = argparse.ArgumentParser(add_help=False)
     recipe_args.add_argument("--recipe", default="digits",
-                             help="a preset (shipped: digits, imagenet; ./benchmarks/recipes/<name>.yaml wins) or a "
-                             "YAML path (default: digits)")
+                             help="a preset ({}; ./benchmarks/recipes/<name>.yaml wins) or a YAML path (default: "
+                             "digits)".format(", ".join(preset_names("recipe"))))
     recipe_args.add_argument("--set", action="append", metavar="KEY=VALUE",
                              help="override a recipe field, e.g. --set distill.alpha=0.5 (repeatable)")
 

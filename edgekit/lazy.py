@@ -1,20 +1,32 @@
 """Import heavy optional modules only when they are used, with an error that says what to install.
 
 Python 3.8 clean and torch-free: the device side uses it for tensorrt, pycuda and onnxruntime. How to
-install a runner's modules is declared in its registry entry (`edgekit.device.runtime.registry`) and
-read from there; the table below holds the modules no runner declares.
+install a plugin runner's modules is declared in its registry entry (`edgekit.device.runtime.registry`),
+which hands it down here when the entry registers (`declare`): this module imports nothing of edgekit's
+but its errors. The table below holds the built-in runners' modules and those no runner declares.
 """
 
 import importlib
 import shlex
 import sys
 from types import ModuleType
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, Optional
 
 from .errors import EdgekitError
 
-# top-level module -> how to install it; "{python}" is the interpreter that lacks it
+_TENSORRT = ("on JetPack it comes with the system Python (sudo apt install python3-libnvinfer); elsewhere run "
+             "in the Jetson image (docker/jetson)")
+_CUDA = "{python} -m pip install pycuda (needs JetPack's CUDA toolkit), or cuda-python matching the CUDA version " \
+        "(11.4 on JetPack 5)"
+
+# top-level module -> how to install it; "{python}" is the interpreter that lacks it. The built-in
+# runners' entries (edgekit.device.runtime.registry) declare theirs from here, so a module that imports
+# tensorrt without the registry (the engine builder) gives the same hint.
 INSTALL_HINTS: Dict[str, str] = {
+    "tensorrt": _TENSORRT,
+    "pycuda": _CUDA,
+    "cuda": _CUDA,
+    "onnxruntime": "{python} -m pip install onnxruntime",
     "onnx": "pip install 'edgekit[host]' (or onnx)",
     "pynvml": "pip install nvidia-ml-py",
     "torch": "pip install 'edgekit[host]': the host stages need PyTorch",
@@ -25,17 +37,21 @@ INSTALL_HINTS: Dict[str, str] = {
 }
 
 
+# top-level module -> how a registered runner says to install it (first declared wins)
+_DECLARED: Dict[str, str] = {}
+
+
+def declare(modules: Iterable[str], install: str) -> None:
+    """Record how to install `modules` (any one of them serves; "{python}" stands for the interpreter)."""
+    for module in modules:
+        _DECLARED.setdefault(module.split(".")[0], install)
+
+
 def install_hint(module: str, python: Optional[str] = None) -> str:
     """How to install `module` into `python` (default: this interpreter)."""
     top = module.split(".")[0]
-    hint = INSTALL_HINTS.get(top) or _declared_hint(module) or "{python} -m pip install " + top
+    hint = INSTALL_HINTS.get(top) or _DECLARED.get(top) or "{python} -m pip install " + top
     return hint.replace("{python}", shlex.quote(python or sys.executable or "python3"))
-
-
-def _declared_hint(module: str) -> Optional[str]:
-    from .device.runtime import registry  # imported here: the registry imports this module
-
-    return registry.install_hint(module)
 
 
 def lazy_import(name: str) -> ModuleType:

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from edgekit.device.latency.layers import network_onnx
 from edgekit.device.latency.net import Net, layer_onnx
 from edgekit.device.latency.table import layers_hash, table_key
 from edgekit.errors import EdgekitError
@@ -72,7 +73,7 @@ def test_layer_and_network_graphs_run_with_the_described_shapes():
         want = (2, cout) if kind.op == "linear" else (2, cin if kind.op == "se" else cout, kind.out_hw, kind.out_hw)
         assert y.shape == want, kind
     half = {g: max(8, w // 2) for g, w in net.dense_groups().items()}
-    model = net.network_onnx(half, 1)
+    model = network_onnx(net, half, 1)
     (logits,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, feeds_for(model))
     assert logits.shape == (1, 10)
@@ -82,10 +83,10 @@ def test_layer_and_network_graphs_run_with_the_described_shapes():
 def v3_table(tmp_path_factory):
     """A MobileNetV3-Large table at 32x32 on onnxruntime-cpu, 2 widths per axis (seconds here)."""
     pytest.importorskip("onnxruntime")
-    from edgekit.device.latency.backends import get_backend
     from edgekit.device.latency.table import load_or_build
+    from edgekit.device.runtime.registry import latency_backend
 
-    backend = get_backend("onnxruntime-cpu", threads=1, min_runs=5, min_seconds=0.02, warmup=2)
+    backend = latency_backend("onnxruntime-cpu", threads=1, min_runs=5, min_seconds=0.02, warmup=2)
     folder = str(tmp_path_factory.mktemp("v3-table"))
     table, path = load_or_build(backend, 32, 1, points=2, folder=folder, log=lambda _m: None,
                                 net=_net("mobilenet_v3_large", 32))

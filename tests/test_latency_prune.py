@@ -118,24 +118,25 @@ def test_layers_cover_resnet50():
 
 def test_onnx_builders_run_in_onnxruntime():
     ort = pytest.importorskip("onnxruntime")
-    from edgekit.device.latency.backends import feeds_for, get_backend
+    from edgekit.device.latency.backends import feeds_for
+    from edgekit.device.runtime.registry import latency_backend
 
     small = {g: max(8, w // 8) for g, w in dense_groups().items()}
     model = resnet_onnx(small, 32, 2, num_classes=10)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, feeds_for(model))
     assert logits.shape == (2, 10)
-    backend = get_backend("onnxruntime-cpu", threads=1, min_runs=3, min_seconds=0.0)
+    backend = latency_backend("onnxruntime-cpu", threads=1, min_runs=3, min_seconds=0.0)
     assert backend.time_model(model, feeds_for(model)) > 0
 
 
 def test_unknown_backend_and_precision_are_one_line_errors():
-    from edgekit.device.latency.backends import get_backend
+    from edgekit.device.runtime.registry import latency_backend
 
     with pytest.raises(EdgekitError, match="unknown latency backend 'nope'"):
-        get_backend("nope")
+        latency_backend("nope")
     with pytest.raises(EdgekitError, match="times fp32 only"):
-        get_backend("onnxruntime-cpu", precision="fp16")
+        latency_backend("onnxruntime-cpu", precision="fp16")
 
 
 def test_recipe_latency_fields_are_validated():
@@ -195,10 +196,10 @@ def test_rounding_error_names_the_rounding():
 @pytest.mark.slow
 def test_table_is_built_once_then_reused_and_calibrated(tmp_path):
     pytest.importorskip("onnxruntime")
-    from edgekit.device.latency.backends import get_backend
     from edgekit.device.latency.table import load_or_build
+    from edgekit.device.runtime.registry import latency_backend
 
-    backend = get_backend("onnxruntime-cpu", threads=1, min_runs=2, min_seconds=0.0, warmup=1)
+    backend = latency_backend("onnxruntime-cpu", threads=1, min_runs=2, min_seconds=0.0, warmup=1)
     lines = []
     table, path = load_or_build(backend, 32, 1, points=2, folder=str(tmp_path), log=lines.append)
     # The fit keeps the layer sum, the weight term or both (on a tiny, noisy table either may drop out),
@@ -218,9 +219,9 @@ def test_torch_cuda_backend_times_a_layer():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU here")
-    from edgekit.device.latency.backends import get_backend
+    from edgekit.device.runtime.registry import latency_backend
 
-    backend = get_backend("torch-cuda", precision="fp16")
+    backend = latency_backend("torch-cuda", precision="fp16")
     kind = layer_kinds(224)[2]
     assert 0 < backend.time_layer(kind, 64, 64, 64) < 100
 

@@ -87,12 +87,12 @@ def test_a_runner_from_outside_the_package_is_one_entry_that_bench_check_and_the
     # the same entry gives the recipe a latency backend, the registry a timer, and [check] what to probe
     script = textwrap.dedent("""
         import json, numpy, onnx
-        from edgekit.device.latency.backends import get_backend
+        from edgekit.device.runtime.registry import latency_backend
         from edgekit.deploy.checks import probe_modules
         from edgekit.device.runtime import registry
         from edgekit.recipe import recipe_from_dict
         recipe = recipe_from_dict({"prune": {"latency_backend": "echo-cpu"}})
-        backend = get_backend(recipe.prune.latency_backend, threads=1, min_runs=2, min_seconds=0.0, warmup=1)
+        backend = latency_backend(recipe.prune.latency_backend, threads=1, min_runs=2, min_seconds=0.0, warmup=1)
         proto = onnx.load(%r)
         print(json.dumps({"names": registry.names(), "backends": registry.latency_backends(),
                           "ms": backend.time_model(proto, {"input": numpy.ones((1, 3, 8, 8), numpy.float32)}),
@@ -121,7 +121,7 @@ def test_a_runner_from_outside_the_package_is_one_entry_that_bench_check_and_the
 
 NO_TORCH_SCRIPT = textwrap.dedent("""
     import json
-    from edgekit.device.latency.backends import get_backend
+    from edgekit.device.runtime.registry import latency_backend
     from edgekit.device.runtime import registry
     from edgekit.errors import EdgekitError
     seen = {}
@@ -136,7 +136,7 @@ NO_TORCH_SCRIPT = textwrap.dedent("""
         except EdgekitError as exc:
             seen["backend " + name] = str(exc)
     try:
-        get_backend("torch-cuda")
+        latency_backend("torch-cuda")
     except EdgekitError as exc:
         seen["get_backend torch-cuda"] = str(exc)
     seen["edgekit runners"] = registry.status_lines()
@@ -191,6 +191,6 @@ def test_a_precision_the_latency_backend_cannot_time_fails_before_the_teacher_tr
         run(recipe, str(out), log=lambda m: None)
     assert not out.exists()
     with pytest.raises(EdgekitError, match="unknown latency backend 'nope'"):
-        from edgekit.device.latency.backends import get_backend
+        from edgekit.device.runtime.registry import latency_backend
 
-        get_backend("nope")
+        latency_backend("nope")

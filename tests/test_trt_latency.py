@@ -12,8 +12,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edgekit.device.latency.backends import branch_of, feeds_for, get_backend, merge_branches
+from edgekit.device.latency.backends import branch_of, feeds_for, merge_branches
 from edgekit.device.latency.layers import layer_kinds, layer_onnx
+from edgekit.device.runtime.registry import latency_backend
 from edgekit.device.runtime.tensorrt import TensorRTRunner
 
 CELLS = [(cin, cout) for cin in (8, 16, 24) for cout in (8, 16, 24, 32)]  # 12 cells: cell1 and cell11 both
@@ -36,7 +37,7 @@ def device(fake_gpu, monkeypatch, tmp_path):
     def make(version="8.5.2.2", **options):  # noqa: ANN202
         world = fake_gpu(version=version)
         options = dict(dict(precision="fp16", warmup=1, min_runs=3, min_seconds=0.0), **options)
-        return world, get_backend("tensorrt", **options)
+        return world, latency_backend("tensorrt", **options)
 
     return make
 

@@ -15,7 +15,7 @@ the code reads as the API of today.
 """
 
 import re
-from typing import TYPE_CHECKING, Dict, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 from ...errors import EdgekitError
 from ...lazy import LazyModule
@@ -33,6 +33,14 @@ else:
 ONLY_IN_8_5: Dict[str, str] = {}
 
 MIN_VERSION = (8, 5)
+
+
+def tensorrt_available() -> Optional[str]:
+    """TensorRT's version when it imports here, else None."""
+    try:
+        return str(trt.__version__)
+    except EdgekitError:
+        return None
 
 
 def parse_version(text: str) -> Tuple[int, int, int]:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from ...artifacts import atomic_path, sha256_file, write_text_atomic
 from ...errors import EdgekitError
 from ...lazy import lazy_import
-from .api import MIN_VERSION, TrtApi, trt
+from .api import MIN_VERSION, TrtApi, tensorrt_available, trt
 from .calibcache import DLA_ALGORITHM
 from .calibcache import header as cache_header_for
 from .metadata import EngineMetadata, save_metadata
@@ -272,8 +272,6 @@ def trtexec_command(cfg: BuildConfig, input_shape: Optional[List[int]] = None,
     """The trtexec line of `plan_build(cfg, input_shape)`: the very build `build_engine` makes with
     `tensorrt_version` (default: the TensorRT installed here, else 8.5, Xavier's and edgekit's floor)."""
     if tensorrt_version is None:
-        from ..runtime.tensorrt import tensorrt_available
-
         tensorrt_version = tensorrt_available() or ".".join(str(v) for v in MIN_VERSION)
     api = TrtApi(tensorrt_version)
     return " ".join(shlex.quote(a) for a in trtexec_args(plan_build(cfg, input_shape), api))

@@ -3,9 +3,10 @@
 Each backend times an ONNX ModelProto (a layer from `net.layer_onnx` or a whole network) at a
 static batch and returns milliseconds (the median of a window of timed runs), and names the device and
 runtime version that the table's cache key records. A backend is found by name through the runner
-registry: `onnxruntime-cpu` (here) and `tensorrt` (on the device, Python 3.8, no torch) are the timers
-their runners' entries offer; others, such as `torch-cuda` (it needs PyTorch), come from the
-entry-point group `edgekit.latency_backends` (`registry.timer`).
+registry (`registry.latency_backend`): `onnxruntime-cpu` (here) and `tensorrt` (on the device, Python
+3.8, no torch) are the timers their runners' entries offer; others, such as `torch-cuda` (it needs
+PyTorch), come from the entry-point group `edgekit.latency_backends`. This module imports no registry:
+the registry's entries name the classes here.
 """
 
 import contextlib
@@ -21,20 +22,13 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from ...errors import EdgekitError
 from ...lazy import lazy_import
-from ..runtime import registry
 
 
-def get_backend(name: str, precision: Optional[str] = None, **kwargs: Any) -> "Backend":
-    """The latency backend `name` at `precision` (default: the first its timer offers); one line when it
-    is unknown, cannot load here, or does not time that precision."""
-    timer = registry.timer(name)
-    precision = precision or timer.precisions[0]
-    if precision not in timer.precisions:
-        raise EdgekitError("latency backend {} times {} only, not {}; set prune.latency_precision".format(
-            name, " or ".join(timer.precisions), precision))
-    return timer.factory(precision=precision, **kwargs)
+def cache_dir() -> str:
+    """Where latency tables and TensorRT timing caches are kept ($EDGEKIT_CACHE/latency)."""
+    root = os.environ.get("EDGEKIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "edgekit")
+    return os.path.join(root, "latency")
 
 
 def _fast_ms(run: Callable[[], Any], warmup: int, min_runs: int, min_seconds: float,
@@ -56,7 +50,7 @@ def _fast_ms(run: Callable[[], Any], warmup: int, min_runs: int, min_seconds: fl
 
 
 class Backend(object):
-    """Made by `get_backend`, which checks `precision` against the precisions its timer declares."""
+    """Made by `registry.latency_backend`, which checks `precision` against the precisions its timer declares."""
     name = "backend"
 
     def __init__(self, precision: str = "fp32", threads: Optional[int] = None, warmup: int = 3,
@@ -93,7 +87,9 @@ class Backend(object):
     def network_timer(self, net: Any, groups: Dict[str, int], batch: int) -> Callable[[], float]:
         """Times one more window of a whole network of the description `net` (edgekit.device.latency.net)
         at these widths each call."""
-        model = net.network_onnx(groups, batch)
+        from .layers import network_onnx
+
+        model = network_onnx(net, groups, batch)
         return self.timer(model, feeds_for(model))
 
     def time_network(self, net: Any, groups: Dict[str, int], batch: int) -> float:
@@ -170,8 +166,6 @@ class TensorRTBackend(Backend):
 
     def _timing_cache(self) -> str:
         """A timing cache per device and TensorRT version (TensorRT refuses another's), kept with the tables."""
-        from .table import cache_dir
-
         folder = cache_dir()
         os.makedirs(folder, exist_ok=True)
         tag = "".join(c if c.isalnum() or c in ".-" else "_" for c in "{}-{}".format(

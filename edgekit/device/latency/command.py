@@ -14,7 +14,6 @@ from typing import Any, Callable, Dict, Optional
 
 from ...artifacts import write_json_atomic
 from ...errors import EdgekitError
-from ...recipe import load_recipe
 from .net import Net
 
 
@@ -66,16 +65,17 @@ def layers_for(recipe: Any, args: argparse.Namespace, image_size: int,
     return describe(recipe, image_size, args.num_classes or recipe.model.num_classes or 10)
 
 
-def run(args: argparse.Namespace, log: Callable[[str], None] = print,
+def run(args: argparse.Namespace, recipe: Any, log: Callable[[str], None] = print,
         describe: Optional[Callable[[Any, int, int], Net]] = None) -> Dict[str, Any]:
+    """`recipe` (an edgekit.recipe.Recipe, loaded by the CLI from --recipe and --set) gives the defaults of
+    what the flags leave out."""
     # Imported here: every `edgekit` command builds this parser, and these pull in numpy and onnx helpers.
-    from .backends import get_backend
+    from ..runtime.registry import latency_backend
     from .table import DEFAULT_POINTS, load_or_build
 
-    recipe = load_recipe(args.recipe, args.set)
     pcfg = recipe.prune
-    backend = get_backend(args.backend or pcfg.latency_backend, precision=args.precision or pcfg.latency_precision,
-                          threads=args.threads or recipe.bench.threads or recipe.threads)
+    backend = latency_backend(args.backend or pcfg.latency_backend, precision=args.precision or pcfg.latency_precision,
+                              threads=args.threads or recipe.bench.threads or recipe.threads)
     size = args.image_size or pcfg.latency_image_size
     net = layers_for(recipe, args, size, describe)
     if args.save_layers:

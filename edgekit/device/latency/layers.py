@@ -12,10 +12,10 @@ ReLU, + the residual Add for conv3).
 
 from typing import Any, Dict, List, Optional, Tuple
 
-from .net import Graph, LayerKind, Net, conv_out, layer_onnx
+from .net import Graph, LayerKind, Net, conv_out, layer_onnx, ops_onnx
 
 __all__ = ["LayerKind", "Net", "layer_onnx", "resnet50_net", "layer_kinds", "layers", "dense_groups",
-           "groups_of", "spec_of", "resnet_onnx"]
+           "groups_of", "spec_of", "resnet_onnx", "network_onnx"]
 
 BLOCKS = (3, 4, 6, 3)
 DENSE_MID = (64, 128, 256, 512)
@@ -146,3 +146,11 @@ def resnet_onnx(groups: Groups, image_size: int, batch: int, num_classes: int = 
     x = g.op("Flatten", [g.op("GlobalAveragePool", [x])])
     logits = g.gemm(x, cin, num_classes)
     return g.model([("input", [batch, 3, image_size, image_size])], logits, [batch, num_classes])
+
+
+def network_onnx(net: Net, groups: Groups, batch: int) -> Any:
+    """The whole network `net` describes at these widths (random weights): what calibrates and validates
+    its table. The built-in ResNet-50 description has no ops of its own: it is built here."""
+    if net.ops is None:
+        return resnet_onnx(dict(net.dense_groups(), **groups), net.image_size, batch)
+    return ops_onnx(net, groups, batch)

@@ -133,14 +133,6 @@ class Net(object):
             raise EdgekitError("malformed layer description: layer kind {!r} is not described".format(unknown[0]))
         return net
 
-    def network_onnx(self, groups: Groups, batch: int) -> Any:
-        """The whole network at these widths (random weights): what calibrates and validates the table."""
-        if self.ops is None:
-            from .layers import resnet_onnx
-
-            return resnet_onnx(dict(self.dense_groups(), **groups), self.image_size, batch)
-        return ops_onnx(self, groups, batch)
-
 
 # --------------------------------------------------------------------------- ONNX graphs
 

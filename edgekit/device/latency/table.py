@@ -32,7 +32,7 @@ import numpy as np
 
 from ...artifacts import config_hash, write_json_atomic
 from ...errors import EdgekitError
-from .backends import Backend
+from .backends import Backend, cache_dir
 from .layers import resnet50_net
 from .net import Groups, LayerKind, Net
 
@@ -77,11 +77,6 @@ def table_key(backend: str, device: str, runtime: str, image_size: int, batch: i
 
 def key_hash(key: Dict[str, Any]) -> str:
     return config_hash(key)[:16]
-
-
-def cache_dir() -> str:
-    root = os.environ.get("EDGEKIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "edgekit")
-    return os.path.join(root, "latency")
 
 
 def cache_path(key: Dict[str, Any], folder: Optional[str] = None) -> str:

@@ -8,8 +8,9 @@ the latency backend it offers for latency tables, a version probe and a descript
 
 Everything that depends on a runner reads its entry: runner choice (`harness.choose_runner`), job
 planning (`deploy.plan`), which exported model each engine is built from (`layout.engine_source`),
-`[check]`'s probe and messages (`deploy.checks`), install hints (`edgekit.lazy`), the CLI's runner list
-and the latency backends (`latency.backends.get_backend`, `prune.latency_backend`). Adding a runner is
+`[check]`'s probe and messages (`deploy.checks`), install hints (handed to `edgekit.lazy` on
+registration), the CLI's runner list
+and the latency backends (`latency_backend`, `prune.latency_backend`). Adding a runner is
 its runner file and its entry.
 
 The torch-free runners register below. Any other (edgekit's own torch runners, a user's package) is an
@@ -23,10 +24,9 @@ import importlib
 import importlib.util
 import json
 import os
-import sys
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
-from ... import plugins
+from ... import lazy, plugins
 from ...artifacts import sha256_file
 from ...errors import EdgekitError
 from .base import Runner
@@ -100,6 +100,8 @@ def register(entry: RunnerEntry) -> None:
     if not isinstance(entry, RunnerEntry):
         raise TypeError("register() takes a RunnerEntry, got {!r}".format(entry))
     _RUNNERS[entry.name] = entry
+    for need in entry.needs:
+        lazy.declare(need.modules, need.install)
 
 
 def names() -> List[str]:
@@ -140,20 +142,6 @@ def runner_for(placement: str, precision: str) -> Optional[RunnerEntry]:
     return next((e for e in automatic() if precision in e.precisions_at(placement)), None)
 
 
-def install_hint(module: str) -> Optional[str]:
-    """How a runner says to install `module` (or a module of the same package), if one says: the registered
-    runners and those of plugins already imported (a lookup imports nothing new)."""
-    top = module.split(".")[0]
-    for name, point in plugins.entry_points(plugins.RUNNERS).items():
-        if name not in _RUNNERS and point.value.split(":")[0].strip() in sys.modules:
-            get(name)
-    for entry in list(_RUNNERS.values()):
-        for need in entry.needs:
-            if module in need.modules or top in [m.split(".")[0] for m in need.modules]:
-                return need.install
-    return None
-
-
 # ---- latency backends: the registered runners' timers, then the plugins of edgekit.latency_backends
 def latency_backends() -> List[str]:
     """Every latency backend name (plugins are not imported to list them)."""
@@ -175,6 +163,18 @@ def timer(backend: str) -> Timer:
         raise EdgekitError("the entry point {} = {} ({}) names no Timer called {!r}".format(
             backend, point.value, plugins.LATENCY_BACKENDS, backend))
     return found
+
+
+def latency_backend(name: str, precision: Optional[str] = None, **options: Any) -> Any:
+    """The latency backend `name` (an edgekit.device.latency.backends.Backend) at `precision` (default:
+    the first its timer offers); one line when it is unknown, cannot load here, or does not time that
+    precision. `options`: threads=, warmup=, min_runs=, min_seconds=."""
+    found = timer(name)
+    precision = precision or found.precisions[0]
+    if precision not in found.precisions:
+        raise EdgekitError("latency backend {} times {} only, not {}; set prune.latency_precision".format(
+            name, " or ".join(found.precisions), precision))
+    return found.factory(precision=precision, **options)
 
 
 # ---- what `edgekit runners` prints: every entry, resolved here or with what to install
@@ -231,7 +231,7 @@ def _tensorrt(path: str, **options: object) -> Runner:
 
 
 def _tensorrt_version() -> Optional[str]:
-    from .tensorrt import tensorrt_available
+    from ..engine.api import tensorrt_available
 
     return tensorrt_available()
 
@@ -275,10 +275,8 @@ CUDA_BINDINGS = ("pycuda.driver", "cuda.bindings.runtime", "cuda.cudart")
 register(RunnerEntry(
     "tensorrt", _tensorrt, placements={"gpu": ALL_PRECISIONS, "dla": ("fp16", "int8")},
     suffixes=(".engine", ".plan"),
-    needs=(Need(("tensorrt",), "on JetPack it comes with the system Python (sudo apt install python3-libnvinfer); "
-                "elsewhere run in the Jetson image (docker/jetson)"),
-           Need(CUDA_BINDINGS, "{python} -m pip install pycuda (needs JetPack's CUDA toolkit), or cuda-python "
-                "matching the CUDA version (11.4 on JetPack 5)", "pycuda or cuda-python")),
+    needs=(Need(("tensorrt",), lazy.INSTALL_HINTS["tensorrt"]),
+           Need(CUDA_BINDINGS, lazy.INSTALL_HINTS["pycuda"], "pycuda or cuda-python")),
     version=_tensorrt_version,
     timer=Timer("tensorrt", ("fp32", "fp16"), _tensorrt_timer, "GPU compute of one engine per layer kind, on the "
                 "device"),
@@ -290,7 +288,7 @@ register(RunnerEntry(
     auto=True))
 register(RunnerEntry(
     "onnxruntime", _onnxruntime, placements={"cpu": ALL_PRECISIONS}, suffixes=(".onnx",),
-    needs=(Need(("onnxruntime",), "{python} -m pip install onnxruntime"),),
+    needs=(Need(("onnxruntime",), lazy.INSTALL_HINTS["onnxruntime"]),),
     version=_onnxruntime_version,
     timer=Timer("onnxruntime-cpu", ("fp32",), _onnxruntime_timer, "onnxruntime on this CPU"),
     description="ONNX files on onnxruntime (CPU, CUDA EP)",

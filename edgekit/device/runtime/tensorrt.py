@@ -435,11 +435,3 @@ class TensorRTRunner(Runner):
 def _check(err: object, call: str) -> None:
     if err != cudart.cudaError_t.cudaSuccess:
         raise EdgekitError("{} failed ({}): CUDA graphs need CUDA 11.4+ (JetPack 5) and cuda-python".format(call, err))
-
-
-def tensorrt_available() -> Optional[str]:
-    """TensorRT's version when it imports here, else None."""
-    try:
-        return str(trt.__version__)
-    except EdgekitError:
-        return None

@@ -134,13 +134,13 @@ class LatencyPlan(object):
     that is checked by measurement (dense and pruned timed side by side) and re-allocated if it misses."""
 
     def __init__(self, teacher: nn.Module, recipe, log: Callable[[str], None] = print) -> None:  # noqa: ANN001
-        from ...device.latency.backends import get_backend
+        from ...device.runtime.registry import latency_backend
 
         pcfg = recipe.prune
         self.pcfg, self.teacher, self.log = pcfg, teacher, log
         self.size, self.batch = pcfg.latency_image_size, pcfg.latency_batch
         threads = recipe.bench.threads or recipe.threads
-        self.backend = get_backend(pcfg.latency_backend, precision=pcfg.latency_precision, threads=threads)
+        self.backend = latency_backend(pcfg.latency_backend, precision=pcfg.latency_precision, threads=threads)
         self.table = _table_for(teacher, recipe, self.backend, log)
         self.dense_timer = timer_for(teacher, self.backend, self.size, self.batch)  # exported once, timed each try
         self.dense_ms = interleave([self.dense_timer])[0]
