@@ -22,7 +22,7 @@ RECIPES = ("digits", "digits-mobilenetv2", "digits-mobilenetv3", "digits-efficie
 
 def run_and_deploy(recipe: str, out: str) -> None:
     runs, results = os.path.join(out, "runs", recipe), os.path.join(out, "results")
-    edgekit = [sys.executable, "-m", "edgekit"]
+    edgekit = [sys.executable, "-m", "edgekit.cli"]
     for args in (["run", "--recipe", recipe, "--out", runs],
                  ["deploy", "--target", "cpu", "--recipe", recipe, "--out", runs, "--results", results,
                   "--dashboard", os.path.join(out, "dashboard.html")]):

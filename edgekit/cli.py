@@ -344,8 +344,9 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgekit", description="Prune, distill, quantize and benchmark "
-                                     "ResNet-50 classifiers for Jetson/TensorRT.")
+    parser = argparse.ArgumentParser(prog="edgekit", description="Prune, distill, quantize and benchmark image "
+                                     "classifiers (ResNet-50, MobileNetV2/V3, EfficientNet-B0 or your own) for "
+                                     "Jetson/TensorRT.")
     parser.add_argument("--version", action="version", version="edgekit " + __version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 

@@ -17,7 +17,7 @@ from edgekit.errors import EdgekitError
 from edgekit.host.compress.quantize import calibration_ranges, choose_method, quantize
 from edgekit.host.compress.quantize.calibrate import Histogram, entropy_amax
 from edgekit.host.compress.quantize.evaluate import array_batches, logits
-from edgekit.host.compress.quantize.fallback import fallback_to_budget
+from edgekit.host.compress.quantize.fallback import cpu_flavour, fallback_to_budget
 from edgekit.host.compress.quantize.qdq import keep_float, layer_precisions, quantized_convs, write_cpu
 from edgekit.host.compress.quantize.twin import check_twin, ptq_twin
 from edgekit.trtlint import lint_model
@@ -127,6 +127,27 @@ def test_the_fallback_meets_the_budget_with_the_sensitive_layer(fragile):
     assert [s["kept"] for s in result["steps"]] == list(range(len(result["kept"]) + 1))
     within = fallback_to_budget(qdq, fp32, array_batches(images, labels), lambda: 1 / 0, 100.0, 50.0)
     assert within["kept"] == [] and within["sensitivity"] == []  # within budget: nothing measured
+
+
+def test_the_cpu_flavour_leaves_out_more_layers_until_it_meets_the_budget_too(fragile, tmp_path):
+    _, fp32, info, images, labels = fragile
+    batches, ranges = array_batches(images, labels), calibration_ranges(info["paths"]["ranges"])
+    qdq = onnx.load(info["paths"]["qdq"])
+    result = fallback_to_budget(qdq, fp32, batches, lambda: images[100:164], 100.0, 0.5)
+    dst, lines = str(tmp_path / "model.int8.cpu.onnx"), []
+    # as if the Q/DQ flavour had met the budget with nothing kept: the CPU flavour must find its own layers
+    cpu = cpu_flavour(fp32, dst, ranges, dict(result, kept=[]), batches, False, True, log=lines.append)
+    assert cpu["met"] and cpu["top1"] >= 99.5 and cpu["excluded"]
+    # sensitivity order, then the head this flavour alone quantizes; an excluded layer takes its Add along
+    assert cpu["excluded"] == ([s["node"] for s in result["sensitivity"]] + ["fc"])[:len(cpu["excluded"])]
+    assert any("leaving out 1 layer(s)" in line for line in lines)
+    if "conv2" in cpu["excluded"]:
+        assert {"add", "relu2"} <= set(cpu["excluded_nodes"])
+    ops = {n.name: n.op_type for n in onnx.load(dst).graph.node}
+    assert all(ops.get(name) in ("Conv", "MatMul", "Add", "Relu") for name in cpu["excluded_nodes"])
+    none = cpu_flavour(fp32, dst, ranges, dict(result, kept=[], sensitivity=[]), batches, False, True,
+                       log=lines.append)
+    assert not none["met"] and none["excluded"] == [] and "no layer sensitivity was measured" in lines[-1]
 
 
 def test_kept_layers_are_absent_from_qdq_in_every_flavour(fragile, tmp_path):

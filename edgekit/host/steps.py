@@ -281,30 +281,10 @@ def fallback(ctx: HostContext) -> Dict[str, Any]:
 
 def _cpu_flavour(ctx: HostContext, fp32_path: str, dst: str, ranges: Any, result: Dict[str, Any],
                  val: Any) -> Dict[str, Any]:
-    """The onnxruntime CPU flavour without the kept layers, scored on its own: it also quantizes adds and
-    pools, in unsigned 8 bits, so it can miss the budget the Q/DQ flavour meets (digits-mobilenetv2 with
-    entropy: 69.4% with the 15 layers the Q/DQ flavour keeps, FP32 94.7%). Then it leaves out the next
-    most sensitive layers too, one at a time, until it meets the budget or none is left."""
-    from .compress.quantize.evaluate import top1
-    from .compress.quantize.qdq import write_cpu
+    from .compress.quantize.fallback import cpu_flavour
 
-    q, budget, fp32_top1 = ctx.recipe.quantize, ctx.recipe.fallback.max_drop, result["fp32_top1"]
-    order = list(result["kept"]) + [s["node"] for s in result["sensitivity"] if s["node"] not in result["kept"]]
-    n = len(result["kept"])
-    while True:
-        write_cpu(fp32_path, dst, ranges, q.per_channel, q.cpu_reduce_range, exclude=order[:n])
-        score = top1(dst, val, ctx.threads)
-        met = budget is None or fp32_top1 - score <= budget
-        if met or n >= len(order):
-            break
-        n += 1
-        ctx.log("  fallback: the CPU flavour scores {:.2f}% ({:+.2f} vs FP32): leaving out {} layer(s)".format(
-            score, score - fp32_top1, n))
-    if not met:
-        ctx.log("fallback: note: the onnxruntime CPU flavour scores {:.2f}%, {:.2f} points under FP32, over the {} "
-                "budget{}".format(score, fp32_top1 - score, budget, "" if result["sensitivity"] else
-                                  " (the Q/DQ flavour met it, so no layer sensitivity was measured)"))
-    return {"excluded": order[:n], "top1": score, "met": met}
+    q = ctx.recipe.quantize
+    return cpu_flavour(fp32_path, dst, ranges, result, val, q.per_channel, q.cpu_reduce_range, ctx.threads, ctx.log)
 
 
 def _save_model(model: Any, path: str) -> None:
