@@ -376,7 +376,8 @@ def _qat_export(ctx: HostContext, model: Any, fp32: Any) -> Dict[str, Any]:
     from .compress.quantize import _graph_tensors, calibration_ranges, write_trt_calibration_cache
     from .compress.quantize import qat as qad
     from .compress.quantize.evaluate import top1
-    from .compress.quantize.qdq import write_cpu, write_tensorrt
+    from .compress.quantize.fallback import cpu_flavour
+    from .compress.quantize.qdq import write_tensorrt
     from .compress.quantize.twin import check_twin
     from .export import check_onnx_matches
 
@@ -390,22 +391,24 @@ def _qat_export(ctx: HostContext, model: Any, fp32: Any) -> Dict[str, Any]:
     with open(_int8_paths(ctx, "fallback")["layers"], encoding="utf-8") as f:
         kept = json.load(f)["onnx_nodes"]
     write_tensorrt(paths["fp32"], paths["qdq"], ranges, q.per_channel, keep=kept)
-    write_cpu(paths["fp32"], paths["cpu"], ranges, q.per_channel, q.cpu_reduce_range, exclude=kept)
+    before, val = ctx.metrics("fallback")["fallback"], _val_batches(ctx)
+    # the CPU flavour searches its own float layers again, on the trained weights and learned scales
+    cpu = cpu_flavour(paths["fp32"], paths["cpu"], ranges, before, val, q.per_channel, q.cpu_reduce_range,
+                      ctx.threads, ctx.log)
     tensors = write_trt_calibration_cache(paths["cache"], ranges, _graph_tensors(trained), q.trt_version)
     check_tensorrt_compatible(paths["qdq"])
-    val = _val_batches(ctx)
     images = np.concatenate([x for x, _ in val()])
     onnx_top1 = top1(paths["qdq"], val, ctx.threads)
     twin = check_twin(qad.pytorch_top1(model.model, ctx.data.val_loader()), onnx_top1, images,
                       "PyTorch fake-quant (Model Optimizer)", layout.int8_stage_file("qat", "qdq"))
-    before = ctx.metrics("fallback")["fallback"]
     changed = max((abs(max(map(abs, ranges[t])) - max(map(abs, ptq[t]))) / (max(map(abs, ptq[t])) or 1.0)
                    for t in model.quantizers), default=0.0)
-    ctx.log("qat: INT8 top-1 {:.2f}% (PTQ {:.2f}%, fallback {:.2f}%, FP32 {:.2f}%); twin gap {:.2f}".format(
-        onnx_top1, before["top1_before"], before["top1_after"], before["fp32_top1"], twin["gap"]))
+    ctx.log("qat: INT8 top-1 {:.2f}% (PTQ {:.2f}%, fallback {:.2f}%, FP32 {:.2f}%); twin gap {:.2f}; the CPU flavour "
+            "{:.2f}% with {} left in float".format(onnx_top1, before["top1_before"], before["top1_after"],
+                                                  before["fp32_top1"], twin["gap"], cpu["top1"], len(cpu["excluded"])))
     return {"top1": onnx_top1, "fp32_top1": before["fp32_top1"], "ptq_top1": before["top1_before"],
             "fallback_top1": before["top1_after"], "top1_delta_vs_fp32": round(onnx_top1 - before["fp32_top1"], 3),
-            "kept": kept, "twin": twin, "verify": verify, "calib_cache_tensors": tensors,
+            "kept": kept, "cpu": cpu, "twin": twin, "verify": verify, "calib_cache_tensors": tensors,
             "activation_quantizers": len(model.quantizers), "max_relative_scale_change": round(changed, 6)}
 
 

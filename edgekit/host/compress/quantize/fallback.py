@@ -53,6 +53,17 @@ def fallback_to_budget(qdq_model: Any, fp32_path: str, batches: Batches, held_ou
     return dict(base, sensitivity=sens, samples=int(len(images)), **result)
 
 
+# what onnxruntime's CPU flavour quantizes beside the convolutions (and the TensorRT flavour leaves in float),
+# in the order the search leaves them out after every convolution: pure data movement (Flatten, Reshape)
+# and activations take their neighbours' scales and are not tried alone
+_CPU_ONLY = ("MatMul", "Gemm", "Mul", "Add", "GlobalAveragePool", "AveragePool", "Sigmoid", "Concat")
+
+
+def _followers(model: Any, layer: str) -> List[str]:
+    node = next(n for n in model.graph.node if n.name == layer)
+    return fused_followers(model, layer) if node.op_type == "Conv" else []
+
+
 def cpu_flavour(fp32_path: str, dst: str, ranges: Dict[str, Any], result: Dict[str, Any], batches: Batches,
                 per_channel: bool, reduce_range: bool, threads: Optional[int] = None,
                 log: Callable[[str], None] = lambda line: None) -> Dict[str, Any]:
@@ -60,18 +71,20 @@ def cpu_flavour(fp32_path: str, dst: str, ranges: Dict[str, Any], result: Dict[s
     adds and pools, in unsigned 8 bits, so it can miss a budget the Q/DQ flavour meets (digits-mobilenetv2
     with entropy: 69.4% with the 15 layers the Q/DQ flavour keeps, FP32 94.7%). Then it leaves out the next
     most sensitive layers too, one at a time, until it meets the budget or none is left. A layer left out
-    takes what follows it in float too (its activation and the Add it feeds, as in TensorRT's fusion), and
-    the MatMul/Gemm heads, which only this flavour quantizes, come last."""
+    takes what follows it in float too (its activation and the Add it feeds, as in TensorRT's fusion); the
+    ops only this flavour quantizes (the head, squeeze-excite multiplies and pools, adds) come last, in
+    graph order."""
     import onnx
 
     budget, fp32_top1 = result["max_drop"], result["fp32_top1"]
     model = onnx.load(fp32_path)
     order = list(result["kept"]) + [s["node"] for s in result["sensitivity"] if s["node"] not in result["kept"]]
     if result["sensitivity"]:
-        order += [n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and n.name not in order]
+        covered = {m for layer in order for m in [layer] + _followers(model, layer)}
+        order += [n.name for n in model.graph.node if n.op_type in _CPU_ONLY and n.name not in covered]
     n = len(result["kept"])
     while True:
-        nodes = [m for layer in order[:n] for m in [layer] + fused_followers(model, layer)]
+        nodes = [m for layer in order[:n] for m in [layer] + _followers(model, layer)]
         write_cpu(fp32_path, dst, ranges, per_channel, reduce_range, exclude=nodes)
         score = top1(dst, batches, threads)
         met = budget is None or fp32_top1 - score <= budget
