@@ -15,6 +15,7 @@ from . import __version__
 from .errors import EdgekitError
 
 DASHBOARD = os.path.join("benchmarks", "dashboard", "index.html")
+RESULTS_DIR = os.path.join("benchmarks", "results")
 RESUMABLE = "interrupted; finished stages and epochs are kept, run the same command to resume"
 
 
@@ -358,7 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "digits)".format(", ".join(preset_names("recipe"))))
     recipe_args.add_argument("--set", action="append", metavar="KEY=VALUE",
                              help="override a recipe field, e.g. --set distill.alpha=0.5 (repeatable)")
+    for add in (_parser_run, _parser_inspect, _parser_bench, _parser_build_engine, _parser_deploy, _parser_run_jobs,
+                _parser_handoff, _parser_results, _parser_dashboard, _parser_lint, _parser_latency_table,
+                _parser_runners, _parser_show_recipe):
+        add(sub, recipe_args)
+    return parser
 
+
+def _parser_run(sub: Any, recipe_args: argparse.ArgumentParser) -> None:
     from .host.stage_names import STAGE_NAMES
 
     stages = "run the host stages: {} (compress is the prune/distill spiral)".format(" -> ".join(STAGE_NAMES))
@@ -371,8 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     p.set_defaults(func=_cmd_run, interrupted=RESUMABLE)
 
-    p = sub.add_parser("inspect", help="what a model file is: MACs, parameters and widths of a ResNet-50 checkpoint "
-                       "or edgekit teacher/student; opset, inputs, outputs, nodes, MACs and precision of an ONNX model")
+
+def _parser_inspect(sub: Any, recipe_args: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("inspect", help="what a model file is: MACs, parameters and widths of a checkpoint "
+                       "(torchvision layout or edgekit teacher/student); opset, inputs, outputs, nodes, MACs and "
+                       "precision of an ONNX model")
     p.add_argument("path", help="a .pt/.pth checkpoint (torchvision ResNet-50, or edgekit's teacher.pt/student.pt) "
                    "or an .onnx model")
     p.add_argument("--image-size", type=int, help="checkpoints: count MACs at this input side (default: the size "
@@ -381,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the raw facts as JSON (exact counts)")
     p.set_defaults(func=_cmd_inspect)
 
+
+def _parser_bench(sub: Any, recipe_args: argparse.ArgumentParser) -> None:
     p = sub.add_parser("bench", help="measure latency, throughput and power of an ONNX model (device side)")
     p.add_argument("model", nargs="?", help="an ONNX file or a TensorRT engine; '{batch}' in the path (e.g. "
                    "engines/student.int8.dla0.b{batch}.engine) runs one static engine per batch")
@@ -439,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench, scenario=None, interrupted="interrupted; no result was written (a result file "
                    "is written whole, once every scenario is measured): run the same command again")
 
+
+def _parser_build_engine(sub: Any, recipe_args: argparse.ArgumentParser) -> None:
     p = sub.add_parser("build-engine", help="build a TensorRT engine from an exported ONNX model (on the device)")
     p.add_argument("onnx", help="model.int8.qdq.onnx (INT8 on the GPU), model.fp16.onnx / model.fp32.onnx")
     p.add_argument("--out", help="engine path (default: <model>.<precision>.<gpu|dlaN>.engine beside the ONNX)")
@@ -466,6 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even when an engine from this ONNX is up to date")
     p.set_defaults(func=_cmd_build_engine)
 
+
+def _parser_deploy(sub: Any, recipe_args: argparse.ArgumentParser) -> None:
     p = sub.add_parser("deploy", parents=[recipe_args], help="host stages, then measure every variant on a device "
                        "over SSH (or here) and fetch the results")
     p.add_argument("--target", default="cpu", help="a target preset (shipped: cpu, xavier, orin, x86-gpu; "
@@ -485,11 +502,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_deploy, interrupted="interrupted; finished host stages and epochs, and jobs the device "
                    "finished, are kept: run the same command to resume")
 
+
+def _parser_run_jobs(sub: Any, recipe_args: argparse.ArgumentParser) -> None:
     p = sub.add_parser("run-jobs", help="run a deploy bundle's jobs.json here (on the device): build engines, "
                        "bench, one process per step; resumable")
     p.add_argument("jobs", help="jobs.json in the bundle folder")
     p.set_defaults(func=_cmd_run_jobs)
 
+
+def _parser_handoff(sub: Any, recipe_args: argparse.ArgumentParser) -> None:
     p = sub.add_parser("handoff", help="package a measured model for DeepStream (nvinfer config, labels, model) or "
                        "Triton (a model repository)")
     p.add_argument("kind", choices=["deepstream", "triton"], help="what to package for: deepstream or triton")
@@ -506,9 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "here with the measured engine's settings (needs TensorRT)")
     p.set_defaults(func=_cmd_handoff)
 
-    results_dir = os.path.join("benchmarks", "results")
+
+
+def _parser_results(sub: Any, recipe_args: argparse.ArgumentParser) -> None:
     p = sub.add_parser("results", help="index every result JSON (SQLite) and list runs as a table or CSV")
-    p.add_argument("--results", default=results_dir, help="results folder (default: benchmarks/results)")
+    p.add_argument("--results", default=RESULTS_DIR, help="results folder (default: benchmarks/results)")
     p.add_argument("--target", help="only this target (cpu, xavier, ...)")
     p.add_argument("--variant", help="only this variant (teacher, round1, student, ...)")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="only this precision")
@@ -519,18 +542,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", action="store_true", help="CSV on stdout instead of a table")
     p.set_defaults(func=_cmd_results)
 
+
+def _parser_dashboard(sub: Any, recipe_args: argparse.ArgumentParser) -> None:
     p = sub.add_parser("dashboard", help="write the offline benchmark dashboard (one self-contained HTML file)")
-    p.add_argument("--results", default=results_dir, help="results folder (default: benchmarks/results)")
+    p.add_argument("--results", default=RESULTS_DIR, help="results folder (default: benchmarks/results)")
     p.add_argument("--out", default=DASHBOARD, help="the HTML file to write (default: {})".format(DASHBOARD))
     p.add_argument("--threshold", type=float, default=0.10, help="regression threshold as a fraction (default 0.10)")
     p.set_defaults(func=_cmd_dashboard)
 
+
+def _parser_lint(sub: Any, recipe_args: argparse.ArgumentParser) -> None:
     p = sub.add_parser("lint", help="check an ONNX model against TensorRT 8.5's parser and Q/DQ rules")
     p.add_argument("model", help="an ONNX file, e.g. artifacts/digits/model.int8.qdq.onnx")
     p.add_argument("--all", "--verbose", action="store_true", help="list every violating node (default: one line "
                    "per rule, with its count and an example)")
     p.set_defaults(func=_cmd_lint)
 
+
+def _parser_latency_table(sub: Any, recipe_args: argparse.ArgumentParser) -> None:
     p = sub.add_parser("latency-table", parents=[recipe_args], help="measure a per-layer latency table for "
                        "latency-targeted pruning (host: onnxruntime-cpu, torch-cuda; device: tensorrt)")
     from .device.latency.command import add_arguments as latency_table_arguments
@@ -538,13 +567,17 @@ def build_parser() -> argparse.ArgumentParser:
     latency_table_arguments(p)
     p.set_defaults(func=_cmd_latency_table)
 
+
+def _parser_runners(sub: Any, recipe_args: argparse.ArgumentParser) -> None:
     p = sub.add_parser("runners", help="every runner and latency backend, what it runs, and what to install where "
                        "one cannot load here")
     p.set_defaults(func=_cmd_runners)
 
+
+def _parser_show_recipe(sub: Any, recipe_args: argparse.ArgumentParser) -> None:
     p = sub.add_parser("show-recipe", parents=[recipe_args], help="print a recipe with every default filled in")
     p.set_defaults(func=_cmd_show_recipe)
-    return parser
+
 
 
 def _terminate_like_interrupt() -> None:
