@@ -238,10 +238,18 @@ def _output_list(stage: Stage, metrics: Metrics) -> List[str]:
     return list(stage.outputs(metrics) if callable(stage.outputs) else stage.outputs)
 
 
+def _declared_recorded(stage: Stage, manifest: Manifest) -> bool:
+    """Every output the stage declares now was recorded when it ran: a stage that has come to write
+    another file (a newer edgekit) recomputes instead of being reused without it."""
+    entry = manifest.get(stage.name)
+    return set(_output_list(stage, dict(entry.get("metrics", {})))) <= set(entry.get("outputs", {}))
+
+
 def _run_one(stage: Stage, ctx: Context, manifest: Manifest, forced: bool) -> Result:
     key = stage_key(stage, ctx)
     world = ctx.world
-    fresh = world.broadcast_object(not forced and manifest.is_fresh(stage.name, key) if world.is_writer else None)
+    fresh = world.broadcast_object(not forced and manifest.is_fresh(stage.name, key) and _declared_recorded(
+        stage, manifest) if world.is_writer else None)
     if fresh:
         entry = manifest.get(stage.name)
         ctx.log("[{}] up to date, reused ({:.1f} s when computed)".format(stage.name, entry["seconds"]))

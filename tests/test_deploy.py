@@ -45,7 +45,8 @@ def test_dla_jobs_build_one_static_engine_per_batch_and_gpu_jobs_one_dynamic_eng
     assert [b[b.index("--batch") + 1] for b in builds] == ["1", "2", "4", "8", "16", "32"]
     for build in builds:
         batch = int(build[build.index("--batch") + 1])
-        assert build[:4] == ["build-engine", "model.fp32.onnx", "--precision", "int8"]
+        # the FP32 graph the INT8 files quantize (the QAT weights when qat ran), not the exported FP32 student
+        assert build[:4] == ["build-engine", "model.int8.fp32.onnx", "--precision", "int8"]
         assert build[build.index("--out") + 1] == layout.engine_path("student.int8.dla1", batch)
         assert build[build.index("--dla") + 1] == "1" and build[build.index("--calib") + 1] == "calib.cache"
         assert build[build.index("--layer-precisions") + 1] == layout.LAYER_PRECISIONS  # the fallback's kept layers

@@ -271,6 +271,7 @@ def test_the_pipeline_ships_the_last_int8_stages_files(tiny_run):
     shipped = summary["int8"]["from"]
     assert shipped[layout.INT8_QDQ] == layout.int8_stage_file("fallback", "qdq")
     assert shipped[layout.CALIB_CACHE] == layout.int8_stage_file("quantize", "cache")
+    assert shipped[layout.INT8_FP32] == layout.FP32  # PTQ quantized the exported graph itself
     for name, source in shipped.items():
         assert filecmp.cmp(os.path.join(out, name), os.path.join(out, source), shallow=False), name
     with open(os.path.join(out, layout.LAYER_PRECISIONS)) as f:

@@ -83,7 +83,7 @@ def test_the_qat_stage_ships_a_linted_twin_checked_int8_model(qat_runs):
     assert record["twin"]["reference"].startswith("PyTorch fake-quant")
     assert {"top1", "ptq_top1", "fallback_top1", "fp32_top1"} <= set(record)
     shipped = summary["int8"]["from"]
-    for kind in ("qdq", "cpu", "cache"):
+    for kind in ("qdq", "cpu", "cache", "fp32"):  # fp32: DLA's implicit INT8 gets the QAT weights with the scales
         assert shipped[layout.SHIPPED_INT8[kind]] == layout.int8_stage_file("qat", kind)
     assert shipped[layout.LAYER_PRECISIONS] == layout.int8_stage_file("fallback", "layers")
     for name, source in shipped.items():

@@ -50,6 +50,21 @@ def test_second_run_reuses_every_stage_and_the_manifest_says_what_ran(tmp_path):
     assert manifest["a"]["seconds"] >= 0 and manifest["a"]["finished"]
 
 
+def test_a_stage_that_now_declares_another_output_recomputes(tmp_path):
+    run(tmp_path)
+    stages = list(toy_stages())
+    write_a = _writer("a", lambda ctx: str(ctx.config["x"]))
+
+    def write_both(ctx):  # a newer edgekit's stage writes a file the old run lacks
+        (tmp_path / "a2.txt").write_text("new")
+        return write_a(ctx)
+
+    stages[0] = Stage("a", write_both, sections=("x",), outputs=("a.txt", "a2.txt"))
+    calls, results = run(tmp_path, stages=stages)
+    assert calls[0] == "a" and not results["a"].reused
+    assert run(tmp_path, stages=stages)[0] == []  # and is reused from then on
+
+
 def test_force_reruns_everything_and_force_stage_reruns_its_downstream_only(tmp_path):
     run(tmp_path)
     assert run(tmp_path, force=True)[0] == ["a", "b", "c", "d", "e"]

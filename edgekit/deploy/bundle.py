@@ -64,8 +64,8 @@ def build_bundle(artifacts: str, target: Target, target_file: str, bundle: str, 
     """Fill `bundle`; returns its files as paths relative to it (jobs.json is added by the flow)."""
     os.makedirs(bundle, exist_ok=True)
     files = [build_wheel(bundle)] if wheel else []
-    names = [m.path for m in layout.MODELS] + [layout.CALIB_CACHE, layout.LAYER_PRECISIONS, layout.SUMMARY,
-                                               layout.EVAL_SET]
+    names = [m.path for m in layout.MODELS] + [layout.CALIB_CACHE, layout.LAYER_PRECISIONS, layout.INT8_FP32,
+                                               layout.SUMMARY, layout.EVAL_SET]
     names += [layout.variant_onnx(v) for v in variants]
     for name in names:
         source = os.path.join(artifacts, name)

@@ -79,8 +79,14 @@ FP32 = MODELS_BY_NAME["fp32"].path
 FP16 = MODELS_BY_NAME["fp16"].path
 INT8_QDQ = MODELS_BY_NAME["int8.qdq"].path
 INT8_CPU = MODELS_BY_NAME["int8.cpu"].path
+# the FP32 graph the INT8 files quantize: model.fp32.onnx after PTQ, the QAT-trained weights after qat;
+# DLA's implicit INT8 builds from it with calib.cache (so its scales and its weights belong together)
+INT8_FP32 = "model.int8.fp32.onnx"
 # the shipped name of each kind of INT8 file (int8_stage_file kinds)
-SHIPPED_INT8 = {"qdq": INT8_QDQ, "cpu": INT8_CPU, "cache": CALIB_CACHE, "layers": LAYER_PRECISIONS}
+SHIPPED_INT8 = {"qdq": INT8_QDQ, "cpu": INT8_CPU, "cache": CALIB_CACHE, "layers": LAYER_PRECISIONS,
+                "fp32": INT8_FP32}
+# what a runner's `int8_from` may name: an exported model, or the INT8 files' own FP32 graph
+INT8_SOURCES = dict({m.name: m.path for m in MODELS}, **{"int8.fp32": INT8_FP32})
 
 PLACEMENTS = ("cpu", "gpu", "dla0", "dla1")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -96,6 +102,8 @@ def precision_of(path: str) -> Optional[str]:
     known = model_file(path)
     if known:
         return known.precision
+    if os.path.basename(path) == INT8_FP32:
+        return "fp32"
     for part in os.path.basename(path).split("."):
         if part in PRECISIONS:
             return part
@@ -109,7 +117,8 @@ def engine_source(placement: str, precision: str) -> Optional[str]:
 
     FP32 and FP16 run their own files; INT8 runs what the placement's runner declares (`int8_from`):
     onnxruntime the u8s8 CPU flavour, TensorRT on the GPU the explicit Q/DQ model, and on DLA the FP32
-    graph with the calibration cache (implicit INT8: Xavier's DLA takes no explicit Q/DQ).
+    graph the INT8 files quantize (model.int8.fp32.onnx: the QAT weights when qat ran) with the
+    calibration cache (implicit INT8: Xavier's DLA takes no explicit Q/DQ).
     """
     if placement not in PLACEMENTS or precision not in PRECISIONS:
         raise EdgekitError("no model for placement {!r} at precision {!r}".format(placement, precision))
@@ -119,10 +128,10 @@ def engine_source(placement: str, precision: str) -> Optional[str]:
     if precision != "int8":
         return MODELS_BY_NAME[precision].path
     name = (runner.int8_from or {}).get(registry.placement_kind(placement))
-    if name not in MODELS_BY_NAME:
+    if name not in INT8_SOURCES:
         raise EdgekitError("the {} runner runs INT8 on {} but its entry names no exported model for it "
-                           "(int8_from): one of {}".format(runner.name, placement, ", ".join(MODELS_BY_NAME)))
-    return MODELS_BY_NAME[name].path
+                           "(int8_from): one of {}".format(runner.name, placement, ", ".join(INT8_SOURCES)))
+    return INT8_SOURCES[name]
 
 
 def accuracy_twin(placement: str, precision: str) -> str:
@@ -132,13 +141,13 @@ def accuracy_twin(placement: str, precision: str) -> str:
     source = engine_source(placement, precision)
     if source is None:
         raise EdgekitError("no runner runs {} on {}".format(precision, placement))
-    return source if MODELS_BY_PATH[source].precision == precision else INT8_QDQ
+    return source if precision_of(source) == precision else INT8_QDQ
 
 
 def needs_calibration_cache(placement: str, precision: str) -> bool:
     """INT8 from a graph without Q/DQ (DLA): the engine takes its scales from calib.cache."""
     source = engine_source(placement, precision) if precision == "int8" else None
-    return source is not None and MODELS_BY_PATH[source].precision != "int8"
+    return source is not None and precision_of(source) != "int8"
 
 
 def variant_onnx(variant: str) -> str:

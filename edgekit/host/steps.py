@@ -414,17 +414,19 @@ def _qat_export(ctx: HostContext, model: Any, fp32: Any) -> Dict[str, Any]:
 
 def int8(ctx: HostContext) -> Dict[str, Any]:
     """The INT8 files the run ships (model.int8.qdq.onnx, model.int8.cpu.onnx, calib.cache,
-    layer_precisions.json): copies of the last INT8 stage's that ran."""
+    layer_precisions.json, model.int8.fp32.onnx): copies of the last INT8 stage's that ran."""
     from ..artifacts import atomic_path
 
     shipped = {}
     for kind, name in layout.SHIPPED_INT8.items():
         stage = next((s for s, kinds in reversed(INT8_STAGES) if kind in kinds and ctx.ran(s)), None)
-        if stage is None:
+        if stage is None and kind != "fp32":
             raise EdgekitError("no INT8 stage wrote the {} file; run the quantize stage".format(kind))
+        # PTQ quantizes the exported FP32 graph itself; QAT writes its trained one
+        source = layout.FP32 if stage is None else layout.int8_stage_file(stage, kind)
         with atomic_path(ctx.path(name)) as tmp:
-            shutil.copyfile(ctx.path(layout.int8_stage_file(stage, kind)), tmp)
-        shipped[name] = layout.int8_stage_file(stage, kind)
+            shutil.copyfile(ctx.path(source), tmp)
+        shipped[name] = source
     return {"int8": {"from": shipped}}
 
 

@@ -84,13 +84,13 @@ def check_build(cfg: BuildConfig) -> str:
     qdq = ".int8.qdq." in name
     if ".int8.cpu." in name:
         raise EdgekitError("{} is the onnxruntime CPU flavour (uint8); build TensorRT engines from "
-                           "model.int8.qdq.onnx (GPU) or model.fp32.onnx + calib.cache (DLA)".format(name))
+                           "model.int8.qdq.onnx (GPU) or model.int8.fp32.onnx + calib.cache (DLA)".format(name))
     mode = cfg.precision
     if cfg.precision == "int8":
         if cfg.dla_core is not None:
             if qdq:
                 raise EdgekitError("DLA on Xavier's TensorRT 8.5 cannot take Q/DQ (explicit) INT8: build DLA "
-                                   "engines from model.fp32.onnx with --calib calib.cache")
+                                   "engines from model.int8.fp32.onnx with --calib calib.cache")
             if not cfg.calibration_cache or not os.path.isfile(cfg.calibration_cache):
                 raise EdgekitError("INT8 on DLA needs the calibration cache: pass --calib calib.cache (written "
                                    "by edgekit run next to the ONNX files)")

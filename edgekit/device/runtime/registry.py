@@ -70,7 +70,7 @@ class RunnerEntry(NamedTuple):
     version: Optional[Callable[[], Optional[str]]] = None   # its version when it can run here, else None
     timer: Optional[Timer] = None               # the latency backend it offers, if any
     description: str = ""
-    # placement -> the exported model (a layout.MODELS name) its INT8 runs from; FP32/FP16 run their own
+    # placement -> what its INT8 runs from (a layout.INT8_SOURCES name); FP32/FP16 run their own
     int8_from: Optional[Mapping[str, str]] = None
     built_from: Optional[BuiltFrom] = None
     # chosen by `--runner auto` and job planning, in registration order; only registered entries are:
@@ -283,7 +283,7 @@ register(RunnerEntry(
     description="serialized TensorRT engines",
     # GPU INT8 is explicit (the Q/DQ model); Xavier's DLA takes no Q/DQ, so its INT8 is implicit: the
     # FP32 graph with calib.cache
-    int8_from={"gpu": "int8.qdq", "dla": "fp32"},
+    int8_from={"gpu": "int8.qdq", "dla": "int8.fp32"},
     built_from=BuiltFrom((".onnx",), engine_built_from, "edgekit build-engine"),
     auto=True))
 register(RunnerEntry(
