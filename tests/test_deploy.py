@@ -28,7 +28,7 @@ def test_what_each_target_measures():
     assert sorted(jobs) == ["round1.fp16.gpu", "student.fp16.dla0", "student.fp16.dla1", "student.fp16.gpu",
                             "student.int8.dla0", "student.int8.dla1", "student.int8.gpu", "teacher.fp16.gpu"]
     assert jobs["student.int8.gpu"].source == layout.INT8_QDQ  # explicit Q/DQ on the GPU
-    assert jobs["student.int8.dla0"].source == layout.FP32  # implicit INT8 + calib.cache on DLA
+    assert jobs["student.int8.dla0"].source == layout.INT8_FP32  # implicit INT8 + calib.cache on DLA
     assert jobs["student.int8.dla0"].accuracy_from == layout.INT8_QDQ
     assert jobs["teacher.fp16.gpu"].source == "variants/teacher.fp32.onnx"
     cpu = [j.stem for j in plan_jobs(load_target("cpu"), ["teacher"])]
@@ -89,8 +89,8 @@ def test_power_total_and_python_bin_are_validated():
 
 
 def _artifacts(folder, trt="8.5.2"):
-    for model in layout.MODELS:
-        (folder / model.path).write_bytes(model.path.encode())
+    for path in [m.path for m in layout.MODELS] + [layout.INT8_FP32]:
+        (folder / path).write_bytes(path.encode())
     (folder / "variants").mkdir()
     (folder / "variants" / "teacher.fp32.onnx").write_bytes(b"teacher")
     (folder / layout.SUMMARY).write_text("{}")
