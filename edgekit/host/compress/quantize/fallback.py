@@ -79,12 +79,15 @@ def cpu_flavour(fp32_path: str, dst: str, ranges: Dict[str, Any], result: Dict[s
     budget, fp32_top1 = result["max_drop"], result["fp32_top1"]
     model = onnx.load(fp32_path)
     order = list(result["kept"]) + [s["node"] for s in result["sensitivity"] if s["node"] not in result["kept"]]
+    with_followers = {layer: [layer] + _followers(model, layer) for layer in order}
     if result["sensitivity"]:
-        covered = {m for layer in order for m in [layer] + _followers(model, layer)}
-        order += [n.name for n in model.graph.node if n.op_type in _CPU_ONLY and n.name not in covered]
+        covered = {m for nodes in with_followers.values() for m in nodes}
+        tail = [n.name for n in model.graph.node if n.op_type in _CPU_ONLY and n.name not in covered]
+        order += tail
+        with_followers.update((name, [name]) for name in tail)
     n = len(result["kept"])
     while True:
-        nodes = [m for layer in order[:n] for m in [layer] + _followers(model, layer)]
+        nodes = [m for layer in order[:n] for m in with_followers[layer]]
         write_cpu(fp32_path, dst, ranges, per_channel, reduce_range, exclude=nodes)
         score = top1(dst, batches, threads)
         met = budget is None or fp32_top1 - score <= budget
