@@ -176,8 +176,9 @@ def log_settings(lg: Any, folder: str) -> Any:
 
 
 def run(runner_for: Callable[[int], Runner], library: SampleLibrary, scenario: str, mode: str,
-        settings: Settings, folder: str) -> Dict[str, Any]:
-    """One LoadGen test; its logs land in `folder`. Returns LoadGen's records and the SUT's timings."""
+        settings: Settings, folder: str, seconds_per_batch: Optional[float] = None) -> Dict[str, Any]:
+    """One LoadGen test; its logs land in `folder`. Returns LoadGen's records and the SUT's timings.
+    `seconds_per_batch`: the estimate LoadGen plans by; measured in a warm-up when not given."""
     if scenario not in SCENARIOS or mode not in MODES:
         raise EdgekitError("LoadGen runs scenarios {} in modes {}, not {} {}".format(
             ", ".join(SCENARIOS), ", ".join(MODES), scenario, mode))
@@ -188,7 +189,7 @@ def run(runner_for: Callable[[int], Runner], library: SampleLibrary, scenario: s
     spec = runner_for(batch).input_specs()[0]
     runner_for(batch).check_feed({spec.name: library.gather([0], batch)})  # a mismatch fails here, not in LoadGen
     sut_impl = SystemUnderTest(lg, runner_for, library, batch)
-    seconds = _estimate_seconds(sut_impl, settings.warmup, typical=scenario == "offline")
+    seconds = seconds_per_batch or _estimate_seconds(sut_impl, settings.warmup, typical=scenario == "offline")
     os.makedirs(folder, exist_ok=True)
     sut = lg.ConstructSUT(sut_impl.issue, sut_impl.flush)
     performance_samples = min(len(library), settings.performance_samples)
@@ -261,6 +262,34 @@ def performance_record(scenario: str, outcome: Dict[str, Any]) -> Dict[str, Any]
     return found
 
 
+def measured_seconds(scenario: str, outcome: Dict[str, Any]) -> Optional[float]:
+    """Seconds a batch took in a finished run, as LoadGen measured it: what its next plan should assume."""
+    records = outcome["records"]
+    if scenario == "offline":
+        throughput = records.get("result_samples_per_second")
+        return outcome["batch"] / float(throughput) if throughput else None
+    fastest = records.get("result_min_latency_ns")
+    return float(fastest) / 1e9 if fastest else None
+
+
+def performance_run(cache: RunnerCache, library: SampleLibrary, scenario: str, settings: Settings, folder: str,
+                    log: Callable[[str], None]) -> Dict[str, Any]:
+    """A PerformanceOnly run, planned by a warm-up's estimate. When the run was faster than the warm-up said,
+    LoadGen ran out of the queries it planned before min_duration and calls the run INVALID; it is then run
+    once more, planned by what LoadGen itself measured (what LoadGen's summary advises), and says so."""
+    outcome = run(cache, library, scenario, "performance", settings, folder)
+    found = performance_record(scenario, outcome)
+    measured = measured_seconds(scenario, outcome)
+    if found["validity"] == "VALID" or found.get("min_duration_met") is not False or not measured:
+        return found
+    log("LoadGen {}: {} ms a batch planned, {:.4f} ms measured, so min_duration was not met; running it again "
+        "planned by the measured time".format(LOADGEN_NAMES[scenario], outcome["expected_ms"], measured * 1000))
+    again = performance_record(scenario, run(cache, library, scenario, "performance", settings, folder,
+                                             seconds_per_batch=measured))
+    again["replanned"] = {"expected_ms": outcome["expected_ms"], "invalid_reason": found["invalid_reason"]}
+    return again
+
+
 def loadgen_version() -> Optional[str]:
     try:
         from importlib.metadata import PackageNotFoundError, version
@@ -328,8 +357,7 @@ def run_scenarios(cache: RunnerCache, library: SampleLibrary, scenarios: Sequenc
     for scenario in scenarios:
         if "performance" in modes:
             folder = mlperf_logs.run_folder(root, names["system"], names["model"], scenario, "performance")
-            found["performance"][scenario] = performance_record(
-                scenario, run(cache, library, scenario, "performance", settings, folder))
+            found["performance"][scenario] = performance_run(cache, library, scenario, settings, folder, log)
             log(_describe(scenario, found["performance"][scenario]))
         if "accuracy" in modes:
             folder = mlperf_logs.run_folder(root, names["system"], names["model"], scenario, "accuracy")
