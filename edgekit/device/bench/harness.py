@@ -4,7 +4,7 @@ and clocks, the environment, one result file; `benchmark_concurrent`: several en
 import os
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -239,11 +239,7 @@ def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "au
     warm chip. `export_times_path` / `export_profile_path`: trtexec's --exportTimes (the SingleStream
     queries, else the first Offline batch's) and --exportProfile (TensorRT's per-layer profile) files.
     """
-    unknown = [s for s in scenarios if s not in ("single_stream", "offline")]
-    if unknown:
-        raise EdgekitError("unknown scenario {}; choose single_stream, offline".format(", ".join(unknown)))
-    if any(b < 1 for b in batches):
-        raise EdgekitError("batch sizes must be positive, got {}".format(list(batches)))
+    _check_request(scenarios, batches)
     evaluation = load_eval_set(eval_set) if eval_set else None  # a bad file fails before minutes of timing
     runners = _Runners(model_path, runner, threads, cuda_graph, spin_wait)
     first_batch = 1 if "single_stream" in scenarios or not batches else batches[0]
@@ -252,98 +248,131 @@ def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "au
         runners.choose(batch)  # every engine of the sweep exists before anything is timed
     log("runner: {} ({})".format(runtime_name, why))
     power_monitor, rule, rule_why = _power_monitor(power, power_root, power_total, idle_seconds)
-    monitor = Monitors([power_monitor, ThermalMonitor(thermal_root or power_root)])
-    show = _progress_printer() if progress else None
+    timing = {"warmup": warmup, "warmup_ms": warmup_ms, "min_queries": min_queries, "min_seconds": min_seconds,
+              "max_seconds": max_seconds}
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    exported: List[Tuple[str, List[Dict[str, float]], Dict[str, float]]] = []
-
-    def keep_times(label: str, records: List[Dict[str, float]], origin: Dict[str, float]) -> None:
-        if not exported:
-            exported.append((label, records, origin))
-
-    soak = None
-    profile = None
     try:
-        first = runners(first_batch)
-        info = first.runtime_info()
+        info = runners(first_batch).runtime_info()
         log("benchmark {} with {} {} ({}); power: {} (total: {})".format(
             model_path, info.get("runtime", info["runner"]), info.get("runtime_version", ""),
             info.get("providers", ""), _power_label(power_monitor), rule))
-        specs = first.input_specs()
-        eval_batch = 1
-        if "offline" in scenarios and batches:
-            fitting = [b for b in batches if b <= 32]
-            eval_batch = max(fitting) if runners.per_batch and fitting else min(32, max(batches))
+        specs = runners(first_batch).input_specs()
+        measured = _measure(runners, first_batch, scenarios, batches, timing, evaluation, power_monitor,
+                            Monitors([power_monitor, ThermalMonitor(thermal_root or power_root)]),
+                            _progress_printer() if progress else None, soak_seconds, export_profile_path, log)
         if evaluation is not None:
-            feeding(runners(eval_batch), evaluation.images, eval_batch)
-        for batch in sorted({first_batch, *(batches if "offline" in scenarios else [])}):
-            runners(batch).check_feed(random_feed(runners(batch), batch))  # e.g. beyond an engine's profile
-        power_monitor.baseline()  # idle, before the soak and every warm-up
-        if soak_seconds > 0:
-            soak = _soak(first, first_batch, soak_seconds, log)
-        results: Dict[str, object] = {}
-        if "single_stream" in scenarios:
-            results["single_stream"] = single_stream(
-                runners(1), random_feed(runners(1), 1), warmup=warmup, min_queries=min_queries,
-                min_seconds=min_seconds, max_seconds=max_seconds, progress=show, monitor=monitor,
-                warmup_ms=warmup_ms, times=keep_times)
-        if "offline" in scenarios:
-            results["offline"] = offline(
-                None, lambda b: random_feed(runners(b), b), batches, warmup=max(1, warmup // 3),
-                min_queries=max(5, min_queries // 5), min_seconds=min_seconds, max_seconds=max_seconds,
-                progress=show, monitor=monitor, warmup_ms=warmup_ms, times=keep_times, runner_for=runners)
-        if export_profile_path:
-            profile = _profile(first, first_batch, export_profile_path, log)
-        if evaluation is not None:
-            # Outside the timed windows; the largest swept batch the engine was built for, at most 32.
-            measured = score(runners(eval_batch), evaluation.images, evaluation.targets, batch=eval_batch,
-                             task=evaluation.task)
-            accuracy = merge(accuracy, measured, info.get("runtime", info["runner"]))
-            log(describe(measured, accuracy["device_check"]))
+            scored = measured.pop("scored")
+            accuracy = merge(accuracy, scored, info.get("runtime", info["runner"]))
+            log(describe(scored, accuracy["device_check"]))
             if runners.per_batch:
-                accuracy["device_check"]["engine"] = runners.path(eval_batch)
+                accuracy["device_check"]["engine"] = runners.path(measured["eval_batch"])
     finally:
         runners.close()
         power_monitor.close()
-    times_file = None
-    if export_times_path and exported:
-        write_json_atomic(export_times_path, export_times(exported[0][1], exported[0][2]))
-        times_file = {"path": export_times_path, "window": exported[0][0], "queries": len(exported[0][1])}
-        log("wrote {} ({} queries of {}, trtexec --exportTimes layout)".format(
-            export_times_path, len(exported[0][1]), exported[0][0]))
-    digests = {path: sha256_file(path) for path in {run_path, *(runners.path(b) for b in _swept(runners, first_batch,
-                                                                                                 batches, scenarios))}}
-    model = {"path": model_path, "ran": run_path, "sha256": digests[run_path],
-             "precision": precision or _layout_precision(model_path) or "unknown", "inputs": [repr(s) for s in specs]}
-    if runners.per_batch:
-        model["engines"] = {str(b): {"path": runners.path(b), "sha256": digests[runners.path(b)]}
-                            for b in _swept(runners, first_batch, batches, scenarios)}
+    measured["times_file"] = _times_file(export_times_path, measured.pop("exported"), log)
+    swept = _swept(runners, first_batch, batches, scenarios)
     result = {
         "run_id": new_run_id(),
         "created": started,
-        "model": model,
+        "model": _model_record(model_path, run_path, runners, swept, precision, specs),
         "accuracy": accuracy,
         "labels": _labels(model_path, runtime_name, labels or {}),
         "runtime": info,
         "environment": environment.collect(threads=threads, runtime=info, precision=precision),
-        "scenarios": results,
+        "scenarios": measured["scenarios"],
         "power_source": power_monitor.source.name if power_monitor.source else None,
         "power_unavailable_reasons": power_monitor.reasons if power_monitor.source is None else [],
         "power_total": {"rule": rule, "why": rule_why},
-        "throttled": _throttled(results),
-        "soak": soak,
-        "profile": profile,
-        "times_file": times_file,
-        "settings": {"warmup": warmup, "warmup_ms": warmup_ms, "min_queries": min_queries,
-                     "min_seconds": min_seconds, "max_seconds": max_seconds, "batches": list(batches),
-                     "spin_wait": spin_wait, "cuda_graph": cuda_graph, "soak_seconds": soak_seconds,
-                     "power_total": power_total or "auto"},
+        "throttled": _throttled(measured["scenarios"]),
+        "soak": measured["soak"],
+        "profile": measured["profile"],
+        "times_file": measured["times_file"],
+        "settings": dict(timing, batches=list(batches), spin_wait=spin_wait, cuda_graph=cuda_graph,
+                         soak_seconds=soak_seconds, power_total=power_total or "auto"),
     }
     if out_path:
         save_result(out_path, result)
         log("wrote {}".format(out_path))
     return result
 
+
+def _check_request(scenarios: Sequence[str], batches: Sequence[int]) -> None:
+    unknown = [s for s in scenarios if s not in ("single_stream", "offline")]
+    if unknown:
+        raise EdgekitError("unknown scenario {}; choose single_stream, offline".format(", ".join(unknown)))
+    if any(b < 1 for b in batches):
+        raise EdgekitError("batch sizes must be positive, got {}".format(list(batches)))
+
+
+def _eval_batch(scenarios: Sequence[str], batches: Sequence[int], per_batch: bool) -> int:
+    """The batch the eval set is scored at: the largest swept batch the engine was built for, at most 32."""
+    if "offline" not in scenarios or not batches:
+        return 1
+    fitting = [b for b in batches if b <= 32]
+    return max(fitting) if per_batch and fitting else min(32, max(batches))
+
+
+def _measure(runners: "_Runners", first_batch: int, scenarios: Sequence[str], batches: Sequence[int],
+             timing: Dict[str, Any], evaluation: Optional[Any], power_monitor: "PowerMonitor", monitor: Monitor,
+             show: Optional[Callable[..., None]], soak_seconds: float, export_profile_path: Optional[str],
+             log: Callable[[str], None]) -> Dict[str, Any]:
+    """Every check before timing, then the soak, the scenarios, the profile and (outside the timed windows)
+    the eval set's score: {"scenarios", "soak", "profile", "exported", "scored", "eval_batch"}."""
+    first = runners(first_batch)
+    eval_batch = _eval_batch(scenarios, batches, runners.per_batch)
+    if evaluation is not None:
+        feeding(runners(eval_batch), evaluation.images, eval_batch)
+    for batch in sorted({first_batch, *(batches if "offline" in scenarios else [])}):
+        runners(batch).check_feed(random_feed(runners(batch), batch))  # e.g. beyond an engine's profile
+    power_monitor.baseline()  # idle, before the soak and every warm-up
+    found: Dict[str, Any] = {"soak": None, "profile": None, "exported": [], "eval_batch": eval_batch}
+    if soak_seconds > 0:
+        found["soak"] = _soak(first, first_batch, soak_seconds, log)
+
+    def keep_times(label: str, records: List[Dict[str, float]], origin: Dict[str, float]) -> None:
+        if not found["exported"]:
+            found["exported"].append((label, records, origin))
+
+    shared = dict(min_seconds=timing["min_seconds"], max_seconds=timing["max_seconds"], progress=show,
+                  monitor=monitor, warmup_ms=timing["warmup_ms"], times=keep_times)
+    results: Dict[str, object] = {}
+    if "single_stream" in scenarios:
+        results["single_stream"] = single_stream(runners(1), random_feed(runners(1), 1), warmup=timing["warmup"],
+                                                 min_queries=timing["min_queries"], **shared)
+    if "offline" in scenarios:
+        results["offline"] = offline(None, lambda b: random_feed(runners(b), b), batches,
+                                     warmup=max(1, timing["warmup"] // 3),
+                                     min_queries=max(5, timing["min_queries"] // 5), runner_for=runners, **shared)
+    found["scenarios"] = results
+    if export_profile_path:
+        found["profile"] = _profile(first, first_batch, export_profile_path, log)
+    if evaluation is not None:
+        found["scored"] = score(runners(eval_batch), evaluation.images, evaluation.targets, batch=eval_batch,
+                                task=evaluation.task)
+    return found
+
+
+def _times_file(path: Optional[str], exported: List[Tuple[str, List[Dict[str, float]], Dict[str, float]]],
+                log: Callable[[str], None]) -> Optional[Dict[str, object]]:
+    """trtexec's --exportTimes file of the first timed window (SingleStream's queries, else Offline's first batch)."""
+    if not path or not exported:
+        return None
+    label, records, origin = exported[0]
+    write_json_atomic(path, export_times(records, origin))
+    log("wrote {} ({} queries of {}, trtexec --exportTimes layout)".format(path, len(records), label))
+    return {"path": path, "window": label, "queries": len(records)}
+
+
+def _model_record(model_path: str, run_path: str, runners: "_Runners", swept: List[int], precision: Optional[str],
+                  specs: Sequence[object]) -> Dict[str, object]:
+    """What ran: the file (each per-batch engine too) with its digest, its precision and its inputs."""
+    digests = {path: sha256_file(path) for path in {run_path, *(runners.path(b) for b in swept)}}
+    model: Dict[str, object] = {"path": model_path, "ran": run_path, "sha256": digests[run_path],
+                                "precision": precision or _layout_precision(model_path) or "unknown",
+                                "inputs": [repr(s) for s in specs]}
+    if runners.per_batch:
+        model["engines"] = {str(b): {"path": runners.path(b), "sha256": digests[runners.path(b)]} for b in swept}
+    return model
 
 def _soak(runner: Runner, batch: int, seconds: float, log: Callable[[str], None]) -> Dict[str, object]:
     feed = random_feed(runner, batch)
