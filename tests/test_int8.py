@@ -17,7 +17,7 @@ from edgekit.errors import EdgekitError
 from edgekit.host.compress.quantize import calibration_ranges, choose_method, quantize
 from edgekit.host.compress.quantize.calibrate import Histogram, entropy_amax
 from edgekit.host.compress.quantize.evaluate import array_batches, logits
-from edgekit.host.compress.quantize.fallback import cpu_flavour, fallback_to_budget
+from edgekit.host.compress.quantize.fallback import _fewest, cpu_flavour, fallback_to_budget
 from edgekit.host.compress.quantize.qdq import keep_float, layer_precisions, quantized_convs, write_cpu
 from edgekit.host.compress.quantize.twin import check_twin, ptq_twin
 from edgekit.trtlint import lint_model
@@ -149,6 +149,21 @@ def test_the_cpu_flavour_leaves_out_more_layers_until_it_meets_the_budget_too(fr
     none = cpu_flavour(fp32, dst, ranges, dict(result, kept=[], sensitivity=[]), batches, False, True,
                        log=lines.append)
     assert not none["met"] and none["excluded"] == [] and "no layer sensitivity was measured" in lines[-1]
+
+
+@pytest.mark.parametrize("start,most", [(0, 66), (15, 80), (3, 4), (0, 1)])
+def test_the_cpu_flavour_search_finds_the_fewest_layers_in_logarithmic_scorings(start, most):
+    for needed in range(start, most + 2):  # most + 1: no count meets the budget
+        asked = []
+
+        def meets(count, needed=needed):
+            asked.append(count)
+            return count >= needed
+
+        found = _fewest(start, most, meets)
+        assert found == min(max(needed, start), most)
+        assert all(start <= c <= most for c in asked) and len(asked) == len(set(asked))
+        assert len(asked) <= 2 * max(1, (most - start)).bit_length() + 1
 
 
 def test_kept_layers_are_absent_from_qdq_in_every_flavour(fragile, tmp_path):
