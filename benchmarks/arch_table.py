@@ -56,9 +56,7 @@ def row(out: str, recipe: str) -> Optional[Dict[str, Any]]:
     return {"recipe": recipe, "arch": s["recipe_config"]["model"]["arch"], "teacher": t["top1"], "student": st["top1"],
             "macs": st["macs"] / t["macs"], "params": st["params"] / t["params"],
             "device": device_top1(os.path.join(out, "results"), recipe),
-            "ort": {k: _p50(rows, m, p) for k, (m, p) in {"dense fp32": ("dense", "fp32"), "ours fp32": ("ours", "fp32"),
-                                                          "dense int8": ("dense", "int8"),
-                                                          "ours int8": ("ours", "int8")}.items()}}
+            "ort": {k: _p50(rows, *k.split()) for k in ("dense fp32", "ours fp32", "dense int8", "ours int8")}}
 
 
 def fmt(value: Optional[float], spec: str = "{:.2f}") -> str:

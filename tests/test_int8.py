@@ -156,7 +156,7 @@ def test_the_cpu_flavour_search_finds_the_fewest_layers_in_logarithmic_scorings(
     for needed in range(start, most + 2):  # most + 1: no count meets the budget
         asked = []
 
-        def meets(count, needed=needed):
+        def meets(count, needed=needed, asked=asked):
             asked.append(count)
             return count >= needed
 
