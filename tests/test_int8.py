@@ -166,6 +166,31 @@ def test_the_cpu_flavour_search_finds_the_fewest_layers_in_logarithmic_scorings(
         assert len(asked) <= 2 * max(1, (most - start)).bit_length() + 1
 
 
+def test_the_cpu_flavour_file_is_the_one_chosen_not_the_last_one_scored(fragile, tmp_path, monkeypatch):
+    """Needing 3 layers out, the search scores 1, 3, then 2 (a miss) and chooses 3: the file left at dst must
+    be the 3-layer one. The scorer counts the written file's float convolutions and MatMuls (no
+    DequantizeLinear feeding them), so which file is on disk is what it scores."""
+    from edgekit.host.compress.quantize import fallback
+
+    _, fp32, info, images, labels = fragile
+    batches, ranges = array_batches(images, labels), calibration_ranges(info["paths"]["ranges"])
+    result = fallback_to_budget(onnx.load(info["paths"]["qdq"]), fp32, batches, lambda: images[100:164], 100.0, 0.5)
+    order = [s["node"] for s in result["sensitivity"]] + ["fc"]
+    assert len(order) >= 3
+
+    def layers_in_float(path, _batches, _threads=None):
+        graph = onnx.load(path).graph
+        dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        names = {n.name for n in graph.node if n.op_type in ("Conv", "MatMul", "Gemm")
+                 and not dequantized.intersection(n.input)}
+        return 100.0 if sum(layer in names for layer in order) >= 3 else 0.0
+
+    monkeypatch.setattr(fallback, "top1", layers_in_float)
+    dst = str(tmp_path / "model.int8.cpu.onnx")
+    cpu = cpu_flavour(fp32, dst, ranges, dict(result, kept=[], fp32_top1=100.0), batches, False, True)
+    assert cpu["met"] and len(cpu["excluded"]) == 3 and layers_in_float(dst, batches) == 100.0
+
+
 def test_kept_layers_are_absent_from_qdq_in_every_flavour(fragile, tmp_path):
     out, fp32, info, _, _ = fragile
     kept = keep_float(onnx.load(info["paths"]["qdq"]), ["conv2"])

@@ -114,7 +114,7 @@ def cpu_flavour(fp32_path: str, dst: str, ranges: Dict[str, Any], result: Dict[s
         tail = [n.name for n in model.graph.node if n.op_type in _CPU_ONLY and n.name not in covered]
         order += tail
         with_followers.update((name, [name]) for name in tail)
-    scores: Dict[int, float] = {}
+    scores: Dict[int, float] = {}  # in the order scored: the last one is the file at `dst`
 
     def scored(count: int) -> bool:
         """Score the flavour with the first `count` layers left out; True when it meets the budget."""
@@ -128,7 +128,7 @@ def cpu_flavour(fp32_path: str, dst: str, ranges: Dict[str, Any], result: Dict[s
 
     n = _fewest(len(result["kept"]), len(order), scored)
     met, score, nodes = scored(n), scores[n], _nodes(order[:n], with_followers)
-    if n != max(scores):  # the file on disk is the last one scored: write the chosen one again
+    if n != list(scores)[-1]:  # `dst` holds the last one scored: write the chosen one again
         write_cpu(fp32_path, dst, ranges, per_channel, reduce_range, exclude=nodes)
     if not met:
         log("fallback: note: the onnxruntime CPU flavour scores {:.2f}%, {:.2f} points under FP32, over the {} "
