@@ -269,7 +269,7 @@ def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "au
     finally:
         runners.close()
         power_monitor.close()
-    measured["times_file"] = _times_file(export_times_path, measured.pop("exported"), log)
+    times_file = _times_file(export_times_path, measured["exported"], log)
     swept = _swept(runners, first_batch, batches, scenarios)
     result = {
         "run_id": new_run_id(),
@@ -286,7 +286,7 @@ def benchmark(model_path: str, out_path: Optional[str] = None, runner: str = "au
         "throttled": _throttled(measured["scenarios"]),
         "soak": measured["soak"],
         "profile": measured["profile"],
-        "times_file": measured["times_file"],
+        "times_file": times_file,
         "settings": dict(timing, batches=list(batches), spin_wait=spin_wait, cuda_graph=cuda_graph,
                          soak_seconds=soak_seconds, power_total=power_total or "auto"),
     }
@@ -373,6 +373,7 @@ def _model_record(model_path: str, run_path: str, runners: "_Runners", swept: Li
     if runners.per_batch:
         model["engines"] = {str(b): {"path": runners.path(b), "sha256": digests[runners.path(b)]} for b in swept}
     return model
+
 
 def _soak(runner: Runner, batch: int, seconds: float, log: Callable[[str], None]) -> Dict[str, object]:
     feed = random_feed(runner, batch)
